@@ -1,0 +1,207 @@
+"""The decoder contract: what a plugin implements and what the harness hands it.
+
+A decoder is a small class with a unique ``name`` (what ``--plugins`` selects), a ``kind``, an
+optional ``fit`` that learns a few parameters from training samples of the cell, and a ``decode``
+that maps a batch to ``x_hat`` (shape (B, n_s)). What a decoder sees depends on its kind:
+
+============  =====================================================  ===========================
+kind          ``decode`` receives                                     may also use
+============  =====================================================  ===========================
+elementwise   ``z = W_out h`` (B, n_s); must act on each entry alone  fitted scalars
+filtering     ``z = W_out h`` (B, n_s); may compare entries (TopK)    fitted scalars
+reference     ``z = W_out h`` (B, n_s)                                ``ctx.p``, ``ctx.mu``, ``ctx.sigma``
+iterative     ``h = W_in x`` (B, n_d)                                 ``ctx.encoder`` (its operators)
+learned       ``x`` (B, n_s): it owns its encoder and learns it       anything it trains
+============  =====================================================  ===========================
+
+The prior (``p``, and ``x_i = c_i u_i``) is part of the cell and known to every decoder. Training
+samples come from ``TrainingSet`` (a seeded stream of its own); the harness scores on a separate
+stream, so no sample is ever both fitted and scored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ._validate import check_nd, check_ns, check_p, check_seed
+from .data import SparseSampler, derive_seed, make_generator
+
+KINDS = ("elementwise", "filtering", "reference", "iterative", "learned")
+INPUT_OF_KIND = {"elementwise": "z", "filtering": "z", "reference": "z", "iterative": "h", "learned": "x"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: ``n_s`` features, ``n_d`` dense dimensions, sparsity ``p``."""
+
+    n_s: int
+    n_d: int
+    p: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "n_s", check_ns(self.n_s))
+        object.__setattr__(self, "n_d", check_nd(self.n_d, self.n_s))
+        object.__setattr__(self, "p", check_p(self.p))
+
+    @property
+    def r(self) -> float:
+        return self.n_d / self.n_s
+
+
+@dataclass
+class DecoderContext:
+    """Everything a decoder is told about its cell. Built by the harness, one per (cell, decoder, seed)."""
+
+    cell: Cell
+    seed: int
+    encoder: Any
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    options: dict = field(default_factory=dict)
+    decoder_name: str = ""
+
+    @property
+    def n_s(self) -> int:
+        return self.cell.n_s
+
+    @property
+    def n_d(self) -> int:
+        return self.cell.n_d
+
+    @property
+    def p(self) -> float:
+        return self.cell.p
+
+    @property
+    def r(self) -> float:
+        return self.cell.r
+
+    @property
+    def mu(self) -> float:
+        """Mean of the interference nu_i (the same for every row of the rug)."""
+        return self.encoder.interference(self.p)[0]
+
+    @property
+    def sigma(self) -> float:
+        """Standard deviation of the interference nu_i (SCIENCE.md: sqrt(v (n_s/n_d - 1)))."""
+        return self.encoder.interference(self.p)[1]
+
+    def generator(self, purpose: str) -> torch.Generator:
+        """A fresh generator for the decoder's own randomness (initialisation, restarts), derived
+        from the cell, the seed, the decoder and ``purpose``; never global state."""
+        c = self.cell
+        return make_generator(derive_seed("decoder", self.decoder_name, c.n_s, c.n_d, c.p, self.seed, purpose),
+                              self.device)
+
+    def theory(self) -> dict:
+        """The cell's theory values (decoderbench.theory.cell_theory)."""
+        from .theory import cell_theory
+
+        return cell_theory(self.n_s, self.n_d, self.p)
+
+
+class TrainingSet:
+    """Fresh training samples of the cell, in the form the decoder's kind sees.
+
+    ``sample(batch)`` returns ``(inp, x)``: ``inp`` is z, h or x according to the kind, ``x`` the
+    truth. Every call draws new samples from the training stream.
+    """
+
+    def __init__(self, ctx: DecoderContext, input_kind: str, purpose: str = "train"):
+        self.ctx = ctx
+        self.input_kind = input_kind
+        self.sampler = SparseSampler(ctx.n_s, ctx.p, ctx.seed, purpose, device=ctx.device, dtype=ctx.dtype)
+        self.n_drawn = 0
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.sampler.sample(batch)
+        self.n_drawn += x.shape[0]
+        return prepare_input(self.ctx.encoder, self.input_kind, x), x
+
+    def pairs(self, n: int, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """n fresh samples, concatenated."""
+        inps, xs = [], []
+        left = int(n)
+        while left > 0:
+            i, x = self.sample(min(batch, left))
+            inps.append(i)
+            xs.append(x)
+            left -= x.shape[0]
+        return torch.cat(inps), torch.cat(xs)
+
+
+def prepare_input(encoder, input_kind: str, x: torch.Tensor) -> torch.Tensor:
+    if input_kind == "x":
+        return x
+    h = encoder.encode(x)
+    if input_kind == "h":
+        return h
+    return encoder.decode(h)
+
+
+class Decoder:
+    """Base class of every decoder plugin.
+
+    Subclasses set ``name`` and ``kind`` and implement ``decode``; ``fit`` is optional. Set
+    ``requires`` to the encoder capabilities the decoder needs (e.g. ``{"orthogonal_rows"}``): on an
+    encoder without them the harness skips it with a reason. Bump ``version`` whenever a change
+    alters the numbers, so stored results are recomputed. ``self.info`` may collect diagnostics during
+    ``decode`` (iterations, stop reason); they are stored with the fitted parameters.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    requires: ClassVar[frozenset] = frozenset()
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+
+    def __init__(self, ctx: DecoderContext):
+        self.ctx = ctx
+        self.info: dict = {}
+
+    def fit(self, train: TrainingSet) -> dict | None:
+        """Learn parameters from ``train`` (fresh samples of the cell); return them as a JSON-able dict."""
+        return {}
+
+    def decode(self, inp: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def input_kind(cls) -> str:
+        return INPUT_OF_KIND[cls.kind]
+
+
+def check_decoder_class(cls) -> None:
+    """Raise ValueError if ``cls`` does not meet the contract (used at registration)."""
+    if not (isinstance(cls, type) and issubclass(cls, Decoder)):
+        raise ValueError(f"a decoder must be a subclass of decoderbench.Decoder, got {cls!r}")
+    if not isinstance(cls.name, str) or not cls.name or not cls.name.replace("-", "_").replace(".", "_").isidentifier():
+        raise ValueError(f"decoder name must be a non-empty identifier-like string, got {cls.name!r}")
+    if cls.kind not in KINDS:
+        raise ValueError(f"decoder {cls.name!r}: kind must be one of {', '.join(KINDS)}, got {cls.kind!r}")
+    if cls.name == "all":
+        raise ValueError("decoder name 'all' is reserved")
+
+
+def json_safe(value):
+    """Convert tensors/numpy scalars in a params dict to plain JSON types; non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.detach().cpu().tolist())
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return json_safe(value.item())
+        except Exception:
+            return str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)

@@ -1,0 +1,146 @@
+"""Encoders: the map x -> h = W_in x and its transpose.
+
+An encoder has ``n_s``, ``n_d``, ``encode(x)`` (``h = W_in x``, shape (B, n_d)), ``decode(h)``
+(``W_out h``, shape (B, n_s)), ``adjoint(h)`` (``W_in^T h``), ``apply(x)`` (``R x = W_out W_in x``)
+and a set of ``capabilities`` that decoders may require:
+
+- ``"fast_transform"``: applying W_in and W_in^T costs O(n_s log n_s) per sample.
+- ``"orthogonal_rows"``: ``W_in W_in^T = (n_s/n_d) I`` (so ``W_out = W_in^T`` and
+  ``P = (n_d/n_s) R`` is a projector).
+
+The Persian Rug (paper 4.2.2, appendix F): ``H`` the Sylvester Hadamard matrix of size ``n_s``,
+``S`` ``n_d`` distinct column indices drawn from the seed,
+``W_in = n_d^{-1/2} H[:, S]^T``, ``W_out = n_d^{-1/2} H[:, S]``, ``R = n_d^{-1} H[:, S] H[:, S]^T``,
+applied as ``W_in x = n_d^{-1/2} (H x)[S]``, ``W_out h = n_d^{-1/2} H (scatter h into S)``,
+``R x = n_d^{-1} H (m * (H x))``. Memory besides the batch is O(n_s).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._validate import check_nd, check_ns, check_p, check_seed
+from .data import derive_seed, make_generator, variance
+from .hadamard import fwht, hadamard_matrix
+
+DENSE_MAX_NS = 2**13
+
+
+class Encoder:
+    """Base class for encoders. Subclasses set ``name`` and ``capabilities``."""
+
+    name: str = "encoder"
+    capabilities: frozenset[str] = frozenset()
+
+    n_s: int
+    n_d: int
+
+    @property
+    def r(self) -> float:
+        return self.n_d / self.n_s
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def adjoint(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """W_out h; W_out = W_in^T unless a subclass says otherwise."""
+        return self.adjoint(h)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """R x = W_out W_in x."""
+        return self.decode(self.encode(x))
+
+    def interference(self, p: float) -> tuple[float, float]:
+        """(mu, sigma): mean and standard deviation of nu_i = sum_{j != i} R_ij x_j (row-uniform)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def describe(self) -> dict:
+        return {"encoder": self.name}
+
+
+class PersianRug(Encoder):
+    """The Persian Rug encoder, built from ``n_d`` columns of the Sylvester Hadamard matrix."""
+
+    name = "rug"
+    capabilities = frozenset({"fast_transform", "orthogonal_rows"})
+
+    def __init__(self, n_s: int, n_d: int, seed: int = 0, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.n_s = check_ns(n_s)
+        self.n_d = check_nd(n_d, self.n_s)
+        self.seed = check_seed(seed)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        g = make_generator(derive_seed("rug-columns", self.n_s, self.n_d, self.seed))
+        self.S = torch.randperm(self.n_s, generator=g)[: self.n_d].sort().values.to(self.device)
+        self.mask = torch.zeros(self.n_s, dtype=torch.bool, device=self.device)
+        self.mask[self.S] = True
+        self.col0 = bool(self.mask[0])
+        self._scale = 1.0 / math.sqrt(self.n_d)
+
+    def _check(self, t: torch.Tensor, n: int, name: str) -> None:
+        if t.shape[-1] != n:
+            raise ValueError(f"{name} must have last dimension {n}, got shape {tuple(t.shape)}")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.n_s, "x")
+        return fwht(x)[..., self.S] * self._scale
+
+    def adjoint(self, h: torch.Tensor) -> torch.Tensor:
+        self._check(h, self.n_d, "h")
+        full = h.new_zeros(*h.shape[:-1], self.n_s)
+        full[..., self.S] = h
+        return fwht(full).mul_(self._scale)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.n_s, "x")
+        y = fwht(x)
+        y.mul_(self.mask.to(y.dtype))
+        return fwht(y).mul_(1.0 / self.n_d)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """P x with P = (n_d/n_s) R, the orthogonal projector onto the row space of W_in."""
+        return self.apply(x).mul_(self.n_d / self.n_s)
+
+    def pinv(self, h: torch.Tensor) -> torch.Tensor:
+        """x_ls = W_in^T (W_in W_in^T)^{-1} h = (n_d/n_s) W_in^T h."""
+        return self.adjoint(h).mul_(self.n_d / self.n_s)
+
+    def rowsum(self) -> float:
+        """Every row of R sums to n_s/n_d if column 0 is in S, otherwise to 0."""
+        return self.n_s / self.n_d if self.col0 else 0.0
+
+    def interference(self, p: float) -> tuple[float, float]:
+        p = check_p(p)
+        mu = 0.5 * p * (self.rowsum() - 1.0)
+        sigma = math.sqrt(variance(p) * (self.n_s / self.n_d - 1.0))
+        return mu, sigma
+
+    def w_in(self) -> torch.Tensor:
+        """Dense W_in (n_d x n_s), only for n_s <= 2**13."""
+        self._dense_ok()
+        H = hadamard_matrix(self.n_s, torch.float64).to(self.device)
+        return (H[:, self.S].T * self._scale).to(self.dtype)
+
+    def dense(self) -> torch.Tensor:
+        """Dense R (n_s x n_s), only for n_s <= 2**13."""
+        self._dense_ok()
+        H = hadamard_matrix(self.n_s, torch.float64).to(self.device)
+        HS = H[:, self.S]
+        return ((HS @ HS.T) / self.n_d).to(self.dtype)
+
+    def _dense_ok(self) -> None:
+        if self.n_s > DENSE_MAX_NS:
+            raise ValueError(f"n_s must be at most 2**13 = {DENSE_MAX_NS} for a dense matrix, got {self.n_s}; "
+                             "use encode/decode/apply, which never form one")
+
+    def describe(self) -> dict:
+        return {"encoder": self.name, "col0": self.col0}
+
+    def __repr__(self) -> str:
+        return f"PersianRug(n_s={self.n_s}, n_d={self.n_d}, seed={self.seed}, col0={self.col0})"

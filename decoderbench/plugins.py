@@ -1,0 +1,175 @@
+"""The plugin manager: built once, entry points loaded on first use, failures isolated.
+
+Every decoder and encoder, built-in or third-party, arrives through the entry-point group
+``decoderbench`` and the hooks of ``decoderbench.hookspecs``. A plugin that fails to import or to
+register is recorded in ``load_errors()`` (and turns into an error row when selected); the others
+still load.
+
+Environment: ``DECODERBENCH_PLUGINS`` restricts which entry points load (comma-separated entry-point
+names; an empty value loads none), the switch tests use to run with throwaway plugins only.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import sys
+from dataclasses import dataclass
+
+import pluggy
+
+from . import hookspecs
+from .decoder import Decoder, check_decoder_class
+
+ENTRY_POINT_GROUP = "decoderbench"
+hookimpl = pluggy.HookimplMarker("decoderbench")
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered decoder or encoder class and where it came from."""
+
+    name: str
+    cls: type
+    kind: str
+    source: str  # "distribution==version" or the plugin's name when registered by hand
+    plugin: str  # the pluggy plugin name (entry-point name or module name)
+    version: str
+
+
+_pm: pluggy.PluginManager | None = None
+_sources: dict[str, str] = {}
+_errors: dict[str, str] = {}
+_decoders: dict[str, Registered] | None = None
+_encoders: dict[str, Registered] | None = None
+
+
+def _dist_label(dist) -> str:
+    if dist is None:
+        return "unknown"
+    try:
+        return f"{dist.metadata['Name']}=={dist.version}"
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, with every entry point of group ``decoderbench`` loaded."""
+    global _pm
+    if _pm is not None:
+        return _pm
+    pm = pluggy.PluginManager("decoderbench")
+    pm.add_hookspecs(hookspecs)
+    allowed = os.environ.get("DECODERBENCH_PLUGINS")
+    allow = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        if allow is not None and ep.name not in allow:
+            continue
+        if pm.has_plugin(ep.name) or ep.name in _errors:
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # isolate a broken plugin
+            _errors[ep.name] = f"plugin {ep.name!r} failed to load: {type(exc).__name__}: {exc}"
+            continue
+        _sources[ep.name] = _dist_label(getattr(ep, "dist", None))
+    _pm = pm
+    return pm
+
+
+def register_plugin(plugin, name: str | None = None) -> str:
+    """Register a plugin object or module by hand (tests, notebooks); returns its pluggy name."""
+    pm = get_plugin_manager()
+    name = pm.register(plugin, name=name)
+    _sources[name] = f"local:{name}"
+    _reset_registries()
+    return name
+
+
+def unregister_plugin(name: str) -> None:
+    pm = get_plugin_manager()
+    pm.unregister(name=name)
+    _sources.pop(name, None)
+    _reset_registries()
+
+
+def reset() -> None:
+    """Forget everything (the next call reloads entry points)."""
+    global _pm
+    _pm = None
+    _sources.clear()
+    _errors.clear()
+    _reset_registries()
+
+
+def _reset_registries() -> None:
+    global _decoders, _encoders
+    _decoders = None
+    _encoders = None
+
+
+def _collect(hookname: str, check, kind_of) -> dict[str, Registered]:
+    pm = get_plugin_manager()
+    found: dict[str, Registered] = {}
+    caller = getattr(pm.hook, hookname)
+    for impl in reversed(caller.get_hookimpls()):  # registration order
+        pname = impl.plugin_name
+        source = _sources.get(pname, pname)
+
+        def register(cls, _pname=pname, _source=source):
+            check(cls)
+            if cls.name in found:
+                raise ValueError(f"name {cls.name!r} is already registered by {found[cls.name].source}")
+            found[cls.name] = Registered(cls.name, cls, kind_of(cls), _source, _pname,
+                                         str(getattr(cls, "version", "1")))
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            _errors[pname] = f"plugin {pname!r} failed to register: {type(exc).__name__}: {exc}"
+    return found
+
+
+def _check_encoder_class(cls) -> None:
+    from .encoders import Encoder
+
+    if not (isinstance(cls, type) and issubclass(cls, Encoder)) or not getattr(cls, "name", ""):
+        raise ValueError(f"an encoder must be a named subclass of decoderbench.Encoder, got {cls!r}")
+
+
+def decoders() -> dict[str, Registered]:
+    """Every registered decoder by name, in registration order."""
+    global _decoders
+    if _decoders is None:
+        _decoders = _collect("decoderbench_register_decoders", check_decoder_class, lambda c: c.kind)
+    return _decoders
+
+
+def encoders() -> dict[str, Registered]:
+    """Every registered encoder by name."""
+    global _encoders
+    if _encoders is None:
+        _encoders = _collect("decoderbench_register_encoders", _check_encoder_class, lambda c: "encoder")
+    return _encoders
+
+
+def load_errors() -> dict[str, str]:
+    """Plugins that failed to load or register: {plugin name: message}."""
+    decoders()
+    encoders()
+    return dict(_errors)
+
+
+def get_decoder(name: str) -> Registered:
+    d = decoders()
+    if name not in d:
+        raise ValueError(f"plugins: unknown decoder {name!r}; registered: {', '.join(d) or '(none)'}")
+    return d[name]
+
+
+def get_encoder(name: str) -> Registered:
+    e = encoders()
+    if name not in e:
+        raise ValueError(f"encoder must be one of {', '.join(e) or '(none)'}, got {name!r}")
+    return e[name]

@@ -1,0 +1,202 @@
+"""Score one decoder on one cell: a ``WorkUnit`` in, one result row (a dict) out.
+
+A ``WorkUnit`` is a plain, picklable description of everything that determines a number (cell,
+encoder, decoder, seed, device, dtype, sample target, options), so a sweep can fan units out over
+processes or machines; ``run_unit`` never raises for a decoder's failure: the row records it.
+
+Scoring (per unit): the decoder is fitted on its own training stream, then scored on fresh
+evaluation samples drawn in batches until the standard error of the mean loss falls below
+``target_rel_se`` times the mean (at least ``min_samples``, at most ``max_samples`` samples). The loss of
+a sample is ``n_s^{-1} ||x - x_hat||^2``; the row holds its mean, standard error, and ratios to the
+cell's E.2 bound and elementwise MMSE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import __version__
+from ._validate import check_seed
+from .data import SparseSampler
+from .decoder import Cell, DecoderContext, TrainingSet, json_safe, prepare_input
+
+RESULTS_FORMAT = 1  # bump when the meaning of a stored number changes
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One (cell, encoder, decoder, seed) measurement, fully described by plain values."""
+
+    n_s: int
+    n_d: int
+    p: float
+    decoder: str
+    seed: int = 0
+    encoder: str = "rug"
+    device: str = "cpu"
+    dtype: str = "float32"
+    target_rel_se: float = 0.01
+    min_samples: int = 2048
+    max_samples: int = 131072
+    options: str = "{}"  # JSON object of decoder options, sorted keys
+
+    def __post_init__(self):
+        Cell(self.n_s, self.n_d, self.p)  # validates
+        check_seed(self.seed)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not (0 < self.target_rel_se < 1):
+            raise ValueError(f"target_rel_se must be in (0, 1), got {self.target_rel_se!r}")
+        if not (1 <= self.min_samples <= self.max_samples):
+            raise ValueError("min_samples must be >= 1 and <= max_samples, "
+                             f"got min_samples={self.min_samples}, max_samples={self.max_samples}")
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.n_s, self.n_d, self.p)
+
+    def key(self, decoder_version: str = "1") -> str:
+        """A hash of everything that determines the row's numbers."""
+        d = asdict(self)
+        d["decoder_version"] = str(decoder_version)
+        d["results_format"] = RESULTS_FORMAT
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def eval_batch_size(n_s: int) -> int:
+    """About 4M entries per batch: large enough for throughput, small enough for memory."""
+    return int(min(4096, max(16, 2**22 // n_s)))
+
+
+class Accumulator:
+    """Running mean and standard error of per-sample losses, in float64."""
+
+    def __init__(self):
+        self.n = 0
+        self.s = 0.0
+        self.ss = 0.0
+
+    def add(self, losses: torch.Tensor) -> None:
+        l64 = losses.detach().to(torch.float64)
+        self.n += l64.numel()
+        self.s += float(l64.sum())
+        self.ss += float((l64 * l64).sum())
+
+    @property
+    def mean(self) -> float:
+        return self.s / self.n if self.n else float("nan")
+
+    @property
+    def se(self) -> float:
+        if self.n < 2:
+            return float("nan")
+        var = max(self.ss / self.n - self.mean**2, 0.0) * self.n / (self.n - 1)
+        return math.sqrt(var / self.n)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _theory_columns(cell: Cell) -> dict:
+    from .theory import cell_theory
+
+    t = cell_theory(cell.n_s, cell.n_d, cell.p)
+    return {k: t[k] for k in ("sigma", "trivial", "linear", "mmse_elementwise", "e2_bound", "relu_theory",
+                              "vamp_se", "amp_se") if k in t}
+
+
+def run_unit(unit: WorkUnit, registered=None) -> dict:
+    """Fit and score one decoder on one cell; return the result row. Never raises for a plugin's fault."""
+    from . import plugins
+
+    t_start = time.perf_counter()
+    cell = unit.cell
+    row: dict = {
+        "decoder": unit.decoder, "kind": None, "source": None, "decoder_version": None,
+        "encoder": unit.encoder, "n_s": cell.n_s, "n_d": cell.n_d, "r": cell.r, "p": cell.p,
+        "seed": unit.seed, "device": unit.device, "dtype": unit.dtype,
+        "target_rel_se": unit.target_rel_se, "n_eval": 0, "loss": None, "loss_se": None,
+        "ratio_e2": None, "ratio_mmse": None, "params": {}, "status": "error", "error": None,
+        "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,
+        "decoderbench_version": __version__, "torch_version": torch.__version__,
+        "python_version": platform.python_version(), "options": unit.options,
+    }
+    row.update(_theory_columns(cell))
+    try:
+        reg = registered if registered is not None else plugins.get_decoder(unit.decoder)
+    except ValueError as exc:
+        row["error"] = plugins.load_errors().get(unit.decoder, str(exc))
+        row["key"] = unit.key("?")
+        return _finish(row, t_start)
+    row.update(kind=reg.kind, source=reg.source, decoder_version=reg.version)
+    row["key"] = unit.key(reg.version)
+    try:
+        device = _resolve_device(unit.device)
+        row["device"] = str(device)
+        dtype = DTYPES[unit.dtype]
+        enc_reg = plugins.get_encoder(unit.encoder)
+        encoder = enc_reg.cls(cell.n_s, cell.n_d, seed=unit.seed, device=device, dtype=dtype)
+        missing = set(reg.cls.requires) - set(encoder.capabilities)
+        if missing:
+            row["status"] = "skipped"
+            row["error"] = (f"{unit.decoder} requires encoder capabilities {sorted(missing)} that "
+                            f"encoder {unit.encoder!r} lacks")
+            return _finish(row, t_start)
+        ctx = DecoderContext(cell=cell, seed=unit.seed, encoder=encoder, device=device, dtype=dtype,
+                             options=json.loads(unit.options), decoder_name=unit.decoder)
+        dec = reg.cls(ctx)
+        input_kind = reg.cls.input_kind()
+        t0 = time.perf_counter()
+        params = dec.fit(TrainingSet(ctx, input_kind)) or {}
+        row["fit_time_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        acc = Accumulator()
+        sampler = SparseSampler(cell.n_s, cell.p, unit.seed, "eval", device=device, dtype=dtype)
+        batch = eval_batch_size(cell.n_s)
+        abs_floor = 1e-9 * cell.p / 3.0
+        while acc.n < unit.max_samples:
+            b = min(batch, unit.max_samples - acc.n)
+            x = sampler.sample(b)
+            with torch.no_grad():
+                x_hat = dec.decode(prepare_input(encoder, input_kind, x))
+            if not isinstance(x_hat, torch.Tensor) or tuple(x_hat.shape) != tuple(x.shape):
+                shape = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+                raise ValueError(f"decode returned shape {shape}, expected {tuple(x.shape)}")
+            if not bool(torch.isfinite(x_hat).all()):
+                raise ValueError("decode returned non-finite values")
+            acc.add(((x - x_hat.to(x.dtype)) ** 2).sum(-1) / cell.n_s)
+            if acc.n >= unit.min_samples and (acc.se <= unit.target_rel_se * acc.mean or acc.se <= abs_floor):
+                break
+        row["eval_time_s"] = time.perf_counter() - t0
+        row.update(n_eval=acc.n, loss=acc.mean, loss_se=acc.se)
+        info = getattr(dec, "info", {}) or {}
+        row["params"] = json_safe({**params, **info})
+        if row.get("e2_bound"):
+            row["ratio_e2"] = acc.mean / row["e2_bound"]
+        if row.get("mmse_elementwise"):
+            row["ratio_mmse"] = acc.mean / row["mmse_elementwise"]
+        row["status"] = "ok"
+    except Exception as exc:  # a plugin's failure becomes its row
+        row["status"] = "error"
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["traceback"] = traceback.format_exc(limit=-3)
+    return _finish(row, t_start)
+
+
+def _finish(row: dict, t_start: float) -> dict:
+    row["wall_time_s"] = time.perf_counter() - t_start
+    row.setdefault("traceback", None)
+    return row
