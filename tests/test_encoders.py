@@ -1,0 +1,123 @@
+"""The Persian Rug: exact properties of R (SCIENCE.md) and fast-against-dense agreement."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from decoderbench import PersianRug, SparseSampler
+from decoderbench.data import variance
+
+
+def rug_with(n_s, n_d, want_col0, start=0):
+    """First seed >= start whose S does / does not contain column 0."""
+    for seed in range(start, start + 10_000):
+        rug = PersianRug(n_s, n_d, seed=seed, dtype=torch.float64)
+        if rug.col0 == want_col0:
+            return rug
+    raise AssertionError("no seed found")
+
+
+CASES = [(16, 4), (64, 8), (256, 64), (1024, 100), (1024, 1023), (2048, 1)]
+
+
+@pytest.mark.parametrize("n_s,n_d", CASES)
+@pytest.mark.parametrize("col0", [True, False])
+def test_exact_properties_of_R(n_s, n_d, col0):
+    rug = rug_with(n_s, n_d, col0, start=n_s + n_d)
+    R = rug.dense()
+    assert R.shape == (n_s, n_s)
+    assert torch.allclose(torch.diagonal(R), torch.ones(n_s, dtype=R.dtype), atol=1e-12)
+    off = R - torch.diag(torch.diagonal(R))
+    assert torch.allclose((off**2).sum(1), torch.full((n_s,), n_s / n_d - 1, dtype=R.dtype), atol=1e-9)
+    assert torch.allclose(R @ R, (n_s / n_d) * R, atol=1e-9 * n_s / n_d)
+    rowsum = n_s / n_d if col0 else 0.0
+    assert torch.allclose(R.sum(1), torch.full((n_s,), rowsum, dtype=R.dtype), atol=1e-9)
+    assert torch.allclose(R, R.T)
+    # P = (n_d/n_s) R is an orthogonal projector of rank n_d
+    P = R * (n_d / n_s)
+    assert abs(float(torch.trace(P)) - n_d) < 1e-9
+    # W_in has orthogonal rows: W_in W_in^T = (n_s/n_d) I
+    W = rug.w_in()
+    assert torch.allclose(W @ W.T, torch.eye(n_d, dtype=W.dtype) * n_s / n_d, atol=1e-9)
+
+
+def test_columns_are_distinct_and_seeded():
+    a = PersianRug(4096, 1024, seed=3)
+    b = PersianRug(4096, 1024, seed=3)
+    c = PersianRug(4096, 1024, seed=4)
+    assert torch.equal(a.S, b.S)
+    assert not torch.equal(a.S, c.S)
+    assert len(set(a.S.tolist())) == 1024
+    assert int(a.mask.sum()) == 1024
+
+
+@pytest.mark.parametrize("n_s,n_d", [(256, 64), (1024, 256), (4096, 1024), (4096, 409)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fast_against_dense(n_s, n_d, dtype):
+    rug = PersianRug(n_s, n_d, seed=11, dtype=dtype)
+    H = torch.from_numpy(scipy.linalg.hadamard(n_s).astype(np.float64))
+    S = rug.S
+    W_in = H[:, S].T / math.sqrt(n_d)
+    W_out = H[:, S] / math.sqrt(n_d)
+    x = SparseSampler(n_s, 0.05, seed=1, dtype=torch.float64).sample(8)
+    h = torch.randn(8, n_d, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert torch.allclose(rug.encode(x.to(dtype)).double(), x @ W_in.T, atol=tol, rtol=0)
+    assert torch.allclose(rug.decode(h.to(dtype)).double(), h @ W_out.T, atol=tol * 10, rtol=0)
+    assert torch.allclose(rug.adjoint(h.to(dtype)).double(), h @ W_in, atol=tol * 10, rtol=0)
+    R = W_out @ W_in
+    assert torch.allclose(rug.apply(x.to(dtype)).double(), x @ R.T, atol=tol, rtol=0)
+    assert torch.allclose(rug.project(x.to(dtype)).double(), x @ R.T * (n_d / n_s), atol=tol, rtol=0)
+    assert torch.allclose(rug.pinv(h.to(dtype)).double(), h @ W_in * (n_d / n_s), atol=tol, rtol=0)
+
+
+def test_dense_refused_at_scale():
+    rug = PersianRug(2**14, 2**12)
+    with pytest.raises(ValueError, match="n_s must be at most 2\\*\\*13"):
+        rug.dense()
+    # the fast path has no such limit and keeps O(n_s) state
+    x = SparseSampler(2**14, 0.01, seed=0).sample(2)
+    assert rug.apply(x).shape == (2, 2**14)
+    assert rug.S.numel() == 2**12 and rug.mask.numel() == 2**14
+
+
+@pytest.mark.parametrize("kwargs,arg", [
+    (dict(n_s=1000, n_d=10), "n_s"), (dict(n_s=0, n_d=1), "n_s"), (dict(n_s=64, n_d=0), "n_d"),
+    (dict(n_s=64, n_d=64), "n_d"), (dict(n_s=64, n_d=2.5), "n_d"), (dict(n_s=float("nan"), n_d=1), "n_s"),
+    (dict(n_s=64, n_d=8, seed=-1), "seed"),
+])
+def test_bad_arguments(kwargs, arg):
+    with pytest.raises(ValueError, match=f"^{arg} "):
+        PersianRug(**kwargs)
+
+
+def test_interference_variance_monte_carlo():
+    """Var nu_i = sigma^2 = v (n_s/n_d - 1) at n_s = 4096, within 4 standard errors of the estimate."""
+    n_s, n_d, p = 4096, 1024, 0.045
+    rug = PersianRug(n_s, n_d, seed=5, dtype=torch.float64)
+    mu, sigma = rug.interference(p)
+    sampler = SparseSampler(n_s, p, seed=9, purpose="mc", dtype=torch.float64)
+    nus = []
+    for _ in range(8):
+        x = sampler.sample(256)
+        nus.append((rug.apply(x) - x).reshape(-1))
+    nu = torch.cat(nus)
+    # entries of one sample are correlated; estimate the SE of the variance from per-sample variances
+    per_sample = torch.stack([((n - mu) ** 2).mean() for n in nu.view(-1, n_s)])
+    est, se = float(per_sample.mean()), float(per_sample.std() / math.sqrt(per_sample.numel()))
+    assert abs(est - sigma**2) < 4 * se, (est, sigma**2, se)
+    assert se < 0.02 * sigma**2  # the test has power to see a 10% error
+    # the mean too (column 0 decides it)
+    assert abs(float(nu.mean()) - mu) < 4 * float(nu.view(-1, n_s).mean(1).std()) / math.sqrt(2048)
+    assert sigma == pytest.approx(math.sqrt(variance(p) * (n_s / n_d - 1)), rel=1e-15)
+
+
+def test_interference_mean_with_column0():
+    n_s, n_d, p = 1024, 256, 0.1
+    for col0 in (True, False):
+        rug = rug_with(n_s, n_d, col0)
+        mu, _ = rug.interference(p)
+        assert mu == pytest.approx(0.5 * p * ((n_s / n_d if col0 else 0.0) - 1.0), rel=1e-15)

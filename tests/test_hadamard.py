@@ -1,0 +1,83 @@
+"""fwht: exact agreement with scipy's Sylvester Hadamard matrix, every backend, dtype and shape."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from decoderbench import hadamard
+from decoderbench.hadamard import _fwht_torch, backend, fwht, hadamard_matrix
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-3}
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 64, 128, 256, 2048, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fwht_matches_dense(n, dtype):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(7, n, generator=g, dtype=torch.float64)
+    H = torch.from_numpy(scipy.linalg.hadamard(n).astype(np.float64))
+    want = x @ H
+    got = fwht(x.to(dtype)).double()
+    # relative to the scale of the entries (sqrt(n) for a random vector)
+    assert (got - want).abs().max().item() <= TOL[dtype] * max(1.0, n**0.5)
+
+
+@pytest.mark.parametrize("n", [2, 16, 512, 8192])
+def test_torch_backend_matches_dense(n):
+    x = torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    H = torch.from_numpy(scipy.linalg.hadamard(n).astype(np.float64))
+    assert torch.allclose(_fwht_torch(x), x @ H, atol=1e-9, rtol=0)
+
+
+def test_involution_and_shapes():
+    x = torch.randn(2, 3, 1024, dtype=torch.float64)
+    y = fwht(x)
+    assert y.shape == x.shape
+    assert torch.allclose(fwht(y), 1024 * x, atol=1e-9)
+    # input not modified
+    x0 = x.clone()
+    fwht(x)
+    assert torch.equal(x, x0)
+    # one row, non-contiguous input
+    xt = torch.randn(1024, 4, dtype=torch.float64).T
+    assert torch.allclose(fwht(xt), fwht(xt.contiguous()), atol=1e-12)
+    assert torch.allclose(fwht(xt[0]), fwht(xt[:1])[0], atol=1e-12)
+
+
+def test_hadamard_matrix_is_sylvester():
+    for n in (1, 2, 8, 32):
+        assert np.array_equal(hadamard_matrix(n, torch.float64).numpy(), scipy.linalg.hadamard(n))
+
+
+def test_other_dtypes_and_autograd_use_torch_path():
+    x = torch.randn(4, 64, dtype=torch.float32, requires_grad=True)
+    assert backend(x) == "torch"
+    y = fwht(x)
+    y.sum().backward()
+    H = hadamard_matrix(64, torch.float32)
+    assert torch.allclose(x.grad, H.sum(1).expand(4, 64), atol=1e-5)
+    xb = torch.randn(4, 64).to(torch.bfloat16)
+    assert fwht(xb).dtype == torch.bfloat16
+
+
+def test_fallback_when_simd_disabled(monkeypatch):
+    monkeypatch.setattr(hadamard, "_DISABLED", {"fht_cpu"})
+    x = torch.randn(5, 256, dtype=torch.float64)
+    assert backend(x) == "torch"
+    H = torch.from_numpy(scipy.linalg.hadamard(256).astype(np.float64))
+    assert torch.allclose(fwht(x), x @ H, atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3, 12), torch.zeros(3, 0), torch.zeros(()), torch.zeros(4, 8, dtype=torch.int64)])
+def test_bad_input(bad):
+    with pytest.raises((ValueError, TypeError)):
+        fwht(bad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fwht_cuda_matches_cpu(dtype):
+    x = torch.randn(16, 4096, dtype=dtype)
+    assert torch.allclose(fwht(x.cuda()).cpu(), fwht(x), atol=TOL[dtype] * 64, rtol=0)
