@@ -113,7 +113,7 @@ def _collect(hookname: str, check, kind_of) -> dict[str, Registered]:
     pm = get_plugin_manager()
     found: dict[str, Registered] = {}
     caller = getattr(pm.hook, hookname)
-    for impl in reversed(caller.get_hookimpls()):  # registration order
+    for impl in caller.get_hookimpls():  # registration order (pluggy calls them in reverse)
         pname = impl.plugin_name
         source = _sources.get(pname, pname)
 
