@@ -9,7 +9,7 @@ Backends, chosen per call by device and dtype (``backend()`` says which one a te
 - ``fht_cpu``: the SIMD C++ package ``fht-cpu`` (optional extra ``fast``), for float32/float64 CPU
   tensors that do not need gradients. Measured fastest on CPU (see benchmarks/).
 - ``cuda-kernel``: Dao-AILab's ``fast-hadamard-transform`` CUDA kernel, when installed, for CUDA tensors
-  in float32 (it scales by a factor we undo).
+  in float32 (called with scale 1, Sylvester order as in its reference implementation).
 - ``torch``: a Kronecker factorisation ``H_n = H_a (x) H_b (x) ...`` into dense blocks of at most
   ``_BLOCK`` entries applied by batched GEMMs: O(n log n) work in a few large matrix products, every
   device and dtype, autograd-friendly. Never forms a dense ``n x n`` matrix.

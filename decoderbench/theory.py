@@ -180,7 +180,7 @@ def e2_bound(p: float, sigma: float) -> float:
 def _relu_u_rule(a: float, b: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Nodes/weights over ``u`` in [0, 1], fine (panels sigma/2) within 10 sigma of the kink ``-b/a``."""
     edges = [0.0, 1.0]
-    if a > 0:
+    if a > 0 and abs(b) < 1e6 * a:
         u0 = -b / a
         k = 10.0 * sigma
         lo, hi = max(0.0, u0 - k), min(1.0, u0 + k)
@@ -196,7 +196,8 @@ def _relu_parts(x: np.ndarray, a: float, b: float, sigma: float):
     sd = max(a * sigma, 1e-300)
     k = m / sd
     cdf = ndtr(k)
-    pdf = np.exp(-0.5 * k * k) / math.sqrt(2.0 * math.pi)
+    kc = np.clip(k, -40.0, 40.0)  # phi(40) underflows anyway; avoids overflow in k * k
+    pdf = np.exp(-0.5 * kc * kc) / math.sqrt(2.0 * math.pi)
     g1 = m * cdf + sd * pdf  # E ReLU(z)
     g2 = (m * m + sd * sd) * cdf + m * sd * pdf  # E ReLU(z)^2
     loss = x * x - 2.0 * x * g1 + g2
@@ -223,24 +224,21 @@ def relu_loss(p: float, sigma: float, a: float, b: float, grad: bool = False):
 
 @functools.lru_cache(maxsize=4096)
 def _relu_theory(p: float, sigma: float) -> tuple[float, float, float]:
-    def f(z):
-        return relu_loss(p, sigma, z[0], z[1], grad=True)
+    def f(z):  # z = (log a, b): keeps a > 0 without bounds
+        a = math.exp(min(max(z[0], -30.0), 10.0))
+        loss, g = relu_loss(p, sigma, a, z[1], grad=True)
+        return loss, np.array([a * g[0], g[1]])
 
-    bounds = [(1e-6, 1e3), (-1e3, 1e3)]
     best = None
     # Multistart over gain a and threshold theta = -b/a, all in the region where the ReLU is alive
     # (the dead region b << 0 is a flat plateau at loss p/3 that a local method cannot leave).
-    for a0 in (0.6, 1.0, 1.5, 2.5):
+    for a0 in (0.7, 1.6):
         for theta in (0.0, 0.5 * sigma, 1.5 * sigma, 3.0 * sigma, 0.25, 0.5):
-            res = optimize.minimize(f, np.array([a0, -a0 * theta]), jac=True, method="L-BFGS-B",
-                                    bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 500})
-            if best is None or res.fun < best.fun:
+            res = optimize.minimize(f, np.array([math.log(a0), -a0 * theta]), jac=True, method="BFGS",
+                                    options={"gtol": 1e-13, "maxiter": 400})
+            if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
                 best = res
-    # Polish from the best point.
-    res = optimize.minimize(f, best.x, jac=True, method="BFGS", options={"gtol": 1e-13, "maxiter": 200})
-    if res.fun < best.fun and res.x[0] > 0:
-        best = res
-    a, b = float(best.x[0]), float(best.x[1])
+    a, b = math.exp(float(best.x[0])), float(best.x[1])
     return float(relu_loss(p, sigma, a, b)), a, b
 
 
@@ -248,7 +246,7 @@ def relu_theory(p: float, sigma: float) -> tuple[float, float, float]:
     """``(loss, a, b)`` minimising ``E[(x - ReLU(a (x + nu) + b))^2]``, ``nu ~ N(0, sigma^2)``.
 
     For a noise mean ``mu != 0`` the optimum has the same ``a`` and ``b - a mu``.  Minimised by
-    L-BFGS-B with exact gradients from 24 starts spread over gains and thresholds, then polished.
+    BFGS in ``(log a, b)`` with exact gradients from 12 starts spread over gains and thresholds.
     """
     return _relu_theory(check_p(p), check_sigma(sigma))
 

@@ -1,0 +1,226 @@
+"""Tests for decoderbench.channel: posterior moments of y = x + nu, x = c u, nu ~ N(mu, sigma^2).
+
+References are independent of the implementation:
+* mpmath at 80 digits with the closed forms of SCIENCE.md (cancellation is harmless at that precision,
+  and mpmath's exponent range covers densities like exp(-5e13)), over the full |t| <= 1e3,
+  1e-4 <= sigma <= 1e2 range;
+* scipy.integrate.quad of the posterior over u (float64) where plain quadrature is reliable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+
+from decoderbench.channel import conditional_mean, conditional_moments, posterior_on
+
+SIGMAS = [1e-4, 1e-3, 0.03, 0.2085, 1.0, 5.0, 100.0]
+PS = [1e-3, 0.045, 0.5, 1.0]
+T_FIXED = [-1e3, -30.0, -1.0, -0.2, -1e-3, 0.0, 0.3, 0.5, 0.5001, 0.9, 1.0, 1.01, 2.0, 50.0, 1e3]
+K_SIGMA = [3.0, 7.9, 8.1, 20.0]  # t = -k sigma and 1 + k sigma: both sides of the branch switch
+
+
+def _t_grid(s: float) -> list[float]:
+    ts = list(T_FIXED)
+    for k in K_SIGMA:
+        for t in (-k * s, 1.0 + k * s):
+            if abs(t) <= 1e3:
+                ts.append(t)
+    return ts
+
+
+def _mp_reference(t: float, s: float, p: float) -> tuple[mp.mpf, mp.mpf, mp.mpf]:
+    """(E[x|t], Var[x|t], P(on|t)) from the closed forms at 80 digits."""
+    with mp.workdps(80):
+        t, s, p = mp.mpf(t), mp.mpf(s), mp.mpf(p)
+        a, b = -t / s, (1 - t) / s
+
+        def q(x):  # upper tail
+            return mp.erfc(x / mp.sqrt(2)) / 2
+
+        def phi(x):
+            return mp.exp(-x * x / 2) / mp.sqrt(2 * mp.pi)
+
+        if a > 0:
+            z = q(a) - q(b)
+        elif b < 0:
+            z = q(-b) - q(-a)
+        else:
+            z = 1 - q(b) - q(-a)
+        ratio = (phi(a) - phi(b)) / z
+        e_on = t + s * ratio
+        v_on = s**2 * (1 + (a * phi(a) - b * phi(b)) / z - ratio**2)
+        on = p * z
+        off = (1 - p) * phi(t / s) / s
+        p_on = on / (on + off)
+        return p_on * e_on, p_on * (v_on + (1 - p_on) * e_on**2), p_on
+
+
+def _quad_reference(t: float, s: float, p: float) -> tuple[float, float]:
+    """(E[x|t], Var[x|t]) by scipy quad of the posterior over u, float64."""
+
+    def dens(u):
+        return math.exp(-0.5 * ((t - u) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+
+    pts = [q for q in (t - 3 * s, t, t + 3 * s) if 0 < q < 1] or None
+    kw = dict(points=pts, epsabs=0.0, epsrel=1e-13, limit=200)
+    z0 = integrate.quad(dens, 0, 1, **kw)[0]
+    z1 = integrate.quad(lambda u: u * dens(u), 0, 1, **kw)[0]
+    off = (1 - p) * dens(0.0)
+    py = p * z0 + off
+    m = p * z1 / py
+    var = (p * integrate.quad(lambda u: (u - m) ** 2 * dens(u), 0, 1, **kw)[0] + off * m * m) / py
+    return m, var
+
+
+@pytest.fixture(scope="module")
+def mp_table():
+    """Reference values on the whole grid (computed once)."""
+    rows = []
+    for s in SIGMAS:
+        for t in _t_grid(s):
+            for p in PS:
+                m, v, pon = _mp_reference(t, s, p)
+                rows.append((t, s, p, m, v, pon))
+    return rows
+
+
+def _close(x: float, ref, rtol: float, atol: float) -> bool:
+    ref = float(ref)  # values below float64's range become 0.0, as they must in the output
+    return abs(x - ref) <= rtol * abs(ref) + atol
+
+
+def test_float64_matches_mpmath_on_full_grid(mp_table):
+    bad = []
+    for s in SIGMAS:
+        rows = [row for row in mp_table if row[1] == s]
+        for p in PS:
+            sub = [row for row in rows if row[2] == p]
+            y = torch.tensor([row[0] for row in sub], dtype=torch.float64)
+            mean, var = conditional_moments(y, p, 0.0, s)
+            pon = posterior_on(y, p, 0.0, s)
+            for i, (t, _, _, m, v, pr) in enumerate(sub):
+                if not _close(float(mean[i]), m, 1e-9, 1e-300):
+                    bad.append(("mean", t, s, p, float(mean[i]), float(m)))
+                if not _close(float(var[i]), v, 1e-8, 1e-300):
+                    bad.append(("var", t, s, p, float(var[i]), float(v)))
+                if not _close(float(pon[i]), pr, 1e-9, 1e-300):
+                    bad.append(("p_on", t, s, p, float(pon[i]), float(pr)))
+    assert not bad, bad[:10]
+
+
+def test_float32_is_the_rounded_float64_answer(mp_table):
+    """float32 in, float32 out: finite, and equal to the exact answer at the float32 input."""
+    bad = []
+    for s in SIGMAS:
+        for p in PS:
+            ts = sorted({row[0] for row in mp_table if row[1] == s})
+            y32 = torch.tensor(ts, dtype=torch.float32)
+            mean, var = conditional_moments(y32, p, 0.0, s)
+            assert mean.dtype == torch.float32 and var.dtype == torch.float32
+            assert torch.isfinite(mean).all() and torch.isfinite(var).all()
+            for i, t32 in enumerate(y32.tolist()):
+                m, v, _ = _mp_reference(t32, s, p)
+                if not _close(float(mean[i]), m, 1e-6, 1e-37):
+                    bad.append(("mean", t32, s, p, float(mean[i]), float(m)))
+                if not _close(float(var[i]), v, 1e-6, 1e-37):
+                    bad.append(("var", t32, s, p, float(var[i]), float(v)))
+    assert not bad, bad[:10]
+
+
+@pytest.mark.parametrize("s", [1e-3, 0.05, 0.2085, 1.0, 5.0])
+@pytest.mark.parametrize("p", [1e-3, 0.045, 1.0])
+def test_matches_scipy_quad_of_posterior(s, p):
+    ts = [-3 * s, -0.5 * s, 0.0, 0.1, 0.5, 0.77, 1.0, 1.0 + 2 * s, 1.0 + 4 * s]
+    y = torch.tensor(ts, dtype=torch.float64)
+    mean, var = conditional_moments(y, p, 0.0, s)
+    for i, t in enumerate(ts):
+        m, v = _quad_reference(t, s, p)
+        assert mean[i].item() == pytest.approx(m, rel=1e-8, abs=1e-300), (t, s, p)
+        assert var[i].item() == pytest.approx(v, rel=1e-7, abs=1e-300), (t, s, p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_and_in_range_everywhere(dtype):
+    y = torch.cat([torch.linspace(-1e3, 1e3, 4001), torch.linspace(-2.0, 3.0, 2001)]).to(dtype)
+    for s in np.logspace(-4, 2, 13):
+        for p in (1e-3, 0.045, 0.5, 1.0):
+            mean, var = conditional_moments(y, p, 0.0, float(s))
+            assert mean.dtype == dtype and var.dtype == dtype
+            assert torch.isfinite(mean).all() and torch.isfinite(var).all(), (s, p)
+            assert (mean >= 0).all() and (mean <= 1).all(), (s, p)
+            assert (var >= 0).all() and (var <= 0.25).all(), (s, p)
+
+
+def test_tensor_sigma_and_mu_broadcast_like_scalars():
+    y = torch.linspace(-1.0, 2.0, 7, dtype=torch.float64)
+    sig = torch.tensor([[1e-3], [0.2], [30.0]], dtype=torch.float64)
+    mu = torch.tensor([0.0, 0.1, -0.3, 0.0, 0.05, 1.0, -2.0], dtype=torch.float64)
+    mean, var = conditional_moments(y, 0.1, mu, sig)
+    assert mean.shape == (3, 7) and var.shape == (3, 7)
+    for i in range(3):
+        for j in range(7):
+            m1, v1 = conditional_moments(y[j:j + 1], 0.1, float(mu[j]), float(sig[i, 0]))
+            assert mean[i, j].item() == pytest.approx(m1.item(), rel=1e-13, abs=0)
+            assert var[i, j].item() == pytest.approx(v1.item(), rel=1e-12, abs=0)
+
+
+def test_mu_only_shifts_y():
+    y = torch.linspace(-0.5, 1.5, 41, dtype=torch.float64)
+    a = conditional_moments(y, 0.045, -0.0225, 0.2085)
+    b = conditional_moments(y + 0.0225, 0.045, 0.0, 0.2085)
+    assert torch.allclose(a[0], b[0], rtol=1e-13, atol=0) and torch.allclose(a[1], b[1], rtol=1e-12, atol=0)
+
+
+def test_conditional_mean_is_first_moment_and_p_on_limits():
+    y = torch.linspace(-0.5, 1.5, 21, dtype=torch.float64)
+    assert torch.equal(conditional_mean(y, 0.1, 0.0, 0.3), conditional_moments(y, 0.1, 0.0, 0.3)[0])
+    assert torch.equal(posterior_on(y, 1.0, 0.0, 0.3), torch.ones_like(y))
+    pon = posterior_on(y, 0.1, 0.0, 0.3)
+    assert (pon > 0).all() and (pon < 1).all() and (torch.diff(pon) > 0).all()  # on-odds grow with y here
+
+
+def test_reflection_symmetry_when_always_on():
+    """With p = 1, u -> 1 - u maps t -> 1 - t: E[x|t] = 1 - E[x|1-t], equal variances."""
+    t = torch.tensor([-50.0, -1.0, -0.1, 0.2, 0.45, 0.7, 1.3, 40.0], dtype=torch.float64)
+    for s in (1e-4, 0.05, 2.0, 100.0):
+        m1, v1 = conditional_moments(t, 1.0, 0.0, s)
+        m2, v2 = conditional_moments(1.0 - t, 1.0, 0.0, s)
+        assert torch.allclose(m1, 1.0 - m2, rtol=0, atol=1e-14)
+        assert torch.allclose(v1, v2, rtol=1e-10, atol=0)
+
+
+def test_small_noise_limits():
+    """sigma -> 0 inside (0, 1) with p = 1: mean -> t, variance -> sigma^2."""
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    m, v = conditional_moments(t, 1.0, 0.0, 1e-4)
+    assert torch.allclose(m, t, rtol=0, atol=1e-15)
+    assert torch.allclose(v, torch.full_like(t, 1e-8), rtol=1e-12, atol=0)
+    # far below 0, the posterior of u is ~ exponential with rate |t|/sigma^2: mean sigma^2/|t|
+    m, v = conditional_moments(torch.tensor([-1e3], dtype=torch.float64), 1.0, 0.0, 1e-4)
+    assert m.item() == pytest.approx(1e-8 / 1e3, rel=1e-6)
+    assert v.item() == pytest.approx((1e-8 / 1e3) ** 2, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(p=0.0, mu=0.0, sigma=0.1), "p"),
+        (dict(p=1.5, mu=0.0, sigma=0.1), "p"),
+        (dict(p=float("nan"), mu=0.0, sigma=0.1), "p"),
+        (dict(p=0.1, mu=0.0, sigma=0.0), "sigma"),
+        (dict(p=0.1, mu=0.0, sigma=-1.0), "sigma"),
+        (dict(p=0.1, mu=0.0, sigma=torch.tensor([0.1, 0.0])), "sigma"),
+        (dict(p=0.1, mu=float("inf"), sigma=0.1), "mu"),
+        (dict(p=0.1, mu=torch.tensor([0.0, float("nan")]), sigma=0.1), "mu"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    y = torch.zeros(2)
+    with pytest.raises(ValueError, match=name):
+        conditional_moments(y, **kwargs)
