@@ -129,6 +129,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         "seed": unit.seed, "device": unit.device, "dtype": unit.dtype,
         "target_rel_se": unit.target_rel_se, "n_eval": 0, "loss": None, "loss_se": None,
         "ratio_e2": None, "ratio_mmse": None, "params": {}, "status": "error", "error": None,
+        "predicted": None, "ratio_predicted": None,
         "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,
         "decoderbench_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "options": unit.options,
@@ -188,6 +189,11 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
             row["ratio_e2"] = acc.mean / row["e2_bound"]
         if row.get("mmse_elementwise"):
             row["ratio_mmse"] = acc.mean / row["mmse_elementwise"]
+        # a decoder's own prediction of its loss (e.g. state evolution): measured / predicted
+        pred = row["params"].get("predicted")
+        if isinstance(pred, (int, float)) and not isinstance(pred, bool):
+            row["predicted"] = float(pred)
+            row["ratio_predicted"] = acc.mean / pred if pred > 0 else None
         row["status"] = "ok"
     except Exception as exc:  # a plugin's failure becomes its row
         row["status"] = "error"

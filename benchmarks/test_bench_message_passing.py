@@ -1,0 +1,98 @@
+"""Speed of the message-passing decoders at n_s = 65536, B = 256 (float32, CPU), as ratios against
+baselines measured in the same run.
+
+Run: ``pytest benchmarks/test_bench_message_passing.py --benchmark-enable`` (about two minutes on two
+busy cores). Nothing is asserted about time.
+
+Baselines: ``apply`` (one ``R x`` of the batch: two fast Walsh-Hadamard transforms) and ``denoiser``
+(one call of the conditional-mean denoiser, ``channel.conditional_moments``, on the whole batch).
+A full decode at this size takes tens of iterations, each costing about one denoiser call, which is
+too slow to repeat here; so ``test_iterations[vamp|amp]`` time a decode capped at ``K = 1``
+iteration (``max_iter = K``, ``tol = 0``; it includes the set-up, a few transforms, about 2% of an
+iteration) and the time per decode is about ``iterations x (that time / K)``, with the iteration
+count measured at the same cell on four samples (``extra_info["iterations_full_decode"]``; samples
+that stop early drop out of later iterations, so this slightly overestimates). The number of fast
+transforms per iteration is counted (``extra_info["fwht_per_iteration"]``) by wrapping the transform the encoder calls.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import decoderbench.encoders as encoders_mod
+from decoderbench import PersianRug, SparseSampler
+from decoderbench.channel import conditional_moments
+from decoderbench.decoder import Cell, DecoderContext
+from decoderbench_plugins.message_passing import AMP, VAMP
+
+N_S, B, P = 65536, 256, 0.045
+N_D = N_S // 4
+K = 1  # timed iterations
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rug = PersianRug(N_S, N_D, seed=0)
+    x = SparseSampler(N_S, P, 0, "bench").sample(B)
+    return rug, x, rug.encode(x)
+
+
+def _ctx(rug, options):
+    return DecoderContext(cell=Cell(rug.n_s, rug.n_d, P), seed=0, encoder=rug, options=options)
+
+
+def _fwht_per_iteration(cls, monkeypatch) -> float:
+    """Fast transforms per iteration: count them in runs of 1 and 3 iterations on a small rug."""
+    calls = [0]
+    real = encoders_mod.fwht
+
+    def counting(x):
+        calls[0] += 1
+        return real(x)
+
+    monkeypatch.setattr(encoders_mod, "fwht", counting)
+    small = PersianRug(1024, 256, seed=0)
+    h = small.encode(SparseSampler(1024, P, 0, "bench").sample(4))
+    counts = []
+    for k in (1, 3):
+        calls[0] = 0
+        cls(_ctx(small, {"max_iter": k, "tol": 0})).decode(h)
+        counts.append(calls[0])
+    monkeypatch.setattr(encoders_mod, "fwht", real)
+    return (counts[1] - counts[0]) / 2
+
+
+def _iterations_full_decode(cls, rug, h) -> float:
+    dec = cls(_ctx(rug, {}))
+    dec.decode(h[:4])
+    return dec.info["iterations_mean"]
+
+
+def test_apply(benchmark, setup):
+    rug, x, _ = setup
+    benchmark.group = "message_passing n_s=65536 B=256"
+    benchmark.extra_info["fwht"] = 2
+    benchmark.pedantic(rug.apply, args=(x,), rounds=5, iterations=1, warmup_rounds=1)
+
+
+def test_denoiser(benchmark, setup):
+    rug, x, _ = setup
+    benchmark.group = "message_passing n_s=65536 B=256"
+    g = torch.Generator().manual_seed(0)
+    r1 = x + 0.05 * torch.randn(x.shape, generator=g)
+    sigma = torch.full((B, 1), 0.05)
+    benchmark.pedantic(conditional_moments, args=(r1, P, 0.0, sigma), rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("cls", [VAMP, AMP], ids=["vamp", "amp"])
+def test_iterations(benchmark, setup, cls, monkeypatch):
+    rug, _, h = setup
+    benchmark.group = "message_passing n_s=65536 B=256"
+    benchmark.extra_info["timed_iterations"] = K
+    benchmark.extra_info["fwht_per_iteration"] = _fwht_per_iteration(cls, monkeypatch)
+    benchmark.extra_info["iterations_full_decode"] = _iterations_full_decode(cls, rug, h)
+    dec = cls(_ctx(rug, {"max_iter": K, "tol": 0}))
+    out = benchmark.pedantic(dec.decode, args=(h,), rounds=1, iterations=1)
+    assert out.shape == (B, N_S) and bool(torch.isfinite(out).all())
+    assert dec.info["iterations_max"] == K
