@@ -1,0 +1,254 @@
+"""Exact least-squares fitting for the built-in scalar decoders (linear, activations, topk).
+
+Every built-in elementwise decoder with ``a > 0`` has the form ``f(z) = (a z + b) 1[z > t]``: affine
+above a threshold ``t`` in z-space, zero below it (relu: ``a t + b = 0``; jumprelu / gated:
+``a t + b >= 0``; trec / prolu: ``b = 0``, ``t >= 0``). Its loss summed over pooled scalar pairs is::
+
+    N L = sum x^2 - 2 (a Sxz + b Sx) + a^2 Szz + 2 a b Sz + b^2 S0
+
+where the ``S`` are sums over the active pairs ``z > t``. Sorting the pairs by ``z`` once turns every
+``S`` into a tail sum read off a cumulative array, so the loss of any ``(a, b, t)`` costs one
+``searchsorted``. For a fixed active set the best ``(a, b)`` is closed-form; the threshold is then
+scanned over every breakpoint (every training ``z``), which finds the global optimum over ``t``: no
+starting point, no local minima. ``relu`` is refined continuously between breakpoints (its loss is
+continuous in ``t``).
+
+The restriction ``a > 0`` (the output grows with ``z``) is the only assumption: ``x >= 0`` and ``E[x | z]``
+is increasing in ``z``, so a decreasing branch never helps.
+
+Pairs come from ``TrainingSet`` only (the training stream); the harness scores on another stream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+#: Default number of pooled scalar pairs (z_i, x_i) a fit uses.
+DEFAULT_PAIRS = 2**21
+#: Fewest training samples drawn, whatever n_s (pairs from one sample share its interference).
+MIN_SAMPLES = 32
+#: Fewest active pairs a candidate threshold may leave (a fit on fewer is noise).
+MIN_ACTIVE = 16
+
+
+def check_options(ctx, allowed: tuple[str, ...]) -> None:
+    """ValueError if ``ctx.options`` names an option the decoder does not take."""
+    unknown = sorted(set(ctx.options or {}) - set(allowed))
+    if unknown:
+        raise ValueError(f"options for {ctx.decoder_name or 'this decoder'} must be among "
+                         f"{', '.join(allowed) or '(none)'}; got {', '.join(map(str, unknown))}")
+
+
+def gaussian_predictions(ctx) -> dict:
+    """The Gaussian-interference theory at the encoder's own ``sigma`` (``ctx.sigma``): ``relu`` (loss),
+    ``relu_a``, ``relu_b`` (for mean-zero interference), ``mmse`` (elementwise) and ``linear`` (the best
+    ``a z + b``: ``v sigma^2 / (v + sigma^2)``, which is ``v (1 - r)`` on the rug). On the rug these are
+    the cell's theory columns (``ctx.theory()``); another encoder gets them at its own ``sigma``."""
+    from decoderbench import theory
+
+    sigma = float(ctx.sigma)
+    v = ctx.p / 3.0 - ctx.p * ctx.p / 4.0
+    th = ctx.theory()
+    if abs(sigma - th["sigma"]) <= 1e-12 * th["sigma"]:
+        relu, a, b, mmse = th["relu_theory"], th["relu_a"], th["relu_b"], th["mmse_elementwise"]
+    else:
+        (relu, a, b), mmse = theory.relu_theory(ctx.p, sigma), theory.scalar_mmse(ctx.p, sigma)
+    return {"relu": relu, "relu_a": a, "relu_b": b, "mmse": mmse, "linear": v * sigma**2 / (v + sigma**2)}
+
+
+def n_fit_samples(ctx, default_pairs: int = DEFAULT_PAIRS) -> int:
+    """Training samples to draw: ``ctx.options['fit_pairs']`` (or the default) pairs over ``n_s``."""
+    pairs = ctx.options.get("fit_pairs", default_pairs)
+    if isinstance(pairs, bool) or not isinstance(pairs, (int, float)) or not math.isfinite(pairs) or pairs < 1:
+        raise ValueError(f"options['fit_pairs'] must be a positive number of scalar pairs, got {pairs!r}")
+    return max(MIN_SAMPLES, math.ceil(float(pairs) / ctx.n_s))
+
+
+def training_matrix(train, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n_samples`` fresh training samples as float64 arrays ``(z, x)`` of shape (n_samples, n_s)."""
+    inp, x = train.pairs(n_samples, batch=min(1024, n_samples))
+    return (inp.detach().to("cpu", torch.float64).numpy(), x.detach().to("cpu", torch.float64).numpy())
+
+
+class ThresholdFit:
+    """Sorted pooled pairs with tail sums: the exact training loss of ``(a z + b) 1[z > t]``.
+
+    ``n_total`` pairs are averaged over (default: those given); ``xx_rest`` is the sum of ``x^2`` of
+    pairs left out that are never active (e.g. what a TopK discards). ``keep < 1`` scans only the
+    ``keep`` fraction of pairs with the largest ``z`` (a partition, not a sort, sets the rest aside):
+    losses stay exact for every threshold ``t >= z_floor``, the rest enter through their sum of
+    ``x^2``. ``fit_threshold`` widens the scan when an optimum lands near its floor. ``presorted``:
+    ``z`` is already ascending (skips the sort).
+    """
+
+    def __init__(self, z: np.ndarray, x: np.ndarray, keep: float = 1.0, n_total: int | None = None,
+                 xx_rest: float = 0.0, presorted: bool = False):
+        z = np.asarray(z, dtype=np.float64).ravel()
+        x = np.asarray(x, dtype=np.float64).ravel()
+        if z.shape != x.shape or z.size == 0:
+            raise ValueError("ThresholdFit needs equal, non-empty z and x")
+        if not 0 < keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {keep!r}")
+        self.n_total = int(n_total) if n_total is not None else z.size
+        m = max(min(z.size, 4 * MIN_ACTIVE), int(math.ceil(keep * z.size)))
+        self.z_floor = -np.inf  # every pair at or below z_floor is left out of the scan
+        if m < z.size:  # keep the m largest z: a threshold above the rest never activates them
+            part = np.argpartition(z, z.size - m)
+            low, top = part[: z.size - m], part[z.size - m:]
+            self.z_floor = float(z[low].max())
+            xx_rest += float(np.dot(x[low], x[low]))
+            z, x = z[top], x[top]
+        if presorted and m >= z.size:  # z already ascending
+            self.z, xs = z, x
+        else:
+            order = np.argsort(z)
+            self.z, xs = z[order], x[order]
+        self.n = z.size
+        self.xx = float(np.dot(xs, xs)) + xx_rest
+
+        def tail(v):  # tail[i] = sum_{j >= i} v[j], tail[n] = 0
+            out = np.zeros(v.size + 1)
+            out[:-1] = np.cumsum(v[::-1])[::-1]
+            return out
+
+        self.s0 = np.arange(self.n, -1, -1, dtype=np.float64)
+        self.sz = tail(self.z)
+        self.szz = tail(self.z * self.z)
+        self.sx = tail(xs)
+        self.sxz = tail(xs * self.z)
+
+    def near_floor(self, t: float) -> bool:
+        """Whether threshold ``t`` lies in the lowest 10% of the scanned pairs (then scan more)."""
+        return np.isfinite(self.z_floor) and t <= self.z[int(0.1 * (self.n - 1))]
+
+    # -- the loss of given parameters -------------------------------------------------------------
+    def _idx(self, t):
+        return np.searchsorted(self.z, t, side="right")  # first active index: z > t
+
+    def loss(self, a: float, b: float, t: float) -> float:
+        """Mean loss of ``(a z + b) 1[z > t]`` over the pairs (``t = -inf`` for an affine map)."""
+        i = self._idx(t)
+        q = (self.xx - 2 * (a * self.sxz[i] + b * self.sx[i]) + a * a * self.szz[i]
+             + 2 * a * b * self.sz[i] + b * b * self.s0[i])
+        return float(q) / self.n_total
+
+    # -- relu: f = a (z - t)^+ ---------------------------------------------------------------------
+    def _relu_gain(self, t, i=None):
+        """``U^2 / V`` (the loss reduction) and ``a = U / V`` of the best relu with kink at ``t``."""
+        if i is None:
+            i = self._idx(t)
+        u = self.sxz[i] - t * self.sx[i]
+        v = self.szz[i] - 2 * t * self.sz[i] + t * t * self.s0[i]
+        ok = (u > 0) & (v > 0) & (self.s0[i] >= MIN_ACTIVE)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = np.where(ok, u * u / np.where(v > 0, v, 1.0), -np.inf)
+            a = np.where(ok, u / np.where(v > 0, v, 1.0), np.nan)
+        return gain, a
+
+    def relu(self, t_min: float = -np.inf) -> dict:
+        """Global least-squares ``a (z - t)^+`` (``a > 0``, ``t >= t_min``): ``{a, b, t, loss}``."""
+        t_min = max(t_min, self.z_floor)
+        cand = np.arange(self.n)
+        cand = cand[self.z >= t_min] if np.isfinite(t_min) else cand
+        if cand.size == 0:
+            return {"a": 0.0, "b": 0.0, "t": float(t_min), "loss": self.xx / self.n_total}
+        # kink exactly at a breakpoint: active = pairs strictly above it
+        gain, _ = self._relu_gain(self.z[cand], cand + 1)
+        k = int(np.argmax(gain))
+        if not np.isfinite(gain[k]):
+            return {"a": 0.0, "b": 0.0, "t": float(self.z[-1]), "loss": self.xx / self.n_total}
+        j = cand[k]
+        lo = self.z[max(j - 64, 0)]
+        hi = self.z[min(j + 64, self.n - 1)]
+        if np.isfinite(t_min):
+            lo = max(lo, t_min)
+        best_t, best_gain = float(self.z[j]), float(gain[k])
+        if hi > lo:  # the loss is continuous and smooth between breakpoints: refine t
+            res = minimize_scalar(lambda t: -float(self._relu_gain(t)[0]), bounds=(lo, hi), method="bounded",
+                                  options={"xatol": 1e-9 * max(1.0, abs(best_t))})
+            if res.success and -res.fun > best_gain:
+                best_t, best_gain = float(res.x), float(-res.fun)
+        g, a = self._relu_gain(best_t)
+        a = float(a)
+        return {"a": a, "b": -a * best_t, "t": best_t, "loss": (self.xx - float(g)) / self.n_total}
+
+    # -- affine above a free threshold: jumprelu / gated --------------------------------------------
+    def jump(self) -> dict:
+        """Global least squares ``(a z + b) 1[z > t]`` with ``a > 0`` and ``a t + b >= 0``.
+
+        For each active set (one per breakpoint) the unconstrained 2x2 least squares is taken where it
+        meets the constraint; where it does not, the constrained optimum lies on ``a t + b = 0``, which
+        is the relu family, fitted separately. Returns ``{a, b, t, theta, loss}`` with ``theta = a t + b``.
+        """
+        relu = self.relu()
+        best = {**relu, "theta": 0.0}
+        i = np.arange(1, self.n - MIN_ACTIVE + 1)  # active = [i, n): at least MIN_ACTIVE pairs
+        s0, sz, szz, sx, sxz = self.s0[i], self.sz[i], self.szz[i], self.sx[i], self.sxz[i]
+        # (active = all scanned pairs, i = 0, needs t in [z_floor, z[0]); it is left out: near_floor)
+        det = s0 * szz - sz * sz
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = (s0 * sxz - sz * sx) / det
+            b = (szz * sx - sz * sxz) / det
+        t = 0.5 * (self.z[i - 1] + self.z[i])  # any t in [z[i-1], z[i]) gives this active set
+        gain = a * sxz + b * sx  # at the least-squares optimum the loss falls by a Sxz + b Sx
+        ok = (det > 1e-12 * s0 * szz) & (a > 0) & (a * t + b >= 0) & (self.z[i] > self.z[i - 1])
+        gain = np.where(ok, gain, -np.inf)
+        if gain.size:
+            k = int(np.argmax(gain))
+            if np.isfinite(gain[k]) and (self.xx - gain[k]) / self.n_total < best["loss"]:
+                best = {"a": float(a[k]), "b": float(b[k]), "t": float(t[k]), "theta": float(a[k] * t[k] + b[k]),
+                        "loss": float((self.xx - gain[k]) / self.n_total)}
+        return best
+
+    # -- bias-free with a threshold: trec / prolu ---------------------------------------------------
+    def scaled(self) -> dict:
+        """Global least squares ``a z 1[z > t]`` with ``a > 0``, ``t >= 0``: ``{a, t, loss}``."""
+        i0 = int(self._idx(0.0))
+        i = np.arange(i0, self.n - MIN_ACTIVE + 1)
+        if i.size == 0:
+            return {"a": 0.0, "t": 0.0, "loss": self.xx / self.n_total}
+        sxz, szz = self.sxz[i], self.szz[i]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = sxz / szz
+        gain = np.where((szz > 0) & (sxz > 0), sxz * a, -np.inf)
+        k = int(np.argmax(gain))
+        if not np.isfinite(gain[k]):
+            return {"a": 0.0, "t": 0.0, "loss": self.xx / self.n_total}
+        j = int(i[k])
+        t = max(0.0, self.z_floor) if j == i0 else 0.5 * (self.z[j - 1] + self.z[j])
+        return {"a": float(a[k]), "t": float(t), "loss": float((self.xx - gain[k]) / self.n_total)}
+
+
+def affine_fit(z: np.ndarray, x: np.ndarray) -> dict:
+    """Least squares ``a z + b`` over all pairs (centred sums, float64): ``{a, b, loss}``."""
+    z = np.asarray(z, dtype=np.float64).ravel()
+    x = np.asarray(x, dtype=np.float64).ravel()
+    zc, xc = z - z.mean(), x - x.mean()
+    var = float(np.dot(zc, zc))
+    a = float(np.dot(zc, xc)) / var if var > 0 else 0.0
+    b = float(x.mean() - a * z.mean())
+    resid = xc - a * zc
+    return {"a": a, "b": b, "loss": float(np.dot(resid, resid)) / z.size}
+
+
+def initial_keep(p: float) -> float:
+    """The fraction of largest ``z`` a threshold scan starts with: ``min(1, max(0.1, 6 p))`` (the
+    optimal thresholds leave about ``p`` to ``2 p`` of the pairs active)."""
+    return min(1.0, max(0.1, 6.0 * p))
+
+
+def fit_threshold(z: np.ndarray, x: np.ndarray, method: str, keep: float = 0.25, **kw) -> tuple[dict, ThresholdFit]:
+    """Run ``ThresholdFit(z, x, keep).<method>(**kw)``, widening the scan (x4) while the optimum's
+    threshold sits near the scan's floor; returns ``(result, fitter)``."""
+    while True:
+        f = ThresholdFit(z, x, keep=keep)
+        res = getattr(f, method)(**kw)
+        if keep >= 1 or not f.near_floor(res["t"]):
+            res["scanned"] = f.n
+            return res, f
+        keep = min(1.0, 4 * keep)
+

@@ -1,0 +1,152 @@
+"""Third-party decoders: a separate distribution, installed with pip, found through the entry point.
+
+Two distributions are built and installed with the running interpreter's pip (offline: no index, no
+build isolation, setuptools from this environment): `examples/decoderbench-softshrink/`, and the
+plugin example of README.md (the code between its `plugin-example` markers, copied into a fresh
+folder). Each goes into a fresh `--target` folder put on `PYTHONPATH` of the `decoderbench` command, so
+the shared environment is never modified and nothing needs uninstalling; importlib.metadata finds the
+distribution there exactly as in site-packages. `run --plugins all` is checked with the entry points
+limited (DECODERBENCH_PLUGINS) to the rug, linear and the new plugin, to keep it to seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+from decoderbench import plugins
+from decoderbench.runner import WorkUnit, run_unit
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "decoderbench-softshrink"
+CELL = ["--ns", "256", "--r", "0.25", "--p", "0.05", "--max-samples", "512", "--device", "cpu"]
+
+
+def pip_install(src: Path, target: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+           "--disable-pip-version-check", "--quiet", "--target", str(target), str(src)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def cli(args: list[str], target: Path, allow: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DECODERBENCH_PLUGINS": allow,
+           "PYTHONPATH": os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    script = Path(sys.executable).with_name("decoderbench")  # the console script of this environment
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "decoderbench"]
+    return subprocess.run(cmd + args, capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
+
+
+def copy_source(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def softshrink_site(tmp_path_factory):
+    src = copy_source(EXAMPLE, tmp_path_factory.mktemp("src") / EXAMPLE.name)
+    target = tmp_path_factory.mktemp("site")
+    pip_install(src, target)
+    return target
+
+
+def test_example_is_a_distribution_of_its_own():
+    meta = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
+    assert meta["project"]["name"] == "decoderbench-softshrink"
+    assert meta["project"]["entry-points"]["decoderbench"] == {"softshrink": "decoderbench_softshrink"}
+    assert not (EXAMPLE / "build").exists() and not list(EXAMPLE.glob("*.egg-info"))
+
+
+def test_installed_example_is_listed_by_plugins(softshrink_site, tmp_path):
+    eps = next(softshrink_site.glob("decoderbench_softshrink-*.dist-info")) / "entry_points.txt"
+    assert "[decoderbench]" in eps.read_text() and "softshrink = decoderbench_softshrink" in eps.read_text()
+    out = cli(["plugins", "--json"], softshrink_site, "rug,linear,softshrink", tmp_path)
+    assert out.returncode == 0, out.stderr
+    listed = {r["name"]: r for r in json.loads(out.stdout)}
+    assert listed["softshrink"]["kind"] == "elementwise"
+    assert listed["softshrink"]["source"] == "decoderbench-softshrink==0.1.0"
+    assert listed["linear"]["source"].startswith("decoderbench==")
+
+
+@pytest.mark.slow
+def test_run_all_includes_the_installed_example(softshrink_site, tmp_path):
+    out = cli(["run", "--plugins", "all", *CELL, "--json"], softshrink_site, "rug,linear,softshrink", tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {r["decoder"]: r for r in json.loads(out.stdout)}
+    assert set(rows) == {"linear", "softshrink"}
+    assert all(r["status"] == "ok" for r in rows.values())
+    ss = rows["softshrink"]
+    assert ss["source"] == "decoderbench-softshrink==0.1.0"
+    assert set(ss["params"]) >= {"a", "lam", "c"}
+    # a shrinkage beats the best linear decoder at this cell by far more than the noise
+    assert ss["loss"] + 3 * ss["loss_se"] < rows["linear"]["loss"] - 3 * rows["linear"]["loss_se"]
+
+
+def test_installed_example_in_process(softshrink_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(softshrink_site))
+    monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,softshrink")
+    plugins.reset()
+    try:
+        reg = plugins.get_decoder("softshrink")
+        assert reg.source == "decoderbench-softshrink==0.1.0" and reg.plugin == "softshrink"
+        row = run_unit(WorkUnit(256, 64, 0.05, "softshrink", min_samples=256, max_samples=256))
+        assert row["status"] == "ok" and row["loss"] > 0
+    finally:
+        monkeypatch.undo()
+        plugins.reset()
+
+
+# ----------------------------------------------------------------------------- README example
+
+
+def readme_example() -> tuple[str, str, str]:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- plugin-example:start -->(.*?)<!-- plugin-example:end -->", text, re.S)
+    assert m, "README.md lacks the plugin-example markers"
+    section = m.group(1)
+    py = re.findall(r"```python\n(.*?)```", section, re.S)
+    toml = re.findall(r"```toml\n(.*?)```", section, re.S)
+    bash = re.findall(r"```bash\n(.*?)```", section, re.S)
+    install = [line for block in bash for line in block.splitlines() if "pip install" in line]
+    assert len(py) == 1 and len(toml) == 1 and len(install) == 1, "one python, one toml block, one install line"
+    return py[0], toml[0], install[0]
+
+
+@pytest.mark.slow
+def test_readme_plugin_example_works_when_copied(tmp_path):
+    module, pyproject, install = readme_example()
+    meta = tomllib.loads(pyproject)
+    dist = meta["project"]["name"]
+    (ep_name, ep_module), = meta["project"]["entry-points"]["decoderbench"].items()
+    (mod_name,) = meta["tool"]["setuptools"]["py-modules"]
+    assert ep_module == mod_name
+    assert f"./{dist}" in install  # the install line installs the folder the README describes
+    src = tmp_path / dist
+    src.mkdir()
+    (src / f"{mod_name}.py").write_text(module)
+    (src / "pyproject.toml").write_text(pyproject)
+    target = tmp_path / "site"
+    pip_install(src, target)
+
+    out = cli(["plugins", "--json"], target, f"rug,linear,{ep_name}", tmp_path)
+    assert out.returncode == 0, out.stderr
+    mine = [r for r in json.loads(out.stdout) if (r.get("source") or "").startswith(f"{dist}==")]
+    assert len(mine) == 1 and mine[0]["kind"] in ("elementwise", "filtering", "reference", "iterative", "learned")
+    name = mine[0]["name"]
+
+    out = cli(["run", "--plugins", "all", *CELL, "--json"], target, f"rug,linear,{ep_name}", tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {r["decoder"]: r for r in json.loads(out.stdout)}
+    assert rows[name]["status"] == "ok" and rows[name]["loss"] > 0 and rows["linear"]["status"] == "ok"
