@@ -21,16 +21,26 @@ How it is computed (all of it in float64, whatever the input dtype; the results 
 * Writing ``w = a + v``, ``v`` in ``[0, L]`` (``L = 1/sigma``) has density proportional to
   ``exp(-a v - v^2/2)``; ``E[u] = sigma E[v]`` and ``Var[u] = sigma^2 Var[v]`` in the reflected frame.
 * For ``a < A_SWITCH`` the textbook truncated-normal formulas are used, with the mass
-  ``log Z`` from ``log_ndtr`` (upper tail when ``a > 0``, ``log1p(-Phi(a) - Phi(-b))`` otherwise) and
-  the variance in the form ``1 - m phi(a)/Z - (L - m) phi(b)/Z`` (``m = E[v]``), which cancels far less
-  than ``1 + (a phi(a) - b phi(b))/Z - (...)^2``.
+  ``2Z = erfc(a/sqrt2) - erfc(b/sqrt2)`` when ``a > 0`` (both upper tails: no cancellation, and
+  ``Z >= Q(A_SWITCH) ~ 6e-16`` cannot underflow) and ``2 - erfc(|a|/sqrt2) - erfc(b/sqrt2)`` otherwise,
+  ``phi(a)/Z`` and ``phi(b)/Z`` from log space, and the variance in the form
+  ``1 - m phi(a)/Z - (L - m) phi(b)/Z`` (``m = E[v]``), which cancels far less than
+  ``1 + (a phi(a) - b phi(b))/Z - (...)^2``.
 * For ``a >= A_SWITCH`` (``t`` many ``sigma`` below 0) those formulas cancel catastrophically (the
   mean is ``t + sigma a (1 + O(1/a^2))``).  There the moments ``M_k = int_0^L v^k exp(-a v - v^2/2) dv``
   are built from the one-sided moments ``int_0^inf v^k exp(-x v - v^2/2) dv = k! / (T_1 ... T_{k+1})``,
   where ``T_k = x + k / T_{k+1}`` is Laplace's continued fraction of the Mills ratio
   (``R(x) = 1/T_1``), minus the shifted tail beyond ``L``.  Every term is then positive and the
   results keep their relative accuracy out to ``|t|/sigma`` of ``1e7`` and beyond.
-* ``P(on | t)`` is formed from log densities with a log-sum-exp.
+* ``P(on | t)`` is the logistic function of the log-odds ``log(p Z) - log((1 - p) phi(t/sigma)/sigma)``,
+  formed as ``log(Z/phi(a)) + (t^2 - t_r^2)/(2 sigma^2) + ...`` without the huge common ``t^2/(2 sigma^2)``.
+* Speed: the input is processed in flat blocks of ``_CHUNK`` entries (temporaries stay in cache,
+  in-place operations); a block entirely in one branch runs only that one; continued-fraction
+  entries of mixed blocks are gathered from all blocks and evaluated together at the end (so that
+  branch's per-operation overhead is paid once per ``_CHUNK`` of them); the continued-fraction depth
+  follows the smallest ``a`` it is evaluated at (``_CF_DEPTHS``);
+  arguments of ``exp``/``erfc`` are clamped so results never underflow (underflowing results are
+  ~10x slower to compute and are negligible here).
 
 Accuracy (float64 internal arithmetic, checked against direct quadrature in ``tests/test_channel.py``):
 relative ~1e-12 or better for the on-moments over ``|t| <= 1e3``, ``1e-4 <= sigma <= 1e2``; it
@@ -49,11 +59,23 @@ __all__ = ["conditional_moments", "conditional_mean", "posterior_on"]
 
 #: Standardised lower bound ``a`` above which the continued-fraction branch is used.
 A_SWITCH = 8.0
-#: Depth of the backward continued fraction (with the tail start below it is accurate to float64
-#: for x >= A_SWITCH already at depth 15).
-_CF_DEPTH = 20
+#: Depth of the backward continued fraction by the smallest argument it is evaluated at, from
+#: mpmath: with the fixed-point tail start, every depth below keeps ``1/T_1``, ``1/(T_1 T_2)`` and
+#: ``2/(T_1 T_2 T_3)`` within ~7e-16 relative for all ``x`` at or above its threshold
+#: (e.g. depth 13 at ``x = 8`` leaves 5e-15, depth 14 leaves 7e-16).
+_CF_DEPTHS = ((100.0, 5), (40.0, 6), (24.0, 8), (16.0, 10), (12.0, 11), (10.0, 12), (9.0, 13),
+              (A_SWITCH, 14))
+#: Entries processed per block: every temporary of a block stays in cache.
+_CHUNK = 32768
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+#: exp and erfc arguments are clamped so that results stay normal numbers (both functions are ~10x
+#: slower where they underflow): exp(-700) ~ 1e-304 and erfc(26) ~ 6e-296 are negligible next to
+#: every term they are added to (Z >= Q(A_SWITCH) ~ 6e-16 in the direct branch).
+_EXP_FLOOR = 700.0
+_ERFC_CEIL = 26.0
+_SQRT1_2 = math.sqrt(0.5)
+_LOG2 = math.log(2.0)
 
 
 def _log_phi(x: torch.Tensor) -> torch.Tensor:
@@ -61,49 +83,55 @@ def _log_phi(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * x * x - _LOG_SQRT_2PI
 
 
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x <= 0, accurate everywhere (Maechler 2012)."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+def _cf_depth(xmin: float) -> int:
+    for x0, n in _CF_DEPTHS:
+        if xmin >= x0:
+            return n
+    return 20
 
 
-def _mills_cf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """T_1, T_2, T_3 of Laplace's continued fraction ``T_k = x + k / T_{k+1}`` (x >~ 5).
+def _mills_j(x: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``J_k(x) = int_0^inf v^k exp(-x v - v^2/2) dv = k! / (T_1 ... T_{k+1})`` for k = 0, 1, 2.
 
-    ``1/T_1`` is the Mills ratio ``Q(x)/phi(x)`` and
-    ``int_0^inf v^k exp(-x v - v^2/2) dv = k! / (T_1 ... T_{k+1})``.
+    ``T_k = x + k / T_{k+1}`` is Laplace's continued fraction of the Mills ratio (``J_0 = 1/T_1``),
+    evaluated backwards from ``depth`` (see ``_CF_DEPTHS``; needs ``x >= A_SWITCH``) and started at
+    the fixed point of ``T = x + (depth + 1)/T``, which removes most of the truncation error.
     """
-    n = _CF_DEPTH
-    # Tail start: the fixed point of T = x + (n+1)/T, which removes most of the truncation error.
-    t = 0.5 * (x + torch.sqrt(x * x + 4.0 * (n + 1)))
-    t1 = t2 = t3 = t
-    for k in range(n, 0, -1):
-        t = torch.reciprocal(t).mul_(k).add_(x)
+    t = torch.sqrt(x * x + 4.0 * (depth + 1)).add_(x).mul_(0.5)
+    one = x.new_ones(())
+    t2 = t3 = t
+    for k in range(depth, 0, -1):
+        t = torch.addcdiv(x, one, t, value=float(k))  # x + k / t
         if k == 3:
             t3 = t
         elif k == 2:
             t2 = t
-        elif k == 1:
-            t1 = t
-    return t1, t2, t3
+    j0 = torch.reciprocal(t)
+    j1 = j0 / t2
+    j2 = j1 / t3
+    return j0, j1, j2.mul_(2.0)
 
 
-def _tail_moments(a: torch.Tensor, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log Z + a^2/2 + log sqrt(2 pi) = log M0, E[v], Var[v]) for the branch a >= A_SWITCH.
+def _tail_moments(a: torch.Tensor, L) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log M0 = log Z - log phi(a), E[v], Var[v]) for the branch ``a >= A_SWITCH``.
 
     ``M_k(a, L) = int_0^L v^k exp(-a v - v^2/2) dv`` is the one-sided moment at ``a`` minus
-    ``exp(-a L - L^2/2)`` times the binomially shifted one-sided moments at ``b = a + L``.
+    ``e = exp(-a L - L^2/2)`` times the binomially shifted one-sided moments at ``b = a + L``.
+    The shifted terms are below ``e (1 + a L)^2`` relative to the unshifted ones (``J_k(b) <= J_k(a)``,
+    ``J_k(x) ~ k!/x^{k+1}``); where that is under 1e-18 for every entry they are left out.
     """
-    b = a + L
-    e = torch.exp(-(a + 0.5 * L) * L)
-    n = a.numel()
-    t1, t2, t3 = _mills_cf(torch.cat([a, b]))
-    a1, a2, a3 = t1[:n], t2[:n], t3[:n]
-    b1, b2, b3 = t1[n:], t2[n:], t3[n:]
-    m0 = 1.0 / a1 - e / b1
-    m1 = 1.0 / (a1 * a2) - e * (1.0 / (b1 * b2) + L / b1)
-    m2 = 2.0 / (a1 * a2 * a3) - e * (2.0 / (b1 * b2 * b3) + 2.0 * L / (b1 * b2) + L * L / b1)
+    e = torch.exp((a + 0.5 * L).mul_(L).clamp_(max=_EXP_FLOOR).neg_())
+    q = (a * L).add_(1.0)
+    need_b = bool((q.mul_(q).mul_(e)).amax() > 1e-18)
+    depth = _cf_depth(float(a.amin()))
+    m0, m1, m2 = _mills_j(a, depth)
+    if need_b:
+        b0, b1, b2 = _mills_j(a + L, depth)  # b >= a: the same depth suffices
+        m0 = m0 - e * b0
+        m1 = m1 - e * (b1 + L * b0)
+        m2 = m2 - e * (b2 + 2.0 * L * b1 + L * L * b0)
     mean = m1 / m0
-    var = m2 / m0 - mean * mean
+    var = (m2 / m0).sub_(mean * mean)
     return torch.log(m0), mean, var
 
 
@@ -142,6 +170,155 @@ def _gl_unit(device) -> tuple[torch.Tensor, torch.Tensor]:
     return _GL_CACHE[key]
 
 
+def _block(t: torch.Tensor, s, wide: bool, want_log_z: bool):
+    """The on-moments of one 1-D float64 block ``t`` (``s``: a float or a tensor like ``t``).
+
+    Returns ``((log_zr, E[u | t, on], Var[u | t, on], log_z or None), deferred)`` where
+    ``log_zr = log Z - log phi(t/s)`` (formed without the common ``-t^2/(2 s^2)``).  ``wide``: some
+    ``s`` may be ``>= 1`` (the quadrature branch is then checked for).  ``deferred`` is ``None`` or
+    the (local) indices of a few continued-fraction entries whose results here are garbage: the
+    caller evaluates them afterwards, gathered from all blocks (see :func:`_blocks`), so that the
+    per-operation overhead of that branch is paid once per ``_CHUNK`` of them, not once per block.
+    """
+    L = torch.reciprocal(s) if isinstance(s, torch.Tensor) else 1.0 / s
+    tr = torch.minimum(t, torch.rsub(t, 1.0))  # reflected: tr <= 1/2 (1 - t where t > 1/2)
+    a = torch.div(tr, s).neg_()  # (not tr * (-L): one rounding less)
+    n = a.numel()
+    amin, amax = (float(v) for v in torch.aminmax(a)) if n else (0.0, 0.0)
+    log_z = None
+
+    if amin >= A_SWITCH:  # the whole block is in the continued-fraction branch
+        g, m, v = _tail_moments(a, L)
+        tail_idx = None
+    else:
+        # Direct branch: 2Z = erfc(|a|/sqrt2) - erfc(b/sqrt2) (a > 0), 2 - erfc(-a/sqrt2) - erfc(b/sqrt2)
+        # (a <= 0); phi(a)/Z and phi(b)/Z from log space; the variance as 1 - m pa - (L - m) pb.
+        b = a + L
+        ea = torch.special.erfc(torch.abs(a).mul_(_SQRT1_2).clamp_(max=_ERFC_CEIL))
+        z2 = torch.where(a > 0, ea, torch.rsub(ea, 2.0))
+        z2.sub_(torch.special.erfc((b * _SQRT1_2).clamp_(max=_ERFC_CEIL)))
+        lz2 = torch.log(z2)
+        if want_log_z:
+            log_z = lz2 - _LOG2
+        nl = torch.rsub(lz2, _LOG2 - _LOG_SQRT_2PI)  # -log Z - log sqrt(2 pi)
+        g = torch.addcmul(nl, a, a, value=-0.5)  # log(phi(a)/Z)
+        pa = torch.exp(torch.clamp(g, min=-_EXP_FLOOR))
+        pb = torch.exp(nl.addcmul_(b, b, value=-0.5).clamp_(min=-_EXP_FLOOR))
+        g.neg_()  # log Z - log phi(a)
+        d = pa.sub_(pb)
+        m = d - a  # E[v]
+        w = pb.mul_(L).addcmul_(m, d)
+        v = torch.rsub(w, 1.0)  # Var[v] = 1 - m pa - (L - m) pb
+        del b, ea, z2, lz2, nl, d, w
+        tail_idx = None
+        if amax >= A_SWITCH:
+            tail_idx = (a >= A_SWITCH).nonzero().squeeze(1)
+
+    if want_log_z and log_z is None:
+        log_z = g + _log_phi(a)
+    mean_r = (m * s).clamp_(0.0, 1.0)  # E[u] in the reflected frame
+    var_u = v.mul_(s * s)
+
+    if wide:
+        wmask = a < A_SWITCH
+        if isinstance(s, torch.Tensor):
+            wmask &= s >= 1.0
+        elif s < 1.0:
+            wmask = None
+        if wmask is not None and bool(wmask.any()):
+            idx = wmask.nonzero().squeeze(1)
+            aw = a[idx]
+            lz, mw, vw = _wide_moments(tr[idx], s[idx] if isinstance(s, torch.Tensor) else torch.full_like(aw, s))
+            g[idx] = lz - _log_phi(aw)
+            mean_r[idx] = mw
+            var_u[idx] = vw
+            if want_log_z:
+                log_z[idx] = lz
+
+    # log phi(a) - log phi(t/s) = (t^2 - tr^2) / (2 s^2): 0 where not reflected.
+    log_zr = g.add_((t - tr).mul_(t + tr).mul_(L * L * 0.5))
+    e_on = torch.where(t > 0.5, torch.rsub(mean_r, 1.0), mean_r)
+    var_u.clamp_(min=0.0)
+    return (log_zr, e_on, var_u, log_z), tail_idx
+
+
+def _blocks(n: int, t_at, s_at, wide: bool, want_log_z: bool, emit) -> None:
+    """Run :func:`_block` over ``n`` entries: ``t_at(sel)`` / ``s_at(sel)`` give the float64 ``t`` and
+    ``s`` (float or tensor) of a slice or an index tensor ``sel``, and ``emit(sel, results)`` stores
+    the results.  Deferred continued-fraction entries are emitted again, gathered, at the end."""
+    deferred = []
+    for lo in range(0, n, _CHUNK):
+        sel = slice(lo, min(lo + _CHUNK, n))
+        res, idx = _block(t_at(sel), s_at(sel), wide, want_log_z)
+        emit(sel, res)
+        if idx is not None:
+            deferred.append(idx + lo)
+    if deferred:
+        idx = torch.cat(deferred)
+        for lo in range(0, idx.numel(), _CHUNK):
+            sel = idx[lo:lo + _CHUNK]
+            res, rest = _block(t_at(sel), s_at(sel), wide, want_log_z)
+            assert rest is None  # every entry gathered here is in the continued-fraction branch
+            emit(sel, res)
+
+
+def _flat_operands(y, p, mu, sigma):
+    """Validate; returns ``(y_flat, mu, s, shape, wide, p)``.
+
+    ``mu`` and ``s`` are Python floats or flat float64 tensors of ``shape`` (the broadcast shape);
+    ``wide`` says whether some ``sigma >= 1``.  Tensor arguments are checked with one reduction each.
+    """
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    p = check_p(p)
+    shape = y.shape
+    if isinstance(sigma, torch.Tensor):
+        s = sigma.to(device=y.device, dtype=torch.float64)
+        if s.numel() == 0:
+            raise ValueError("sigma must be finite and > 0 everywhere")
+        lo, hi = (float(v) for v in torch.aminmax(s))
+        if not (lo > 0.0 and hi < math.inf):  # NaN fails too
+            raise ValueError("sigma must be finite and > 0 everywhere")
+        wide = hi >= 1.0
+        shape = torch.broadcast_shapes(shape, s.shape)
+    else:
+        s = check_sigma(sigma)
+        wide = s >= 1.0
+    if isinstance(mu, torch.Tensor):
+        m = mu.to(device=y.device, dtype=torch.float64)
+        if m.numel() and not bool(torch.isfinite(m).all()):
+            raise ValueError("mu must be finite everywhere")
+        shape = torch.broadcast_shapes(shape, m.shape)
+    else:
+        try:
+            m = float(mu)
+        except (TypeError, ValueError):
+            raise ValueError(f"mu must be a finite number, got {mu!r}") from None
+        if not math.isfinite(m):
+            raise ValueError(f"mu must be a finite number, got {mu!r}")
+    shape = torch.Size(shape)
+    y_flat = y.expand(shape).reshape(-1)
+    if isinstance(m, torch.Tensor):
+        m = m.expand(shape).reshape(-1)
+    if isinstance(s, torch.Tensor):
+        s = s.expand(shape).reshape(-1)
+    return y_flat, m, s, shape, wide, p
+
+
+def _getters(y_flat, m, s):
+    """``t_at(sel)`` and ``s_at(sel)`` for :func:`_blocks` from the outputs of :func:`_flat_operands`."""
+    def t_at(sel):
+        t = y_flat[sel].to(torch.float64)
+        if isinstance(m, torch.Tensor):
+            return t - m[sel]
+        return t - m if m != 0.0 else t
+
+    def s_at(sel):
+        return s[sel] if isinstance(s, torch.Tensor) else s
+
+    return t_at, s_at
+
+
 def _on_moments(t: torch.Tensor, s: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log Z, log Z - log phi(t/s), E[u | t, on], Var[u | t, on]) for float64 ``t``, ``s`` (same shape).
@@ -149,82 +326,20 @@ def _on_moments(t: torch.Tensor, s: torch.Tensor
     The second output is formed without the common ``-t^2/(2 s^2)`` (which can reach ``-5e13``,
     where float64 keeps no O(1) digits), so the on/off log-odds stay accurate far in the tails.
     """
-    flip = t > 0.5
-    tr = torch.where(flip, 1.0 - t, t)  # reflected: tr <= 1/2
-    a = -tr / s
-    b = (1.0 - tr) / s
-    L = 1.0 / s
-
-    # Direct branch (a < A_SWITCH, sigma < 1); evaluated everywhere, overwritten on the other branches.
-    lna = torch.special.log_ndtr(-a)
-    lnb = torch.special.log_ndtr(-b)
-    upper = lna + _log1mexp(torch.clamp(lnb - lna, max=0.0))
-    # Phi(a) + Phi(-b) through log_ndtr (torch's ndtr is ~100x slower on some CPUs for mixed inputs)
-    central = torch.log1p(-torch.exp(torch.special.log_ndtr(a)) - torch.exp(lnb))
-    log_z = torch.where(a > 0, upper, central)
-    del lna, lnb, upper, central  # keep the peak memory down on large inputs
-    log_zr = log_z - _log_phi(t / s)
-    pa = torch.exp(_log_phi(a) - log_z)
-    pb = torch.exp(_log_phi(b) - log_z)
-    m = pa - pb - a
-    var = 1.0 - m * pa - (L - m) * pb
-    del pa, pb, b
-    mean_r = s * m  # E[u] in the reflected frame
-    var_u = s * s * var
-    del m, var
-
-    tail = a >= A_SWITCH
-    wide = (~tail) & (s >= 1.0)
-    if bool(tail.any()) or bool(wide.any()):
-        log_z, log_zr, mean_r, var_u = log_z.clone(), log_zr.clone(), mean_r.clone(), var_u.clone()
-    if bool(tail.any()):
-        at, Lt, st = a[tail], L[tail], s[tail]
-        log_m0, mt, vt = _tail_moments(at, Lt)
-        log_z[tail] = log_m0 + _log_phi(at)
-        # log phi(a) - log phi(t/s) = (t^2 - tr^2) / (2 s^2): 0 unflipped, (2t - 1)/(2 s^2) flipped.
-        tt = t[tail]
-        log_zr[tail] = log_m0 + torch.where(flip[tail], (2.0 * tt - 1.0) / (2.0 * st * st), torch.zeros_like(tt))
-        mean_r[tail] = st * mt
-        var_u[tail] = st * st * vt
-    if bool(wide.any()):
-        lz, mw, vw = _wide_moments(tr[wide], s[wide])
-        log_z[wide] = lz
-        log_zr[wide] = lz - _log_phi(t[wide] / s[wide])
-        mean_r[wide] = mw
-        var_u[wide] = vw
-
-    mean_r = torch.clamp(mean_r, 0.0, 1.0)
-    mean = torch.where(flip, 1.0 - mean_r, mean_r)
-    var_u = torch.clamp(var_u, min=0.0)
-    return log_z, log_zr, mean, var_u
-
-
-def _prepare(y, p, mu, sigma):
-    """Validate, broadcast and upcast to float64. Returns ``(t = y - mu, sigma, p)``."""
-    if not isinstance(y, torch.Tensor):
-        raise ValueError(f"y must be a torch.Tensor, got {type(y).__name__}")
-    p = check_p(p)
-    if isinstance(sigma, torch.Tensor):
-        s = sigma.to(device=y.device, dtype=torch.float64)
-        if s.numel() == 0 or not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
-            raise ValueError("sigma must be finite and > 0 everywhere")
-    else:
-        s = torch.tensor(check_sigma(sigma), dtype=torch.float64, device=y.device)
-    if isinstance(mu, torch.Tensor):
-        m = mu.to(device=y.device, dtype=torch.float64)
-        if not bool(torch.isfinite(m).all()):
-            raise ValueError("mu must be finite everywhere")
-    else:
-        try:
-            mf = float(mu)
-        except (TypeError, ValueError):
-            raise ValueError(f"mu must be a finite number, got {mu!r}") from None
-        if not math.isfinite(mf):
-            raise ValueError(f"mu must be a finite number, got {mu!r}")
-        m = torch.tensor(mf, dtype=torch.float64, device=y.device)
-    t = y.to(torch.float64) - m
     t, s = torch.broadcast_tensors(t, s)
-    return t.contiguous(), s.contiguous(), p
+    shape = t.shape
+    tf = t.reshape(-1).to(torch.float64)
+    sf = s.reshape(-1).to(torch.float64)
+    wide = bool(sf.numel()) and bool((sf >= 1.0).any())
+    outs = [torch.empty_like(tf) for _ in range(4)]
+
+    def emit(sel, res):
+        log_zr, e_on, v_on, log_z = res
+        for o, r in zip(outs, (log_z, log_zr, e_on, v_on)):
+            o[sel] = r
+
+    _blocks(tf.numel(), lambda sel: tf[sel], lambda sel: sf[sel], wide, True, emit)
+    return tuple(o.reshape(shape) for o in outs)
 
 
 def _posterior_parts(t: torch.Tensor, s: torch.Tensor, p: float) -> dict[str, torch.Tensor]:
@@ -242,6 +357,10 @@ def _posterior_parts(t: torch.Tensor, s: torch.Tensor, p: float) -> dict[str, to
     else:
         p_on, p_off = torch.ones_like(t), torch.zeros_like(t)
     return {"log_on": math.log(p) + log_z, "p_on": p_on, "p_off": p_off, "e_on": e_on, "v_on": v_on}
+
+
+def _out_dtype(y: torch.Tensor) -> torch.dtype:
+    return y.dtype if y.dtype.is_floating_point else torch.get_default_dtype()
 
 
 def conditional_moments(y: torch.Tensor, p: float, mu: float | torch.Tensor,
@@ -262,14 +381,36 @@ def conditional_moments(y: torch.Tensor, p: float, mu: float | torch.Tensor,
     Raises:
         ValueError: naming ``p``, ``sigma``, ``mu`` or ``y`` when an argument is invalid.
     """
-    t, s, p = _prepare(y, p, mu, sigma)
-    parts = _posterior_parts(t, s, p)
-    p_on, p_off = parts["p_on"], parts["p_off"]
-    e_on, v_on = parts["e_on"], parts["v_on"]
-    mean = torch.clamp(p_on * e_on, 0.0, 1.0)
-    var = torch.clamp(p_on * (v_on + p_off * e_on * e_on), min=0.0)
-    dtype = y.dtype if y.dtype.is_floating_point else torch.get_default_dtype()
-    return mean.to(dtype), var.to(dtype)
+    y_flat, m, s, shape, wide, p = _flat_operands(y, p, mu, sigma)
+    dtype = _out_dtype(y)
+    mean_out = torch.empty(shape, dtype=dtype, device=y.device)
+    var_out = torch.empty(shape, dtype=dtype, device=y.device)
+    mf, vf = mean_out.view(-1), var_out.view(-1)
+    t_at, s_at = _getters(y_flat, m, s)
+    logit = math.log(p) - math.log1p(-p) if p < 1.0 else 0.0
+
+    def emit(sel, res):
+        log_zr, e_on, v_on, _ = res
+        direct = dtype == torch.float64 and isinstance(sel, slice)
+        if p < 1.0:
+            sb = s_at(sel)
+            # log-odds of on vs off: log(p Z) - log((1 - p) phi(t/s) / s)
+            lam = log_zr.add_(torch.log(sb) if isinstance(sb, torch.Tensor) else math.log(sb)).add_(logit)
+            p_on = torch.sigmoid(lam)
+            p_off = torch.sigmoid(lam.neg_())
+            v_on.addcmul_(p_off.mul_(e_on), e_on)  # Var[x | t] = P(on) (Var_on + P(off) E_on^2)
+            if direct:  # write straight into the output
+                torch.mul(p_on, e_on, out=mf[sel]).clamp_(0.0, 1.0)
+                torch.mul(v_on, p_on, out=vf[sel]).clamp_(min=0.0)
+            else:
+                mf[sel] = torch.mul(p_on, e_on).clamp_(0.0, 1.0).to(dtype)
+                vf[sel] = v_on.mul_(p_on).clamp_(min=0.0).to(dtype)
+        else:
+            mf[sel] = e_on.clamp_(0.0, 1.0).to(dtype)
+            vf[sel] = v_on.to(dtype)
+
+    _blocks(y_flat.numel(), t_at, s_at, wide, False, emit)
+    return mean_out, var_out
 
 
 def conditional_mean(y: torch.Tensor, p: float, mu: float | torch.Tensor,
@@ -281,8 +422,18 @@ def conditional_mean(y: torch.Tensor, p: float, mu: float | torch.Tensor,
 def posterior_on(y: torch.Tensor, p: float, mu: float | torch.Tensor,
                  sigma: float | torch.Tensor) -> torch.Tensor:
     """``P(on | y) = p Z / (p Z + (1 - p) phi(t/sigma)/sigma)``, elementwise, in ``[0, 1]``."""
-    t, s, p = _prepare(y, p, mu, sigma)
-    parts = _posterior_parts(t, s, p)
-    out = parts["p_on"].clamp(0.0, 1.0)
-    dtype = y.dtype if y.dtype.is_floating_point else torch.get_default_dtype()
-    return out.to(dtype)
+    y_flat, m, s, shape, wide, p = _flat_operands(y, p, mu, sigma)
+    out = torch.empty(shape, dtype=_out_dtype(y), device=y.device)
+    if p >= 1.0:
+        return out.fill_(1.0)
+    of = out.view(-1)
+    t_at, s_at = _getters(y_flat, m, s)
+    logit = math.log(p) - math.log1p(-p)
+
+    def emit(sel, res):
+        sb = s_at(sel)
+        lam = res[0].add_(torch.log(sb) if isinstance(sb, torch.Tensor) else math.log(sb)).add_(logit)
+        of[sel] = torch.sigmoid(lam).clamp_(0.0, 1.0).to(of.dtype)
+
+    _blocks(y_flat.numel(), t_at, s_at, wide, False, emit)
+    return out

@@ -216,6 +216,9 @@ def test_small_noise_limits():
         (dict(p=0.1, mu=0.0, sigma=0.0), "sigma"),
         (dict(p=0.1, mu=0.0, sigma=-1.0), "sigma"),
         (dict(p=0.1, mu=0.0, sigma=torch.tensor([0.1, 0.0])), "sigma"),
+        (dict(p=0.1, mu=0.0, sigma=torch.tensor([0.1, float("nan")])), "sigma"),
+        (dict(p=0.1, mu=0.0, sigma=torch.tensor([[float("inf")], [0.2]])), "sigma"),
+        (dict(p=0.1, mu=0.0, sigma=torch.tensor([], dtype=torch.float64)), "sigma"),
         (dict(p=0.1, mu=float("inf"), sigma=0.1), "mu"),
         (dict(p=0.1, mu=torch.tensor([0.0, float("nan")]), sigma=0.1), "mu"),
     ],
@@ -224,3 +227,90 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     y = torch.zeros(2)
     with pytest.raises(ValueError, match=name):
         conditional_moments(y, **kwargs)
+
+
+# --- the blocked implementation: depth table, block layouts, outputs --------------------------------
+
+from decoderbench import channel  # noqa: E402
+
+
+@pytest.mark.parametrize("x0, depth", channel._CF_DEPTHS)
+def test_continued_fraction_depth_table_is_float64_accurate(x0, depth):
+    """J_k(x) = int_0^inf v^k exp(-x v - v^2/2) dv at the smallest x each depth is used for."""
+    for x in (x0, 1.5 * x0):
+        j = channel._mills_j(torch.tensor([x], dtype=torch.float64), depth)
+        with mp.workdps(40):
+            for k in range(3):
+                ref = mp.quad(lambda v: v**k * mp.exp(-x * v - v * v / 2), [0, 1 / mp.mpf(x), 10 / mp.mpf(x), mp.inf])
+                assert abs(float(j[k]) - float(ref)) <= 2e-15 * float(ref), (x, depth, k)
+
+
+def _layout_input(s: float) -> torch.Tensor:
+    """256 values of t for blocks of 64: all direct, all continued fraction (that branch alone),
+    4 and 40 of 64 continued fraction (gathered from both blocks and evaluated at the end)."""
+    g = torch.Generator().manual_seed(7)
+
+    def main(k):
+        return (-7.9 * s + (1.0 + 15.8 * s) * torch.rand(k, generator=g, dtype=torch.float64))
+
+    def tail(k):
+        u = torch.rand(k, generator=g, dtype=torch.float64)
+        far = s * torch.exp(math.log(8.01) + (math.log(1e3 / s) - math.log(8.01)) * u)  # 8.01 s .. 1e3
+        far = far.clamp(max=1e3)
+        return torch.where(torch.rand(k, generator=g) < 0.5, -far, 1.0 + far)
+
+    blocks = [main(64), tail(64), torch.cat([main(60), tail(4)]), torch.cat([main(24), tail(40)])]
+    return torch.cat([b[torch.randperm(64, generator=g)] for b in blocks])
+
+
+@pytest.mark.parametrize("s", [1e-3, 0.2085, 0.7])
+@pytest.mark.parametrize("p", [0.045, 1.0])
+def test_every_block_layout_matches_mpmath(monkeypatch, s, p):
+    y = _layout_input(s)
+    whole = conditional_moments(y, p, 0.0, s)  # one block, tail entries gathered
+    monkeypatch.setattr(channel, "_CHUNK", 64)
+    mean, var = conditional_moments(y, p, 0.0, s)
+    pon = posterior_on(y, p, 0.0, s)
+    perm = torch.randperm(y.numel(), generator=torch.Generator().manual_seed(1))
+    pm, pv = conditional_moments(y[perm], p, 0.0, s)  # other blocks, other paths
+    assert torch.allclose(whole[0], mean, rtol=1e-13, atol=0) and torch.allclose(whole[1], var, rtol=1e-12, atol=0)
+    assert torch.allclose(pm, mean[perm], rtol=1e-13, atol=0) and torch.allclose(pv, var[perm], rtol=1e-12, atol=0)
+    bad = []
+    for i in range(0, y.numel(), 3):
+        m, v, pr = _mp_reference(float(y[i]), s, p)
+        for name, got, ref, tol in (("mean", mean, m, 1e-9), ("var", var, v, 1e-8), ("p_on", pon, pr, 1e-9)):
+            if not _close(float(got[i]), ref, tol, 1e-300):
+                bad.append((name, float(y[i]), float(got[i]), float(ref)))
+    assert not bad, bad[:10]
+
+
+def test_float32_is_float64_rounded_across_blocks(monkeypatch):
+    monkeypatch.setattr(channel, "_CHUNK", 64)
+    y32 = _layout_input(0.05).float()
+    m32, v32 = conditional_moments(y32, 0.045, 0.01, 0.05)
+    m64, v64 = conditional_moments(y32.double(), 0.045, 0.01, 0.05)
+    assert torch.equal(m32, m64.float()) and torch.equal(v32, v64.float())
+    assert torch.equal(posterior_on(y32, 0.045, 0.01, 0.05), posterior_on(y32.double(), 0.045, 0.01, 0.05).float())
+
+
+def test_per_row_sigma_matches_scalar_calls_across_blocks(monkeypatch):
+    """sigma of shape (B, 1), as the message-passing decoders pass it; rows include sigma >= 1."""
+    monkeypatch.setattr(channel, "_CHUNK", 64)
+    sig = torch.tensor([[1e-3], [0.2085], [0.7], [3.0]], dtype=torch.float64)
+    y = torch.stack([_layout_input(float(v)) for v in sig[:, 0]])[:, :200]
+    mean, var = conditional_moments(y, 0.045, 0.0, sig)
+    for i, s in enumerate(sig[:, 0].tolist()):
+        m1, v1 = conditional_moments(y[i], 0.045, 0.0, s)
+        assert torch.allclose(mean[i], m1, rtol=1e-13, atol=0), s
+        assert torch.allclose(var[i], v1, rtol=1e-12, atol=0), s
+
+
+def test_on_moments_blocked_equals_single_block(monkeypatch):
+    """The helper theory.py uses, with tail entries gathered across blocks."""
+    t = _layout_input(0.2085)
+    s = torch.full_like(t, 0.2085)
+    ref = channel._on_moments(t, s)
+    monkeypatch.setattr(channel, "_CHUNK", 64)
+    got = channel._on_moments(t, s)
+    for r, g in zip(ref, got):
+        assert torch.allclose(r, g, rtol=1e-13, atol=0)
