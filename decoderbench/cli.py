@@ -134,45 +134,287 @@ def _select_decoders(spec: str) -> list[str]:
 
 
 ROW_COLUMNS = ["decoder", "kind", "n_s", "n_d", "p", "seed", "loss", "loss_se", "ratio_e2", "ratio_mmse", "status"]
+DEFAULT_RESULTS = "results"
+DEFAULT_LEADERBOARDS = "leaderboards"
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, normalised: the sub-command and the options given (not their defaults)."""
+    parts = ["decoderbench", ctx.info_name or ""]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) in (None, click.core.ParameterSource.DEFAULT):
+            continue
+        value = ctx.params.get(param.name)
+        opt = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            if value:
+                parts.append(opt)
+        elif value is not None:
+            text = str(value)
+            parts += [opt, text if text and all(c.isalnum() or c in "-_.,/:=+" for c in text) else json.dumps(text)]
+    return " ".join(parts)
+
+
+def _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples, max_samples):
+    """The grid a `run`/`leaderboard` invocation means, and whether it is an ad-hoc one."""
+    from .grids import adhoc_grid, load_grid
+
+    ns_l = None if ns is None else _floats("--ns", ns)
+    r_l = None if r is None else _floats("--r", r)
+    nd_l = None if nd is None else _floats("--nd", nd)
+    p_l = None if p is None else _floats("--p", p)
+    seeds = None if seed is None else [check_seed(s) for s in _floats("--seed", seed)]
+    if r_l is not None and nd_l is not None:
+        raise ValueError("--r and --nd: give one of them, not both")
+    adhoc = grid_spec is None and any(v is not None for v in (ns_l, r_l, nd_l, p_l))
+    if adhoc:
+        g = adhoc_grid(ns_l or [4096], r_l, nd_l, p_l or [0.045], seeds or [0],
+                       target_rel_se=0.01 if target_se is None else target_se,
+                       min_samples=min(2048, max_samples or 131072) if min_samples is None else min_samples,
+                       max_samples=131072 if max_samples is None else max_samples,
+                       encoder=encoder or "rug", dtype=dtype or "float32")
+        return g, True
+    g = load_grid(grid_spec or "default")
+    g = g.override(ns=ns_l, r=r_l, nd=nd_l, p=p_l, seeds=seeds, target_rel_se=target_se, max_samples=max_samples,
+                   min_samples=min_samples)
+    from dataclasses import replace
+
+    if encoder is not None or dtype is not None:
+        g = replace(g, encoder=encoder or g.encoder, dtype=dtype or g.dtype)
+    return g, False
+
+
+def _cell_options(f):
+    """The options that choose cells, shared by `run` and `leaderboard`."""
+    for deco in reversed([
+        click.option("--grid", "grid_spec", default=None,
+                     help="A built-in grid (default, paper-fig2, paper-fig15) or a grid FILE.toml "
+                          "[default: the default grid, unless cells are given with --ns/--r/--nd/--p]."),
+        click.option("--ns", default=None, help="n_s list (powers of two); with --grid, replaces the grid's.  "
+                                                "[ad-hoc default: 4096]"),
+        click.option("--r", "r", default=None, help="r list in (0, 1); with --grid, replaces the grid's. "
+                                                    "[ad-hoc default: 0.25]"),
+        click.option("--nd", default=None, help="n_d list instead of --r."),
+        click.option("--p", "p", default=None, help="p list in (0, 1]; with --grid, replaces the grid's. "
+                                                    "[ad-hoc default: 0.045]"),
+        click.option("--seed", default=None, help="Seed list (non-negative integers) [default: the grid's, or 0]."),
+        click.option("--encoder", default=None, help="Encoder name (see `decoderbench plugins`) [default: rug]."),
+        click.option("--dtype", default=None, type=click.Choice(["float32", "float64"]),
+                     help="[default: the grid's, or float32]"),
+    ]):
+        f = deco(f)
+    return f
 
 
 @cli.command()
-@click.option("--plugins", "plugin_spec", default="all", show_default=True,
-              help="Decoders to score: 'all' or a comma-separated list of names.")
-@click.option("--ns", default="4096", show_default=True, help="n_s list (powers of two).")
-@click.option("--r", "r", default=None, help="r list in (0, 1) [default: 0.25].")
-@click.option("--nd", default=None, help="n_d list instead of --r.")
-@click.option("--p", "p", default="0.045", show_default=True, help="p list in (0, 1].")
-@click.option("--seed", default="0", show_default=True, help="Seed list (non-negative integers).")
-@click.option("--encoder", default="rug", show_default=True, help="Encoder name (see `decoderbench plugins`).")
-@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
-@click.option("--target-se", default=0.01, show_default=True, type=float,
-              help="Stop sampling when the standard error is below this fraction of the loss.")
-@click.option("--max-samples", default=131072, show_default=True, type=int, help="Cap on evaluation samples.")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list.")
-def run(plugin_spec, ns, r, nd, p, seed, encoder, device, dtype, target_se, max_samples, as_json):
-    """Score decoders on cells against the theory."""
-    from . import plugins
-    from .runner import WorkUnit, run_unit
+@click.option("--plugins", "plugin_spec", default=None,
+              help="Decoders to score: 'all' or a comma-separated list of names [default: the grid's, or all].")
+@_cell_options
+@click.option("--device", default="auto", show_default=True,
+              help="auto (a GPU when torch sees one), cpu or cuda; the resolved device is part of each row's key.")
+@click.option("--target-se", default=None, type=float,
+              help="Stop sampling when the standard error is below this fraction of the loss "
+                   "[default: the grid's, ad-hoc 0.01].")
+@click.option("--min-samples", default=None, type=int, help="Least number of evaluation samples [default: the grid's].")
+@click.option("--max-samples", default=None, type=int, help="Cap on evaluation samples [default: the grid's, ad-hoc 131072].")
+@click.option("--out", default=None,
+              help=f"Results store directory [default: {DEFAULT_RESULTS}/ for grid runs; ad-hoc cells (--ns/--r/--p "
+                   "without --grid) are stored only when --out is given].")
+@click.option("--force", is_flag=True, help="Recompute rows the store already holds.")
+@click.option("--leaderboard", "board_dir", default=None,
+              help=f"Where the run writes its leaderboard tables [default: {DEFAULT_LEADERBOARDS}/<grid name>; "
+                   "only when a store is written].")
+@click.option("--no-summary", is_flag=True, help="Do not print the summary table at the end.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list (and nothing else on stdout).")
+@click.pass_context
+def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device, target_se, min_samples, max_samples,
+        out, force, board_dir, no_summary, as_json):
+    """Score decoders on a grid of cells against the theory, storing every row in a results store.
 
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
-    plugins.get_encoder(encoder)
-    names = _select_decoders(plugin_spec)
-    seeds = [check_seed(s) for s in _floats("--seed", seed)]
-    units = [WorkUnit(n_s, n_d, pv, name, seed=s, encoder=encoder, device=device, dtype=dtype,
-                      target_rel_se=target_se, max_samples=max_samples, min_samples=min(2048, max_samples))
-             for (n_s, n_d, pv) in _cells(ns, r, nd, p) for s in seeds for name in names]
-    rows = [run_unit(u) for u in units]
+    Re-running the same command computes only the rows the store lacks (or whose last attempt failed).
+    """
+    from pathlib import Path
+
+    from . import leaderboard, plugins, sweep
+    from .store import ResultsStore
+
+    grid, adhoc = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples,
+                                     max_samples)
+    plugins.get_encoder(grid.encoder)
+    spec = plugin_spec if plugin_spec is not None else (grid.plugins if isinstance(grid.plugins, str)
+                                                        else ",".join(grid.plugins))
+    names = _select_decoders(spec)
+    dev = sweep.resolve_device(device)
+    units = sweep.units_for(grid, names, device=dev)
+    store_dir = out if out is not None else (None if adhoc else DEFAULT_RESULTS)
+    store = ResultsStore(store_dir) if store_dir is not None else None
+    command = _command_line(ctx)
+    n_cells = len(grid.cells())
+    if not as_json:
+        click.echo(f"grid {grid.name}: {n_cells} cells x {len(grid.seeds)} seeds x {len(names)} decoders = "
+                   f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store is not None else ""), err=True)
+    progress = not as_json and sys.stderr.isatty()
+    res = sweep.run_sweep(units, store=store, force=force, command=command, grid=grid.name, progress=progress)
+    rows = res.rows
+    board_files = None
+    if store is not None:
+        board_out = Path(board_dir) if board_dir is not None else Path(DEFAULT_LEADERBOARDS) / grid.name
+        files = leaderboard.render(rows, title=f"decoderbench leaderboard: grid {grid.name}", command=command)
+        board_files = leaderboard.write_files(files, board_out)
     if as_json:
         click.echo(json.dumps([{k: v for k, v in row.items() if k != "traceback"} for row in rows]))
     else:
-        click.echo(_table(rows, ROW_COLUMNS))
+        if adhoc:
+            click.echo(_table(rows, ROW_COLUMNS))
+        if not no_summary:
+            click.echo(("\n" if adhoc else "") + leaderboard.summary_text(rows))
+        click.echo(res.counts_line + (f"; rows in {store_dir}/" if store is not None else ""), err=True)
+        if board_files:
+            click.echo(f"tables: {', '.join(str(f) for f in board_files)} (figures: decoderbench leaderboard "
+                       f"--results {store_dir} --grid {grid_spec or grid.name})", err=True)
+        seen = set()
         for row in rows:
-            if row["status"] != "ok":
+            if row["status"] != "ok" and (row["decoder"], row["error"]) not in seen:
+                seen.add((row["decoder"], row["error"]))
                 click.echo(f"{row['decoder']}: {row['status']}: {row['error']}", err=True)
     return 1 if any(row["status"] == "error" for row in rows) else 0
+
+
+@cli.command("leaderboard")
+@click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="The results store to read.")
+@click.option("--out", default=None,
+              help=f"Where to write the tables and figures [default: {DEFAULT_LEADERBOARDS}/<grid name> with --grid, "
+                   f"else {DEFAULT_LEADERBOARDS}/].")
+@_cell_options
+@click.option("--no-figures", is_flag=True, help="Write the tables only.")
+@click.option("--quiet", is_flag=True, help="Do not print the tables.")
+@click.pass_context
+def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, dtype, no_figures, quiet):
+    """Markdown tables (and PNG figures) from a results store: per cell, and a summary across cells.
+
+    With --grid (and the same --ns/--r/--p overrides as `run`) only that grid's cells are used;
+    otherwise every row of the store. Where the store holds several rows of one (cell, decoder, seed),
+    the latest is used.
+    """
+    from pathlib import Path
+
+    from . import leaderboard
+    from .store import ResultsStore
+
+    store = ResultsStore(results, create=False)
+    rows = store.rows()
+    title = f"decoderbench leaderboard: {results}"
+    out_dir = Path(out) if out is not None else Path(DEFAULT_LEADERBOARDS)
+    if grid_spec is not None or any(v is not None for v in (ns, r, nd, p, seed, encoder, dtype)):
+        grid, _ = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, None, None, None)
+        rows = leaderboard.select_rows(rows, cells=grid.cells(), seeds=set(grid.seeds), encoder=grid.encoder,
+                                       dtype=grid.dtype, decoders=None if grid.plugins == "all" else set(grid.plugins))
+        title = f"decoderbench leaderboard: grid {grid.name}"
+        if out is None:
+            out_dir = Path(DEFAULT_LEADERBOARDS) / grid.name
+    if not rows:
+        raise ValueError(f"--results {results}: the store holds no rows for the cells asked for")
+    command = _command_line(ctx)
+    files = leaderboard.render(rows, title=title, command=command)
+    written = leaderboard.write_files(files, out_dir)
+    if not no_figures:
+        from .plots import make_figures
+
+        written += make_figures(rows, out_dir)
+    if not quiet:
+        click.echo(files["cells.md"])
+        click.echo(files["summary.md"])
+    click.echo(f"wrote {', '.join(str(w) for w in written)}", err=True)
+    return 0
+
+
+@cli.command("symmetry")
+@click.option("--ns", default="128,256,512", show_default=True, help="n_s list (powers of two, at most 8192).")
+@click.option("--r", "r", default="0.25", show_default=True, help="r = n_d/n_s in (0, 1).")
+@click.option("--p", "p", default="0.045", show_default=True, help="Sparsity p in (0, 1].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed (data, rug columns, initialisation).")
+@click.option("--load", default=None,
+              help="Comma-separated model files (safetensors from the trained plugin's cache or save_model) to "
+                   "diagnose instead of training; their n_s and n_d set the cells.")
+@click.option("--max-steps", default=None, type=int, help="Cap on Adam steps per model [plugin default].")
+@click.option("--max-time-s", default=900.0, show_default=True, type=float,
+              help="Cap on training seconds per model (0: none).")
+@click.option("--threads", default=None, type=int, help="CPU threads while training [torch's setting].")
+@click.option("--cache-dir", default=None, help="Model cache [$DECODERBENCH_CACHE or ~/.cache/decoderbench/trained].")
+@click.option("--eval-samples", default=65536, show_default=True, type=int,
+              help="Fresh samples scoring both models (the same samples for both).")
+@click.option("--out", default=DEFAULT_LEADERBOARDS, show_default=True, help="Folder for the table and figures.")
+@click.option("--no-figures", is_flag=True, help="Write the table only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
+@click.pass_context
+def symmetry_cmd(ctx, ns, r, p, seed, load, max_steps, max_time_s, threads, cache_dir, eval_samples, out, no_figures,
+                 as_json):
+    """Trained model vs the Persian Rug: loss gap and statistical permutation symmetry (paper 3.2, Figs. 3-8).
+
+    Trains (or reuses from the cache, or --load-s) the `trained` decoder per n_s, fits a ReLU on the rug,
+    scores both on the same samples, prints the diagnostics and writes <out>/trained_vs_rug.md, .png,
+    _symmetry.png and one W/b heatmap per n_s.
+    """
+    import platform
+
+    import torch
+
+    from . import symmetry
+
+    seed = check_seed(seed)
+    p = check_p(float(p))
+    if eval_samples < 2:
+        raise ValueError(f"--eval-samples must be an integer >= 2, got {eval_samples}")
+    cells: list[tuple[int, int, object]] = []
+    if load:
+        for path in [s.strip() for s in load.split(",") if s.strip()]:
+            m = symmetry.load_model(path)
+            cells.append((m.n_s, m.n_d, path))
+    else:
+        from .encoders import DENSE_MAX_NS
+
+        for v in _floats("--ns", ns):
+            n_s = check_ns(v)
+            if n_s > DENSE_MAX_NS:
+                raise ValueError(f"--ns must be at most {DENSE_MAX_NS} (the diagnostics form W densely), got {n_s}")
+            cells.append((n_s, nd_from_r(n_s, float(r)), None))
+    options = {"max_time_s": max_time_s}
+    for key, val in (("max_steps", max_steps), ("threads", threads), ("cache_dir", cache_dir)):
+        if val is not None:
+            options[key] = val
+    results = []
+    for n_s, n_d, path in cells:
+        click.echo(f"n_s={n_s} n_d={n_d}: " + (f"loading {path}" if path else "training (or reusing) the trained model"),
+                   err=True)
+        results.append(symmetry.compare_cell(n_s, n_d, p, seed, options=options, model_path=path,
+                                             eval_samples=eval_samples))
+    header = [f"# Trained toy model vs Persian Rug (p = {p:g}, seed {seed})", "",
+              f"Command: `{_command_line(ctx)}`", "",
+              f"Versions: decoderbench {__version__}, torch {torch.__version__}, python {platform.python_version()}.",
+              "", "Losses: both models on the same fresh samples of the cell's eval stream (SE per model, and of "
+              "their per-sample difference). rug+ReLU: the Persian Rug with ReLU(a z + b), (a, b) fitted on "
+              "the rug's own training samples. Diagnostics are exact functions of W = W_out W_in and b "
+              "(decoderbench.symmetry): mean ± RMS deviation across rows; E nu_i = (p/2) sum_{j!=i} W_ij; "
+              "sigma/W_ii over Welch: RMS_i sqrt(Var nu_i)/W_ii over sqrt(v (n_s/n_d - 1)), >= 1 at rank n_d; Lambda: paper eq. 3. "
+              "Paper Figure 3 (n_s = 512, r = 0.25, p = 0.045): diag 1.29 ± 0.01, b -0.18 ± 0.01. "
+              "Training times depend on the machine's load."]
+    written = symmetry.write_report(results, out, header, figures=not no_figures)
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in res.items() if k != "models"} for res in results]))
+    else:
+        rows = []
+        for res in results:
+            for name in ("trained", "rug"):
+                d = res[name]
+                rows.append({"n_s": res["n_s"], "model": name, "loss": res[f"loss_{name}"],
+                             **{k: d[k] for k in ("diag_mean", "diag_std", "bias_mean", "bias_std", "bias_eff_mean",
+                                                  "bias_eff_std", "nu_var_std", "interference_skew", "lambda_be",
+                                                  "dead_features")}})
+        click.echo(_table(rows, ["n_s", "model", "loss", "diag_mean", "diag_std", "bias_mean", "bias_std",
+                                 "bias_eff_mean", "bias_eff_std", "nu_var_std", "interference_skew", "lambda_be",
+                                 "dead_features"]))
+    click.echo(f"wrote {', '.join(str(w) for w in written)}", err=True)
+    return 0
 
 
 def main(argv=None) -> int:

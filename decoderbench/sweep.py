@@ -1,0 +1,173 @@
+"""The sweep: a grid and decoders in, work units out, rows computed or reused, one writer to the store.
+
+The pieces are separate so that a later executor can fan units out over processes or machines:
+
+* :func:`units_for` turns a grid and decoder names into plain, picklable ``WorkUnit`` s (the device
+  already resolved, so that it is part of each unit's key);
+* :func:`plan` splits them into rows already done in the store (reused) and units to compute;
+* an executor (:func:`execute_serial` here) yields ``(unit, row)`` pairs as rows finish, in any order;
+* :func:`run_sweep` is the single writer: it stamps each finished row (command, versions, time) and
+  writes it to the store at once, then drives the progress bar.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from . import __version__
+from .grids import Grid
+from .runner import RESULTS_FORMAT, WorkUnit, run_unit
+from .store import STORE_FORMAT, ResultsStore
+
+BROKEN_VERSION = "?"  # the version runner.run_unit uses in the key of a decoder that failed to load
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is bad input."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: torch sees no CUDA device; use --device cpu or auto")
+        return device
+    raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+
+
+def decoder_versions(names: Iterable[str]) -> dict[str, str]:
+    """name -> registered version (``?`` for a decoder whose plugin failed to load)."""
+    from . import plugins
+
+    reg = plugins.decoders()
+    return {n: (reg[n].version if n in reg else BROKEN_VERSION) for n in names}
+
+
+def units_for(grid: Grid, decoders: list[str], device: str = "cpu") -> list[WorkUnit]:
+    """Every (cell, seed, decoder) unit of the grid, cell-major, with the grid's sampling and options.
+
+    ``device`` must already be resolved (:func:`resolve_device`): it is part of every unit's key.
+    """
+    if device == "auto":
+        raise ValueError("units_for: resolve the device first (resolve_device('auto'))")
+    units = []
+    for n_s, n_d, p in grid.cells():
+        for seed in grid.seeds:
+            for name in decoders:
+                target, min_s, max_s = grid.sampling_for(name)
+                units.append(WorkUnit(n_s, n_d, p, name, seed=seed, encoder=grid.encoder, device=device,
+                                      dtype=grid.dtype, target_rel_se=target, min_samples=min_s, max_samples=max_s,
+                                      options=grid.options_json(name)))
+    return list(dict.fromkeys(units))
+
+
+@dataclass
+class Plan:
+    """Units split by whether the store already holds their row."""
+
+    keys: dict  # unit -> key
+    reused: dict = field(default_factory=dict)  # unit -> stored row
+    todo: list = field(default_factory=list)  # units to compute
+
+
+def plan(units: list[WorkUnit], store: ResultsStore | None, force: bool = False) -> Plan:
+    """Which rows exist (status ok or skipped, same key) and which must be computed."""
+    versions = decoder_versions({u.decoder for u in units})
+    pl = Plan(keys={u: u.key(versions[u.decoder]) for u in units})
+    for u in units:
+        row = None if (store is None or force) else store.done(pl.keys[u])
+        if row is not None:
+            pl.reused[u] = row
+        else:
+            pl.todo.append(u)
+    return pl
+
+
+def execute_serial(units: Iterable[WorkUnit], before: Callable[[WorkUnit], None] | None = None
+                   ) -> Iterator[tuple[WorkUnit, dict]]:
+    """The in-process executor: run the units one by one, yielding ``(unit, row)`` as each finishes."""
+    for u in units:
+        if before is not None:
+            before(u)
+        yield u, run_unit(u)
+
+
+def stamp(row: dict, unit: WorkUnit, command: str, grid: str) -> dict:
+    """Add the provenance columns a stored row carries (the runner's row has the rest)."""
+    row = dict(row)
+    row.setdefault("min_samples", unit.min_samples)
+    row.setdefault("max_samples", unit.max_samples)
+    row.update(command=command, grid=grid, store_format=STORE_FORMAT, results_format=RESULTS_FORMAT,
+               finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    row.setdefault("decoderbench_version", __version__)
+    return row
+
+
+@dataclass
+class SweepResult:
+    rows: list  # one row per unit, in unit order
+    n_reused: int
+    n_computed: int
+    n_failed: int
+    wall_s: float
+
+    @property
+    def counts_line(self) -> str:
+        return (f"{self.n_reused} rows reused, {self.n_computed} computed"
+                + (f" ({self.n_failed} failed)" if self.n_failed else "") + f" in {self.wall_s:.1f} s")
+
+
+def unit_label(u: WorkUnit) -> str:
+    return f"n_s={u.n_s} r={u.n_d / u.n_s:.3g} p={u.p:g} seed={u.seed} {u.decoder}"
+
+
+def run_sweep(units: list[WorkUnit], store: ResultsStore | None = None, force: bool = False, command: str = "",
+              grid: str = "", progress: bool = False, executor=execute_serial) -> SweepResult:
+    """Compute the units' missing rows (all of them with ``force``), writing each to ``store`` at once.
+
+    ``executor(units, before)`` yields ``(unit, row)`` pairs in any order; this function is the only
+    writer. With ``progress`` a tqdm bar on stderr shows the current cell and decoder and an ETA.
+    """
+    t0 = time.perf_counter()
+    if store is not None:
+        store.clean_temporaries()
+    pl = plan(units, store, force)
+    results: dict = dict(pl.reused)
+    n_failed = 0
+    bar = None
+    if progress and pl.todo:
+        from tqdm import tqdm
+
+        width = shutil.get_terminal_size((100, 20)).columns  # falls back when the terminal reports 0
+        bar = tqdm(total=len(pl.todo), file=sys.stderr, unit="row", ncols=max(width, 60),
+                   desc=f"{len(pl.reused)} reused", bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} "
+                   "[{elapsed}<{remaining}]")
+
+    def before(u: WorkUnit) -> None:
+        if bar is not None:
+            bar.set_description_str(unit_label(u), refresh=True)
+
+    try:
+        for u, row in executor(pl.todo, before):
+            row = stamp(row, u, command, grid)
+            if row.get("key") != pl.keys[u]:  # the runner and the plan must agree on the key
+                raise RuntimeError(f"key mismatch for {unit_label(u)}: planned {pl.keys[u]}, row {row.get('key')}")
+            if store is not None:
+                store.write(row)
+            results[u] = row
+            n_failed += row.get("status") == "error"
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = [results[u] for u in units if u in results]
+    return SweepResult(rows=rows, n_reused=len(pl.reused), n_computed=len(pl.todo), n_failed=n_failed,
+                       wall_s=time.perf_counter() - t0)

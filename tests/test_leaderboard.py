@@ -1,0 +1,167 @@
+"""Leaderboards: pooled numbers are exact, tables are deterministic and are what the command writes; figures."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from decoderbench import theory as T
+from decoderbench.cli import main
+from decoderbench.leaderboard import aggregate, render, select_rows, summary_text
+from decoderbench.store import ResultsStore
+
+N_S, P = 4096, 0.045
+
+
+def _theory(n_d):
+    t = T.cell_theory(N_S, n_d, P)
+    return {k: t[k] for k in ("r", "sigma", "trivial", "linear", "mmse_elementwise", "e2_bound", "relu_theory",
+                              "vamp_se", "amp_se")}
+
+
+def _row(decoder, kind, n_d, loss, se, seed=0, status="ok", finished="2026-01-01T00:00:00+00:00", version="1",
+         error=None):
+    t = _theory(n_d)
+    key = f"{decoder}-{n_d}-{seed}-{version}-{finished[:19].replace(':', '')}"
+    return {"key": key.replace(".", "_"), "decoder": decoder, "kind": kind, "encoder": "rug", "dtype": "float32",
+            "n_s": N_S, "n_d": n_d, "p": P, "seed": seed, "status": status, "loss": loss if status == "ok" else None,
+            "loss_se": se if status == "ok" else None, "n_eval": 1024, "finished_at": finished, "params": {"a": 1.0},
+            "decoder_version": version, "source": "test==0", "decoderbench_version": "0.1.0", "torch_version": "2",
+            "device": "cpu", "error": error, **t}
+
+
+def _rows():
+    e2_a, e2_b = _theory(1024)["e2_bound"], _theory(410)["e2_bound"]
+    return [
+        _row("relu", "elementwise", 1024, 4.0 * e2_a, 1e-5),
+        _row("relu", "elementwise", 1024, 4.2 * e2_a, 2e-5, seed=1),
+        _row("topk", "filtering", 1024, 3.0 * e2_a, 1e-5),
+        _row("oracle", "reference", 1024, 3.5 * e2_a, 1e-5),
+        _row("vamp", "iterative", 1024, 1e-9, 1e-12),
+        _row("trained", "learned", 1024, 2.9 * e2_a, 1e-5),
+        _row("broken", "elementwise", 1024, None, None, status="error", error="ModuleNotFoundError: nope\nmore"),
+        # an older version of topk on the same cell: the latest finished row wins
+        _row("topk", "filtering", 1024, 100.0 * e2_a, 1e-5, finished="2025-01-01T00:00:00+00:00", version="0"),
+        _row("relu", "elementwise", 410, 2.0 * e2_b, 1e-5),
+        _row("topk", "filtering", 410, 6.0 * e2_b, 1e-5),
+        _row("vamp", "iterative", 410, 1.5 * e2_b, 1e-5),
+    ]
+
+
+def test_pooled_numbers_are_exact():
+    rows = select_rows(_rows())
+    assert len(rows) == 10  # the stale topk row is gone
+    agg = aggregate(rows)
+    cell = ("rug", "float32", N_S, 1024, P)
+    a = agg[cell]
+    e2, mm = a["theory"]["e2_bound"], a["theory"]["mmse_elementwise"]
+    relu = next(e for e in a["scored"] if e["decoder"] == "relu")
+    assert relu["n_seeds"] == 2
+    assert relu["loss"] == pytest.approx(4.1 * e2, rel=1e-12)
+    assert relu["loss_se"] == pytest.approx(math.sqrt(1e-10 + 4e-10) / 2, rel=1e-12)
+    assert relu["ratio_e2"] == pytest.approx(4.1, rel=1e-12)
+    assert relu["ratio_mmse"] == pytest.approx(4.1 * e2 / mm, rel=1e-12)
+    assert [e["decoder"] for e in a["scored"]] == ["vamp", "trained", "topk", "oracle", "relu"]  # ranked by loss
+    assert next(e for e in a["scored"] if e["decoder"] == "topk")["ratio_e2"] == pytest.approx(3.0, rel=1e-12)
+    assert [f["decoder"] for f in a["failed"]] == ["broken"]
+    assert a["failed"][0]["error"] == "ModuleNotFoundError: nope"
+
+
+def test_summary_medians_worst_and_spread():
+    text = summary_text(_rows())
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines() if ln.startswith("| ")}
+    # relu: ratios 4.1 (pooled over seeds) and 2.0: median 3.05, worst 4.1; topk: 3.0 and 6.0
+    assert "| relu | elementwise | 2/2 | 3.05 | 4.1 |" in lines["relu"]
+    assert "| topk | filtering | 2/2 | 4.5 | 6 |" in lines["topk"]
+    assert "| oracle | reference | 1/2 | 3.5 | 3.5 |" in lines["oracle"]
+    # per cell: among z-decoders (relu 4.1, oracle 3.5, topk 3.0) the spread is 4.1/3 on the n_d=1024 cell;
+    # vamp (iterative) is not part of it, and is the best iterative decoder
+    cell_1024 = next(ln for ln in text.splitlines() if ln.startswith(f"| {N_S} | 0.25 |"))
+    assert "topk (3)" in cell_1024 and "relu (4.1)" in cell_1024 and f"| {4.1 / 3.0:.3g} |" in cell_1024
+    assert "vamp (" in cell_1024 and "trained (2.9)" in cell_1024
+    cell_410 = next(ln for ln in text.splitlines() if ln.startswith(f"| {N_S} | 0.1001 |"))
+    assert "| 3 |" in cell_410 and "vamp (1.5)" in cell_410
+    assert "- broken: error: ModuleNotFoundError: nope" in text
+
+
+def test_render_is_deterministic_and_order_free():
+    rows = _rows()
+    a = render(rows, "t", "decoderbench leaderboard --x")
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    b = render(shuffled, "t", "decoderbench leaderboard --x")
+    assert a == b
+    assert set(a) == {"summary.md", "cells.md"}
+    for text in a.values():
+        assert text.startswith("<!-- generated by `decoderbench leaderboard --x` with decoderbench ")
+        assert "relu 1 (test==0)" in text  # decoder versions in the header
+
+
+def _store_with_rows(path):
+    st = ResultsStore(path)
+    for row in _rows():
+        st.write(row)
+    return st
+
+
+def test_leaderboard_command_writes_what_it_prints_and_is_byte_identical(tmp_path, capsys):
+    st = _store_with_rows(tmp_path / "res")
+    out1, out2 = tmp_path / "lb1", tmp_path / "lb2"
+    args = ["leaderboard", "--results", str(st.path), "--no-figures"]
+    assert main([*args, "--out", str(out1)]) == 0
+    printed = capsys.readouterr().out
+    assert main([*args, "--out", str(out1)]) == 0  # again into the same place
+    capsys.readouterr()
+    b1 = {f: (out1 / f).read_bytes() for f in ("cells.md", "summary.md")}
+    # the table is exactly what the generator makes from the store's rows for that command
+    command = f"decoderbench leaderboard --results {st.path} --out {out1} --no-figures"
+    expected = render(ResultsStore(st.path, create=False).rows(), f"decoderbench leaderboard: {st.path}", command)
+    assert b1 == {f: expected[f].encode() for f in b1}
+    assert expected["cells.md"] in printed and expected["summary.md"] in printed
+    # same store, other output directory: the same bytes but for the --out in the command line
+    assert main([*args, "--out", str(out2)]) == 0
+    for f in b1:
+        assert (out2 / f).read_bytes() == b1[f].replace(str(out1).encode(), str(out2).encode())
+
+
+def test_leaderboard_grid_selection(tmp_path, capsys):
+    st = _store_with_rows(tmp_path / "res")
+    grid = tmp_path / "g.toml"
+    grid.write_text(f"seeds = [0]\n[cells]\nn_s = [{N_S}]\nn_d = [410]\np = [{P}]\n")
+    assert main(["leaderboard", "--results", str(st.path), "--grid", str(grid), "--no-figures",
+                 "--out", str(tmp_path / "lb")]) == 0
+    text = (tmp_path / "lb" / "cells.md").read_text()
+    assert "n_d = 410" in text and "n_d = 1024" not in text
+    assert "# decoderbench leaderboard: grid g" in text
+    capsys.readouterr()
+    assert main(["leaderboard", "--results", str(st.path), "--ns", "64", "--p", "0.5", "--no-figures",
+                 "--out", str(tmp_path / "lb2")]) == 2
+    assert "holds no rows" in capsys.readouterr().err and not (tmp_path / "lb2").exists()
+
+
+def test_figures_and_theory_curves(tmp_path):
+    from matplotlib.image import imread
+
+    from decoderbench.plots import R_FINE, R_RELU, make_figures, theory_curves
+
+    c = theory_curves(P)
+    v = T.feature_variance(P)
+    i = R_FINE.index(0.24)
+    sigma = math.sqrt(v * (1 / 0.24 - 1))
+    assert c["e2"][i] == T.e2_bound(P, sigma) and c["mmse"][i] == T.scalar_mmse(P, sigma)
+    assert c["vamp"][i] == T.vamp_se_mse(P, 0.24) and c["linear"][i] == T.best_linear(P, 0.24)
+    j = R_RELU.index(0.26)
+    assert c["relu"][j] == T.relu_theory(P, math.sqrt(v * (1 / 0.26 - 1)))[0]
+    # the E.2 bound lies below the elementwise MMSE, which lies below the ReLU theory (elementwise decoders)
+    assert all(e <= m for e, m in zip(c["e2"], c["mmse"]))
+    mm_at_relu = [c["mmse"][R_FINE.index(r)] if r in R_FINE else None for r in R_RELU]
+    assert all(m is None or m <= rl * (1 + 1e-9) for m, rl in zip(mm_at_relu, c["relu"]))
+
+    paths = make_figures(_rows(), tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == sorted(["loss_vs_r.png", "loss_vs_p2_over_r.png", f"ratio_e2_ns{N_S}.png"])
+    for p in paths:
+        img = imread(p)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
