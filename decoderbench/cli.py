@@ -259,7 +259,9 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     board_files = None
     if store is not None:
         board_out = Path(board_dir) if board_dir is not None else Path(DEFAULT_LEADERBOARDS) / grid.name
-        files = leaderboard.render(rows, title=f"decoderbench leaderboard: grid {grid.name}", command=command)
+        # the grid's leaderboard: every stored row of its cells, not only the decoders of this run
+        files = leaderboard.render(_grid_rows(store, grid), title=f"decoderbench leaderboard: grid {grid.name}",
+                                   command=command)
         board_files = leaderboard.write_files(files, board_out)
     if as_json:
         click.echo(json.dumps([{k: v for k, v in row.items() if k != "traceback"} for row in rows]))
@@ -270,14 +272,27 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
             click.echo(("\n" if adhoc else "") + leaderboard.summary_text(rows))
         click.echo(res.counts_line + (f"; rows in {store_dir}/" if store is not None else ""), err=True)
         if board_files:
+            again = [f"--grid {grid_spec}"] if grid_spec is not None else []
+            again += [f"--{k} {v}" for k, v in (("ns", ns), ("r", r), ("nd", nd), ("p", p), ("seed", seed),
+                                                 ("encoder", encoder), ("dtype", dtype)) if v is not None]
+            if not again:
+                again = [f"--grid {grid.name}"]
             click.echo(f"tables: {', '.join(str(f) for f in board_files)} (figures: decoderbench leaderboard "
-                       f"--results {store_dir} --grid {grid_spec or grid.name})", err=True)
+                       f"--results {store_dir} {' '.join(again)} --out {board_files[0].parent})", err=True)
         seen = set()
         for row in rows:
             if row["status"] != "ok" and (row["decoder"], row["error"]) not in seen:
                 seen.add((row["decoder"], row["error"]))
                 click.echo(f"{row['decoder']}: {row['status']}: {row['error']}", err=True)
     return 1 if any(row["status"] == "error" for row in rows) else 0
+
+
+def _grid_rows(store, grid) -> list[dict]:
+    """The store's rows of the grid's cells, seeds, encoder, dtype (and decoders, if the grid names them)."""
+    from .leaderboard import select_rows
+
+    return select_rows(store.rows(), cells=grid.cells(), seeds=set(grid.seeds), encoder=grid.encoder,
+                       dtype=grid.dtype, decoders=None if grid.plugins == "all" else set(grid.plugins))
 
 
 @cli.command("leaderboard")
@@ -307,8 +322,7 @@ def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, d
     out_dir = Path(out) if out is not None else Path(DEFAULT_LEADERBOARDS)
     if grid_spec is not None or any(v is not None for v in (ns, r, nd, p, seed, encoder, dtype)):
         grid, _ = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, None, None, None)
-        rows = leaderboard.select_rows(rows, cells=grid.cells(), seeds=set(grid.seeds), encoder=grid.encoder,
-                                       dtype=grid.dtype, decoders=None if grid.plugins == "all" else set(grid.plugins))
+        rows = _grid_rows(store, grid)
         title = f"decoderbench leaderboard: grid {grid.name}"
         if out is None:
             out_dir = Path(DEFAULT_LEADERBOARDS) / grid.name

@@ -608,7 +608,7 @@ def gap_markdown(rows: list[dict], header: list[str]) -> str:
         for key, _ in cols:
             v = r.get(key)
             if key in ("t_diag", "t_bias", "t_bias_eff", "r_bias_eff") and v is not None:
-                cells.append(f"{v[0]:.4g} ± {v[1]:.2g}")
+                cells.append(f"{v[0]:.4g} ± " + ("0" if abs(v[1]) < 1e-12 else f"{v[1]:.2g}"))  # 0: rounding
             elif key in ("loss_trained", "loss_rug", "mmse_elementwise", "relu_theory"):
                 cells.append(_f(v, ".5f"))
             elif key.endswith("_se"):

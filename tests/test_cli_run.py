@@ -149,3 +149,16 @@ def test_bad_run_options_exit_2(in_tmp, capsys, args, needle):
 def test_cuda_without_gpu_is_refused(in_tmp, capsys):
     assert main(["run", "--plugins", "linear", "--ns", "64", "--device", "cuda"]) == 2
     assert "torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_run_writes_the_grids_leaderboard_from_the_whole_store(in_tmp, capsys):
+    grid = in_tmp / "tiny.toml"
+    grid.write_text("[cells]\nn_s = [64]\nr = [0.5]\np = [0.1]\n[sampling]\nmax_samples = 256\n")
+    base = ["run", "--grid", str(grid), "--out", "res", "--device", "cpu"]
+    assert main([*base, "--plugins", "linear"]) == 0
+    assert main([*base, "--plugins", "relu"]) == 0
+    out = capsys.readouterr().out
+    summary = out[out.rindex("## Decoders across cells"):]
+    assert "| relu |" in summary and "| linear |" not in summary  # the printed summary: this run's rows
+    table = (in_tmp / "leaderboards" / "tiny" / "cells.md").read_text()
+    assert "| relu |" in table and "| linear |" in table  # the written leaderboard: every row of the grid
