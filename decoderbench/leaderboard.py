@@ -16,6 +16,7 @@ and nothing machine- or time-dependent is printed.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -92,7 +93,7 @@ def aggregate(rows: list[dict]) -> dict:
                 scored.append({"decoder": name, "kind": kind, "loss": loss, "loss_se": se, "n_seeds": n,
                                "n_eval": sum(int(r.get("n_eval") or 0) for r in ok),
                                "ratio_e2": loss / e2 if e2 else None, "ratio_mmse": loss / mm if mm else None,
-                               "version": _version_label(ok[0])})
+                               "version": _version_label(ok[0]), "note": _stop_note(ok)})
             for r in rs:
                 if r.get("status") != "ok":
                     failed.append({"decoder": name, "kind": kind, "seed": r.get("seed"), "status": r.get("status"),
@@ -145,6 +146,26 @@ def header(title: str, command: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+_CLEAN_STOPS = {None, "", "converged", "variance_collapse"}
+
+
+def _stop_note(rows: list[dict]) -> str:
+    """The stop reasons of rows that did not finish cleanly (a time or step cap, a breakdown), e.g.
+    ``stop: time_cap``, so a capped model is never read as a converged one."""
+    reasons = set()
+    for r in rows:
+        params = r.get("params")
+        if isinstance(params, str):
+            try:
+                params = json.loads(params)
+            except ValueError:
+                params = {}
+        reason = (params or {}).get("stop_reason")
+        if reason not in _CLEAN_STOPS:
+            reasons.add(str(reason))
+    return "stop: " + ", ".join(sorted(reasons)) if reasons else ""
+
+
 def cells_markdown(agg: dict) -> str:
     parts = []
     for cell, a in agg.items():
@@ -156,11 +177,12 @@ def cells_markdown(agg: dict) -> str:
                      f"VAMP SE {fmt(t['vamp_se'])}, best linear {fmt(t['linear'])}, trivial {fmt(t['trivial'])}.")
         parts.append("")
         body = [[str(i + 1), e["decoder"], e["kind"], f"{fmt(e['loss'])} ± {fmt(e['loss_se'], 2)}",
-                 fmt(e["ratio_e2"], 3), fmt(e["ratio_mmse"], 3), str(e["n_seeds"]), str(e["n_eval"])]
+                 fmt(e["ratio_e2"], 3), fmt(e["ratio_mmse"], 3), str(e["n_seeds"]), str(e["n_eval"]),
+                 e.get("note", "")]
                 for i, e in enumerate(a["scored"])]
         if body:
             parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "/ E.2 bound", "/ elementwise MMSE",
-                                   "seeds", "samples"], body, "rllrrrrr"))
+                                   "seeds", "samples", "note"], body, "rllrrrrrl"))
         else:
             parts.append("No decoder scored on this cell.")
         if a["failed"]:
