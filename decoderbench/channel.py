@@ -53,7 +53,7 @@ import math
 
 import torch
 
-from ._validate import check_p, check_sigma
+from ._validate import _finite, check_p, check_sigma
 
 __all__ = ["conditional_moments", "conditional_mean", "posterior_on"]
 
@@ -290,12 +290,7 @@ def _flat_operands(y, p, mu, sigma):
             raise ValueError("mu must be finite everywhere")
         shape = torch.broadcast_shapes(shape, m.shape)
     else:
-        try:
-            m = float(mu)
-        except (TypeError, ValueError):
-            raise ValueError(f"mu must be a finite number, got {mu!r}") from None
-        if not math.isfinite(m):
-            raise ValueError(f"mu must be a finite number, got {mu!r}")
+        m = _finite("mu", mu)
     shape = torch.Size(shape)
     y_flat = y.expand(shape).reshape(-1)
     if isinstance(m, torch.Tensor):
