@@ -90,6 +90,14 @@ class DecoderContext:
         """Standard deviation of the interference nu_i (SCIENCE.md: sqrt(v (n_s/n_d - 1)))."""
         return self.encoder.interference(self.p)[1]
 
+    def check_options(self, allowed) -> None:
+        """ValueError if ``options`` names an option the decoder does not take (a decoder calls this in
+        ``__init__`` with the names it accepts)."""
+        unknown = sorted(set(self.options or {}) - set(allowed))
+        if unknown:
+            raise ValueError(f"options for {self.decoder_name or 'this decoder'} must be among "
+                             f"{', '.join(allowed) or '(none)'}; got {', '.join(map(str, unknown))}")
+
     def generator(self, purpose: str) -> torch.Generator:
         """A fresh generator for the decoder's own randomness (initialisation, restarts), derived
         from the cell, the seed, the decoder and ``purpose``; never global state."""

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from ._validate import check_nd, check_ns, check_p, check_r, check_seed
+from ._validate import check_nd, check_ns, check_p, check_r, check_seed, nd_from_r
 
 DTYPES = ("float32", "float64")
 TOP_KEYS = ("name", "description", "plugins", "encoder", "dtype", "seeds", "cells", "cell", "where", "sampling",
@@ -105,7 +105,7 @@ class Grid:
                     for p in spec.p:
                         label = f"n_s={n_s} {how}={v} p={p}"
                         try:
-                            n_d = check_nd(v, n_s) if how == "n_d" else _nd_from_r(n_s, v)
+                            n_d = check_nd(v, n_s) if how == "n_d" else nd_from_r(n_s, v)
                         except ValueError as exc:
                             raise ValueError(f"grid {self.source}: impossible cell {label}: {exc}") from None
                         cell = (n_s, n_d, p)
@@ -179,14 +179,6 @@ class Grid:
         if g.min_samples > g.max_samples:
             raise ValueError(f"min_samples must be <= max_samples, got {g.min_samples} > {g.max_samples}")
         return g
-
-
-def _nd_from_r(n_s: int, r) -> int:
-    r = check_r(r)
-    n_d = int(round(r * n_s))
-    if not 1 <= n_d <= n_s - 1:
-        raise ValueError(f"r must give n_d = round(r n_s) in 1..{n_s - 1} at n_s = {n_s}, got r = {r!r}")
-    return n_d
 
 
 def _check_target(v, name: str) -> float:

@@ -103,10 +103,17 @@ class Accumulator:
         return math.sqrt(var / self.n)
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is bad input."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: torch sees no CUDA device; use --device cpu or auto")
+        return device
+    raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
 
 
 def _theory_columns(cell: Cell) -> dict:
@@ -144,7 +151,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
     row.update(kind=reg.kind, source=reg.source, decoder_version=reg.version)
     row["key"] = unit.key(reg.version)
     try:
-        device = _resolve_device(unit.device)
+        device = torch.device(resolve_device(unit.device))
         row["device"] = str(device)
         dtype = DTYPES[unit.dtype]
         enc_reg = plugins.get_encoder(unit.encoder)

@@ -21,25 +21,10 @@ from dataclasses import dataclass, field
 
 from . import __version__
 from .grids import Grid
-from .runner import RESULTS_FORMAT, WorkUnit, run_unit
+from .runner import RESULTS_FORMAT, WorkUnit, resolve_device, run_unit  # noqa: F401 (resolve_device is re-exported)
 from .store import STORE_FORMAT, ResultsStore
 
 BROKEN_VERSION = "?"  # the version runner.run_unit uses in the key of a decoder that failed to load
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is bad input."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: torch sees no CUDA device; use --device cpu or auto")
-        return device
-    raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
 
 
 def decoder_versions(names: Iterable[str]) -> dict[str, str]:

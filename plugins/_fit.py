@@ -35,14 +35,6 @@ MIN_SAMPLES = 32
 MIN_ACTIVE = 16
 
 
-def check_options(ctx, allowed: tuple[str, ...]) -> None:
-    """ValueError if ``ctx.options`` names an option the decoder does not take."""
-    unknown = sorted(set(ctx.options or {}) - set(allowed))
-    if unknown:
-        raise ValueError(f"options for {ctx.decoder_name or 'this decoder'} must be among "
-                         f"{', '.join(allowed) or '(none)'}; got {', '.join(map(str, unknown))}")
-
-
 def gaussian_predictions(ctx) -> dict:
     """The Gaussian-interference theory at the encoder's own ``sigma`` (``ctx.sigma``): ``relu`` (loss),
     ``relu_a``, ``relu_b`` (for mean-zero interference), ``mmse`` (elementwise) and ``linear`` (the best

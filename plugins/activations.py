@@ -42,7 +42,7 @@ class _ScalarFitted(Decoder):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        _fit.check_options(ctx, ("fit_pairs",))
+        ctx.check_options(("fit_pairs",))
 
     def _solve(self, train, method: str) -> dict:
         z, x = _fit.training_matrix(train, _fit.n_fit_samples(self.ctx))

@@ -23,7 +23,7 @@ class Linear(Decoder):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        _fit.check_options(ctx, ("fit_pairs",))
+        ctx.check_options(("fit_pairs",))
 
     def fit(self, train):
         t0 = time.perf_counter()

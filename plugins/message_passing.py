@@ -91,10 +91,8 @@ class _MessagePassing(Decoder):
 
     def __init__(self, ctx):
         super().__init__(ctx)
+        ctx.check_options(("max_iter", "tol"))
         opts = dict(ctx.options or {})
-        unknown = set(opts) - {"max_iter", "tol"}
-        if unknown:
-            raise ValueError(f"options for {self.name} must be among max_iter, tol; got {sorted(unknown)}")
         max_iter = opts.get("max_iter", _DEFAULT_MAX_ITER)
         if isinstance(max_iter, bool) or not isinstance(max_iter, (int, float)) or max_iter != int(max_iter) \
                 or int(max_iter) < 1:

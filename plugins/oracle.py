@@ -39,9 +39,7 @@ class Oracle(Decoder):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        unknown = sorted(set(ctx.options or {}) - {"exact"})
-        if unknown:
-            raise ValueError(f"options for oracle must be among exact; got {', '.join(map(str, unknown))}")
+        ctx.check_options(("exact",))
 
     def fit(self, train):
         self.p, self.mu, self.sigma = self.ctx.p, float(self.ctx.mu), float(self.ctx.sigma)

@@ -95,7 +95,7 @@ class _TopKBase(Decoder):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        _fit.check_options(ctx, ("fit_pairs", "k"))
+        ctx.check_options(("fit_pairs", "k"))
         if "k" in ctx.options:
             _check_k(ctx.options["k"], ctx.n_s)
 
