@@ -135,7 +135,15 @@ def _select_decoders(spec: str) -> list[str]:
 
 ROW_COLUMNS = ["decoder", "kind", "n_s", "n_d", "p", "seed", "loss", "loss_se", "ratio_e2", "ratio_mmse", "status"]
 DEFAULT_RESULTS = "results"
-DEFAULT_LEADERBOARDS = "leaderboards"
+DEFAULT_LEADERBOARDS = "leaderboards"  # where the committed boards live (written only when --out names it)
+BOARD_SUBDIR = "board"  # a store's own boards: <store>/board/<grid name, or "all">
+
+
+def default_board_dir(store_dir, grid_name: str | None = None):
+    """Where `leaderboard` writes without --out: inside the store's folder, never into the checkout."""
+    from pathlib import Path
+
+    return Path(store_dir) / BOARD_SUBDIR / (grid_name or "all")
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -222,8 +230,8 @@ def _cell_options(f):
                    "without --grid) are stored only when --out is given].")
 @click.option("--force", is_flag=True, help="Recompute rows the store already holds.")
 @click.option("--leaderboard", "board_dir", default=None,
-              help=f"Where the run writes its leaderboard tables [default: {DEFAULT_LEADERBOARDS}/<grid name>; "
-                   "only when a store is written].")
+              help="Also write the grid's leaderboard tables into this folder [default: none; the run writes rows "
+                   "to its store only, and `decoderbench leaderboard` makes tables, figures and the site].")
 @click.option("--no-summary", is_flag=True, help="Do not print the summary table at the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list (and nothing else on stdout).")
 @click.pass_context
@@ -257,12 +265,11 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     res = sweep.run_sweep(units, store=store, force=force, command=command, grid=grid.name, progress=progress)
     rows = res.rows
     board_files = None
-    if store is not None:
-        board_out = Path(board_dir) if board_dir is not None else Path(DEFAULT_LEADERBOARDS) / grid.name
+    if store is not None and board_dir is not None:  # only where asked: a run writes rows to its store only
         # the grid's leaderboard: every stored row of its cells, not only the decoders of this run
         files = leaderboard.render(_grid_rows(store, grid), title=f"decoderbench leaderboard: grid {grid.name}",
                                    command=command)
-        board_files = leaderboard.write_files(files, board_out)
+        board_files = leaderboard.write_files(files, Path(board_dir))
     if as_json:
         click.echo(json.dumps([{k: v for k, v in row.items() if k != "traceback"} for row in rows]))
     else:
@@ -271,14 +278,17 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
         if not no_summary:
             click.echo(("\n" if adhoc else "") + leaderboard.summary_text(rows))
         click.echo(res.counts_line + (f"; rows in {store_dir}/" if store is not None else ""), err=True)
-        if board_files:
+        if store is not None:
             again = [f"--grid {grid_spec}"] if grid_spec is not None else []
             again += [f"--{k} {v}" for k, v in (("ns", ns), ("r", r), ("nd", nd), ("p", p), ("seed", seed),
                                                  ("encoder", encoder), ("dtype", dtype)) if v is not None]
             if not again:
                 again = [f"--grid {grid.name}"]
-            click.echo(f"tables: {', '.join(str(f) for f in board_files)} (figures: decoderbench leaderboard "
-                       f"--results {store_dir} {' '.join(again)} --out {board_files[0].parent})", err=True)
+            if board_files:
+                click.echo(f"tables: {', '.join(str(f) for f in board_files)}", err=True)
+            res_opt = "" if store_dir == DEFAULT_RESULTS else f" --results {store_dir}"
+            click.echo(f"the board (tables, figures, site): decoderbench leaderboard{res_opt} {' '.join(again)} "
+                       f"--html  (writes into {default_board_dir(store_dir, grid.name)}/)", err=True)
         seen = set()
         for row in rows:
             if row["status"] != "ok" and (row["decoder"], row["error"]) not in seen:
@@ -298,38 +308,41 @@ def _grid_rows(store, grid) -> list[dict]:
 @cli.command("leaderboard")
 @click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="The results store to read.")
 @click.option("--out", default=None,
-              help=f"Where to write the tables and figures [default: {DEFAULT_LEADERBOARDS}/<grid name> with --grid, "
-                   f"else {DEFAULT_LEADERBOARDS}/].")
+              help=f"Where to write the tables, figures and site [default: inside the store, <results>/{BOARD_SUBDIR}/"
+                   "<grid name> with --grid or cell options, else <results>/board/all]. Nothing is written into "
+                   "the checkout unless --out names a folder there.")
 @_cell_options
 @click.option("--no-figures", is_flag=True, help="Write the tables only.")
 @click.option("--quiet", is_flag=True, help="Do not print the tables.")
 @click.pass_context
 def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, dtype, no_figures, quiet):
-    """Markdown tables (and PNG figures) from a results store: per cell, and a summary across cells.
+    """Markdown tables and figures from a results store: per cell, and a summary across cells.
 
     With --grid (and the same --ns/--r/--p overrides as `run`) only that grid's cells are used;
     otherwise every row of the store. Where the store holds several rows of one (cell, decoder, seed),
-    the latest is used.
+    the latest is used. Rows that stopped on a time, step or iteration cap, or missed their precision
+    target, are listed in their own section and ranked nowhere. The rows used are written beside the
+    tables (rows.json), so that a board can be checked against the rows it was made from.
     """
     from pathlib import Path
 
     from . import leaderboard
-    from .store import ResultsStore
 
-    store = ResultsStore(results, create=False)
+    store = _read_store(results)
     rows = store.rows()
-    title = f"decoderbench leaderboard: {results}"
-    out_dir = Path(out) if out is not None else Path(DEFAULT_LEADERBOARDS)
+    title = f"decoderbench leaderboard: store {results} (all rows)"
+    grid_name = None
     if grid_spec is not None or any(v is not None for v in (ns, r, nd, p, seed, encoder, dtype)):
         grid, _ = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, None, None, None)
         rows = _grid_rows(store, grid)
         title = f"decoderbench leaderboard: grid {grid.name}"
-        if out is None:
-            out_dir = Path(DEFAULT_LEADERBOARDS) / grid.name
+        grid_name = grid.name
+    out_dir = Path(out) if out is not None else default_board_dir(results, grid_name)
     if not rows:
         raise ValueError(f"--results {results}: the store holds no rows for the cells asked for")
     command = _command_line(ctx)
     files = leaderboard.render(rows, title=title, command=command)
+    files[leaderboard.ROWS_FILE] = leaderboard.rows_json(rows)
     written = leaderboard.write_files(files, out_dir)
     if not no_figures:
         from .plots import make_figures
@@ -340,6 +353,23 @@ def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, d
         click.echo(files["summary.md"])
     click.echo(f"wrote {', '.join(str(w) for w in written)}", err=True)
     return 0
+
+
+def _read_store(path):
+    """The results store at ``path``, for reading: anything else is bad input that says it cannot be read."""
+    from pathlib import Path
+
+    from .store import MARKER, ResultsStore, StoreError
+
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"--results {path}: cannot read it: no such results store (no such folder)")
+    if not (p / MARKER).is_file():
+        raise StoreError(f"--results {path}: cannot read it: not a decoderbench results store (no {MARKER})")
+    try:
+        return ResultsStore(p, create=False)
+    except StoreError as exc:
+        raise StoreError(f"--results {path}: cannot read it: {str(exc).split(': ', 1)[-1]}") from None
 
 
 @cli.command("symmetry")

@@ -1,14 +1,36 @@
 """Leaderboards: Markdown tables made from result rows (pure functions; the CLI does the I/O).
 
-Two files, each with a header naming the command and the versions that made it:
+Files, each table with a header naming the command, the versions and the rows that made it:
 
-* ``cells.md``: per cell, the decoders ranked by loss (mean over seeds, +- one standard error),
-  their ratio to the cell's appendix E.2 bound and to the elementwise MMSE, and the rows that failed.
-* ``summary.md``: across cells, each decoder's median and worst ratio to the E.2 bound; and per cell
-  the spread (max loss / min loss) among the decoders that see only ``z = W_out h`` (kinds
-  elementwise, filtering, reference) against the best iterative and learned decoders. That is the
-  paper's claim made visible: every decoder of the first group lands within a constant factor of the
-  others and of the E.2 bound, while message passing, which sees ``h``, can go far below.
+* ``cells.md``: per cell, the decoders ranked by loss (mean over seeds) with its error, their ratio to
+  the cell's appendix E.2 bound and to the elementwise MMSE; then the cell's rows that are ranked
+  nowhere (see below) and the rows that failed.
+* ``summary.md``: across cells, each decoder's median and worst ratio to the E.2 bound, **per regime**
+  (the cells where the VAMP state evolution predicts exact recovery, and the others: a median over
+  both would sit between 1e-10 and 3 and describe neither); per cell, the spread (max loss / min loss)
+  among the decoders that see only ``z = W_out h`` (kinds elementwise, filtering, reference) against
+  the best iterative and learned decoders, with the caption's numbers measured from those rows.
+* ``rows.json`` (written by the CLI beside them): the rows the tables were made from; the header
+  gives their count and digest, and the figures carry the same digest.
+
+**Ranked nowhere.** A row is kept out of every ranking, median, "best" column and figure main
+series, and listed in its own section with its stop reason and samples, when (:func:`row_flags`)
+
+* it stopped on a cap before its stopping rule judged it: ``params.stop_reason`` is ``time_cap`` or
+  ``step_cap`` (the trained model), or ``diverged``;
+* some of its samples hit the iteration cap of an iterative decoder (``params.stop_reasons`` counts
+  ``max_iter``); the section says whether the row had reached its plateau, measured as the distance of
+  its loss from its own state-evolution prediction (:func:`plateau_note`);
+* it missed its precision target: ``precision_met`` is False, or, in rows that lack that column,
+  ``loss_se > target_rel_se * loss`` while above the absolute floor ``1e-9 p / 3`` of the sampler.
+
+**Errors.** A decoder's entry pools its ranked rows over seeds (rugs). With two seeds or more the
+error shown is the standard error of the mean *between seeds*, ``sd / sqrt(n)``, which holds the
+variation between rugs as well as sampling, with the pooled sampling error ``sqrt(sum se^2) / n`` beside
+it; a one-seed entry shows its sampling error and says so.
+
+**Exact recovery**: a loss below ``EXACT_REL`` times the trivial loss ``p/3`` (float32 working
+precision); tables print such ratios as they are and count them, figures draw them in a marked band.
 
 Given the same rows the output is byte-identical: rows are deduplicated and sorted deterministically,
 and nothing machine- or time-dependent is printed.
@@ -16,6 +38,7 @@ and nothing machine- or time-dependent is printed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -24,9 +47,18 @@ from collections import defaultdict
 from . import __version__
 
 Z_KINDS = ("elementwise", "filtering", "reference")  # decoders that see only z = W_out h
+KIND_ORDER = ("elementwise", "filtering", "reference", "iterative", "learned")
 IDENTITY = ("encoder", "dtype", "n_s", "n_d", "p", "seed", "decoder")
 CELL = ("encoder", "dtype", "n_s", "n_d", "p")
 FILES = ("summary.md", "cells.md")
+ROWS_FILE = "rows.json"
+EXACT_REL = 1e-6  # loss <= EXACT_REL * trivial loss: exact recovery to working precision
+CAP_STOPS = ("time_cap", "step_cap", "diverged")
+PLATEAU_SE = 3.0  # within this many standard errors (or PLATEAU_REL) of its state evolution: at its plateau
+PLATEAU_REL = 0.05
+REGIMES = ("recovery", "other")
+REGIME_TEXT = {"recovery": "cells where the VAMP state evolution predicts exact recovery",
+               "other": "cells where the VAMP state evolution predicts no exact recovery"}
 
 
 # ----------------------------------------------------------------------------- selecting rows
@@ -62,14 +94,114 @@ def _ident_sort(ident):
     return tuple("" if v is None else (f"{v:020.10f}" if isinstance(v, (int, float)) else str(v)) for v in ident)
 
 
+# ----------------------------------------------------------------------------- judging rows
+
+
+def params_of(row: dict) -> dict:
+    params = row.get("params")
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except ValueError:
+            params = {}
+    return params if isinstance(params, dict) else {}
+
+
+def _num(x):
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def iteration_cap_hits(row: dict) -> tuple[int, int]:
+    """(samples that hit the iteration cap, samples counted) from ``params.stop_reasons``."""
+    reasons = params_of(row).get("stop_reasons")
+    if not isinstance(reasons, dict):
+        return 0, 0
+    counts = {k: int(v) for k, v in reasons.items() if _num(v) is not None}
+    return counts.get("max_iter", 0), sum(counts.values())
+
+
+def precision_missed(row: dict) -> bool | None:
+    """True when the row missed its precision target; None when it cannot be told (no target)."""
+    met = row.get("precision_met")
+    if isinstance(met, bool):
+        return not met
+    loss, se, target = _num(row.get("loss")), _num(row.get("loss_se")), _num(row.get("target_rel_se"))
+    if loss is None or se is None or target is None:
+        return None
+    floor = 1e-9 * float(row.get("p") or 0.0) / 3.0  # the sampler's absolute floor (exact recoveries)
+    return se > target * loss and se > floor
+
+
+def row_flags(row: dict) -> list[str]:
+    """Why an ok row is ranked nowhere (empty: it is ranked). One short phrase per reason."""
+    if row.get("status") != "ok" or row.get("loss") is None:
+        return []
+    params = params_of(row)
+    out = []
+    stop = params.get("stop_reason")
+    if stop in CAP_STOPS:
+        steps = params.get("steps")
+        out.append(f"stopped on {stop}" + (f" after {steps} steps" if _num(steps) is not None else ""))
+    hits, counted = iteration_cap_hits(row)
+    if hits:
+        cap = params.get("max_iter")
+        out.append(f"{hits} of {counted} samples hit the iteration cap" + (f" ({cap})" if cap is not None else ""))
+    if precision_missed(row):
+        loss, se, target = row.get("loss"), row.get("loss_se"), row.get("target_rel_se")
+        rel = f"SE {100 * se / loss:.2g}% of loss" if loss else "SE"
+        tgt = f", target {100 * target:.2g}%" if _num(target) is not None else ""
+        out.append(f"imprecise: {rel}{tgt}")
+    return out
+
+
+def plateau_note(row: dict) -> str:
+    """Whether an iteration-capped row had reached its plateau: its loss against its own state evolution."""
+    if not iteration_cap_hits(row)[0]:
+        return ""
+    loss, se, pred = _num(row.get("loss")), _num(row.get("loss_se")) or 0.0, _num(row.get("predicted"))
+    if loss is None or pred is None:
+        return "plateau unknown (no state-evolution prediction in the row)"
+    diff = abs(loss - pred)
+    tol = max(PLATEAU_SE * se, PLATEAU_REL * max(loss, pred), EXACT_REL * float(row.get("p") or 0.0) / 3.0)
+    n_se = f"{diff / se:.2g} SE" if se > 0 else "no SE"
+    what = "at its plateau" if diff <= tol else "not at its plateau"
+    return f"{what}: loss / state evolution {fmt(loss / pred, 3) if pred > 0 else '-'} ({n_se} away)"
+
+
+def stop_text(row: dict) -> str:
+    """The row's stop reason(s) as a short text: ``time_cap``, ``max_iter 19, converged 8, ...``."""
+    params = params_of(row)
+    reasons = params.get("stop_reasons")
+    if isinstance(reasons, dict) and reasons:
+        return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-int(kv[1]), kv[0])))
+    stop = params.get("stop_reason")
+    return str(stop) if stop not in (None, "") else ""
+
+
+def sampling_text(row: dict) -> str:
+    stop = row.get("sampling_stop")
+    return f"{row.get('n_eval')}" + (f" ({stop})" if stop else "")
+
+
+def is_exact(loss, trivial) -> bool:
+    return loss is not None and trivial is not None and trivial > 0 and loss <= EXACT_REL * trivial
+
+
+def cell_regime(theory: dict) -> str:
+    """``recovery`` where the VAMP state evolution predicts exact recovery, else ``other``."""
+    se, triv = _num(theory.get("vamp_se")), _num(theory.get("trivial"))
+    return "recovery" if se is not None and triv and se <= EXACT_REL * triv else "other"
+
+
 # ----------------------------------------------------------------------------- aggregating
 
 
 def aggregate(rows: list[dict]) -> dict:
-    """{cell: {"theory": {...}, "scored": [entry...] ranked by loss, "failed": [entry...]}}.
+    """{cell: {"theory", "regime", "scored": [entry...] ranked by loss, "unconverged": [...], "failed": [...]}}.
 
-    An entry pools a decoder's ok rows over seeds: loss is their mean, loss_se the standard error of
-    that mean (sqrt(sum se^2) / n), ratios are taken of the pooled loss.
+    An entry pools a decoder's ranked rows over seeds: loss is their mean; ``loss_se`` the error shown
+    (between-seed standard error of the mean with two seeds or more, else the sampling error);
+    ``sampling_se`` = sqrt(sum se^2) / n; ``seed_sd`` the standard deviation between seeds (None for one).
     """
     by_cell: dict = defaultdict(lambda: defaultdict(list))
     theory: dict = {}
@@ -80,27 +212,49 @@ def aggregate(rows: list[dict]) -> dict:
                                                           "e2_bound", "relu_theory", "vamp_se", "amp_se")})
     out = {}
     for cell in sorted(by_cell, key=_ident_sort):
-        scored, failed = [], []
+        t = theory[cell]
+        scored, unconverged, failed = [], [], []
         for name in sorted(by_cell[cell]):
-            rs = by_cell[cell][name]
+            rs = sorted(by_cell[cell][name], key=lambda r: int(r.get("seed") or 0))
             ok = [r for r in rs if r.get("status") == "ok" and r.get("loss") is not None]
             kind = next((r.get("kind") for r in rs if r.get("kind")), None) or "?"
-            if ok:
-                n = len(ok)
-                loss = math.fsum(r["loss"] for r in ok) / n
-                se = math.sqrt(math.fsum((r.get("loss_se") or 0.0) ** 2 for r in ok)) / n
-                e2, mm = theory[cell]["e2_bound"], theory[cell]["mmse_elementwise"]
-                scored.append({"decoder": name, "kind": kind, "loss": loss, "loss_se": se, "n_seeds": n,
-                               "n_eval": sum(int(r.get("n_eval") or 0) for r in ok),
-                               "ratio_e2": loss / e2 if e2 else None, "ratio_mmse": loss / mm if mm else None,
-                               "version": _version_label(ok[0]), "note": _stop_note(ok)})
+            clean = [r for r in ok if not row_flags(r)]
+            for r in ok:
+                if r not in clean:
+                    unconverged.append({"decoder": name, "kind": kind, "seed": r.get("seed"), "loss": r["loss"],
+                                        "loss_se": r.get("loss_se"), "n_eval": r.get("n_eval"),
+                                        "samples": sampling_text(r), "target_rel_se": r.get("target_rel_se"),
+                                        "stop": stop_text(r), "why": "; ".join(row_flags(r)),
+                                        "plateau": plateau_note(r), "key": r.get("key"),
+                                        "ratio_e2": r["loss"] / t["e2_bound"] if t.get("e2_bound") else None})
+            if clean:
+                scored.append(_pool(name, kind, clean, t))
             for r in rs:
                 if r.get("status") != "ok":
                     failed.append({"decoder": name, "kind": kind, "seed": r.get("seed"), "status": r.get("status"),
                                    "error": (r.get("error") or "").splitlines()[0] if r.get("error") else ""})
         scored.sort(key=lambda e: (e["loss"], e["decoder"]))
-        out[cell] = {"theory": theory[cell], "scored": scored, "failed": failed}
+        out[cell] = {"theory": t, "regime": cell_regime(t), "scored": scored, "unconverged": unconverged,
+                     "failed": failed}
     return out
+
+
+def _pool(name: str, kind: str, rows: list[dict], t: dict) -> dict:
+    n = len(rows)
+    losses = [r["loss"] for r in rows]
+    loss = math.fsum(losses) / n
+    sampling_se = math.sqrt(math.fsum((r.get("loss_se") or 0.0) ** 2 for r in rows)) / n
+    seed_sd = statistics.stdev(losses) if n >= 2 else None
+    err = seed_sd / math.sqrt(n) if seed_sd is not None else sampling_se
+    e2, mm = t.get("e2_bound"), t.get("mmse_elementwise")
+    notes = sorted({str(params_of(r)["note"]) for r in rows if params_of(r).get("note")})
+    return {"decoder": name, "kind": kind, "loss": loss, "loss_se": err, "sampling_se": sampling_se,
+            "seed_sd": seed_sd, "n_seeds": n, "seeds": [r.get("seed") for r in rows],
+            "n_eval": sum(int(r.get("n_eval") or 0) for r in rows),
+            "ratio_e2": loss / e2 if e2 else None, "ratio_mmse": loss / mm if mm else None,
+            "exact": is_exact(loss, t.get("trivial")), "version": _version_label(rows[0]),
+            "stop": "; ".join(sorted({s for s in (stop_text(r) for r in rows) if s})), "note": "; ".join(notes),
+            "keys": [r.get("key") for r in rows]}
 
 
 def _version_label(row: dict) -> str:
@@ -132,38 +286,69 @@ def cell_title(cell: tuple, theory: dict) -> str:
     return f"n_s = {n_s}, n_d = {n_d} (r = {fmt(n_d / n_s)}), p = {fmt(p)}, p n_s = {fmt(p * n_s, 3)}{extra}"
 
 
+def cell_id(cell: tuple) -> str:
+    """A stable anchor for a cell: ``cell-ns4096-nd1024-p0.045`` (+ encoder/dtype when not the default)."""
+    encoder, dtype, n_s, n_d, p = cell
+    extra = "" if (encoder, dtype) == ("rug", "float32") else f"-{encoder}-{dtype}"
+    return f"cell-ns{n_s}-nd{n_d}-p{fmt(p)}{extra}"
+
+
+def rows_digest(rows: list[dict]) -> str:
+    """A short digest of the rows a board was made from (keys and numbers); tables and figures carry it."""
+    items = sorted((str(r.get("key")), r.get("status"), r.get("loss"), r.get("loss_se"), r.get("n_eval"))
+                   for r in rows)
+    return hashlib.sha256(json.dumps(items, allow_nan=True).encode()).hexdigest()[:16]
+
+
+def rows_json(rows: list[dict]) -> str:
+    """The rows as JSON text, one row per line, sorted by key (tracebacks dropped): ``rows.json``."""
+    clean = [{k: v for k, v in r.items() if k != "traceback"} for r in select_rows(rows)]
+    clean.sort(key=lambda r: str(r.get("key")))
+    lines = [json.dumps(r, sort_keys=True, allow_nan=False, default=str) for r in clean]
+    return "[\n" + ",\n".join(lines) + "\n]\n"
+
+
 def header(title: str, command: str, rows: list[dict]) -> str:
-    """The provenance header of a generated file: command, generator version, versions in the rows."""
+    """The provenance header of a generated file: command, generator version, versions and digest of the rows."""
     dbv = sorted({str(r.get("decoderbench_version")) for r in rows if r.get("decoderbench_version")})
     torchv = sorted({str(r.get("torch_version")) for r in rows if r.get("torch_version")})
     devices = sorted({str(r.get("device")) for r in rows if r.get("device")})
     decs = sorted({f"{r['decoder']} {_version_label(r)}" for r in rows if r.get("status") == "ok"})
     lines = [f"<!-- generated by `{command}` with decoderbench {__version__}; do not edit by hand -->",
              f"# {title}", "",
-             f"Made by `{command}` (decoderbench {__version__}) from {len(rows)} result rows computed with "
+             f"Made by `{command}` (decoderbench {__version__}) from {len(rows)} result rows "
+             f"({ROWS_FILE} beside this file, digest {rows_digest(rows)}) computed with "
              f"decoderbench {', '.join(dbv) or '?'}, torch {', '.join(torchv) or '?'} on {', '.join(devices) or '?'}.",
              f"Decoder versions (version (source)): {'; '.join(decs) or 'none'}."]
     return "\n".join(lines)
 
 
-_CLEAN_STOPS = {None, "", "converged", "variance_collapse"}
+def error_text(e: dict) -> str:
+    """``loss ± error``: the between-seed SE of the mean with two seeds or more, else the sampling SE."""
+    return f"{fmt(e['loss'])} ± {fmt(e['loss_se'], 2)}"
 
 
-def _stop_note(rows: list[dict]) -> str:
-    """The stop reasons of rows that did not finish cleanly (a time or step cap, a breakdown), e.g.
-    ``stop: time_cap``, so a capped model is never read as a converged one."""
-    reasons = set()
-    for r in rows:
-        params = r.get("params")
-        if isinstance(params, str):
-            try:
-                params = json.loads(params)
-            except ValueError:
-                params = {}
-        reason = (params or {}).get("stop_reason")
-        if reason not in _CLEAN_STOPS:
-            reasons.add(str(reason))
-    return "stop: " + ", ".join(sorted(reasons)) if reasons else ""
+def seeds_text(e: dict) -> str:
+    if e["n_seeds"] >= 2:
+        return f"{e['n_seeds']}: SD {fmt(e['seed_sd'], 2)}, sampling SE {fmt(e['sampling_se'], 2)}"
+    return "1: sampling error only"
+
+
+def unconverged_table(entries: list[dict], with_cell: bool) -> str:
+    head = (["n_s", "r", "p"] if with_cell else []) + ["decoder", "kind", "seed", "loss ± SE", "/ E.2 bound",
+                                                      "samples", "stop reason", "why ranked nowhere", "plateau"]
+    body = []
+    for e in entries:
+        cell = [str(e["n_s"]), fmt(e["r"]), fmt(e["p"])] if with_cell else []
+        body.append(cell + [e["decoder"], e["kind"], str(e["seed"]), f"{fmt(e['loss'])} ± {fmt(e['loss_se'], 2)}",
+                            fmt(e["ratio_e2"], 3), e["samples"], e["stop"] or "-", e["why"], e["plateau"] or "-"])
+    return md_table(head, body, ("rrr" if with_cell else "") + "llrrrrlll")
+
+
+UNCONVERGED_TEXT = ("Rows that stopped on a time or step cap before their stopping rule judged them, whose iterative "
+                    "decoder hit its iteration cap on some samples, or that missed their precision target. They "
+                    "enter no ranking, median, \"best\" column or figure main series. Plateau: the row's loss "
+                    f"within {PLATEAU_SE:g} SE (or {100 * PLATEAU_REL:g}%) of its own state-evolution prediction.")
 
 
 def cells_markdown(agg: dict) -> str:
@@ -174,17 +359,21 @@ def cells_markdown(agg: dict) -> str:
         parts.append("")
         parts.append(f"Theory (Gaussian interference, sigma = {fmt(t['sigma'])}): E.2 bound {fmt(t['e2_bound'])}, "
                      f"elementwise MMSE {fmt(t['mmse_elementwise'])}, ReLU theory {fmt(t['relu_theory'])}, "
-                     f"VAMP SE {fmt(t['vamp_se'])}, best linear {fmt(t['linear'])}, trivial {fmt(t['trivial'])}.")
+                     f"VAMP SE {fmt(t['vamp_se'])}, best linear {fmt(t['linear'])}, trivial {fmt(t['trivial'])}. "
+                     f"Regime: {REGIME_TEXT[a['regime']]}.")
         parts.append("")
-        body = [[str(i + 1), e["decoder"], e["kind"], f"{fmt(e['loss'])} ± {fmt(e['loss_se'], 2)}",
-                 fmt(e["ratio_e2"], 3), fmt(e["ratio_mmse"], 3), str(e["n_seeds"]), str(e["n_eval"]),
-                 e.get("note", "")]
+        body = [[str(i + 1), e["decoder"], e["kind"], error_text(e), seeds_text(e),
+                 fmt(e["ratio_e2"], 3) + (" (exact)" if e["exact"] else ""), fmt(e["ratio_mmse"], 3), str(e["n_eval"]),
+                 "; ".join(x for x in (e["stop"], e["note"]) if x)]
                 for i, e in enumerate(a["scored"])]
         if body:
-            parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "/ E.2 bound", "/ elementwise MMSE",
-                                   "seeds", "samples", "note"], body, "rllrrrrrl"))
+            parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound",
+                                   "/ elementwise MMSE", "samples", "stop"], body, "rlllrrrrl"))
         else:
-            parts.append("No decoder scored on this cell.")
+            parts.append("No decoder ranked on this cell.")
+        if a["unconverged"]:
+            parts += ["", "Not converged or imprecise on this cell (ranked nowhere):", "",
+                      unconverged_table(a["unconverged"], with_cell=False)]
         if a["failed"]:
             parts.append("")
             for f in a["failed"]:
@@ -193,56 +382,130 @@ def cells_markdown(agg: dict) -> str:
     return "\n".join(parts)
 
 
-def summary_markdown(agg: dict) -> str:
+# ----------------------------------------------------------------------------- the summary
+
+
+def decoder_summary(agg: dict) -> list[dict]:
+    """Per decoder: ranked cells, per-regime median and worst ratio to the E.2 bound, exact counts."""
     per_dec: dict = defaultdict(list)
     kinds: dict = {}
-    failures: dict = defaultdict(set)
+    unconv: dict = defaultdict(int)
     for cell, a in agg.items():
         for e in a["scored"]:
-            per_dec[e["decoder"]].append(e)
+            per_dec[e["decoder"]].append((a["regime"], e))
             kinds[e["decoder"]] = e["kind"]
-        for f in a["failed"]:
-            failures[f["decoder"]].add(f"{f['status']}: {f['error']}")
-            kinds.setdefault(f["decoder"], f["kind"])
-    n_cells = len(agg)
+        for u in a["unconverged"]:
+            unconv[u["decoder"]] += 1
+            kinds.setdefault(u["decoder"], u["kind"])
+    n_regime = {g: sum(1 for a in agg.values() if a["regime"] == g) for g in REGIMES}
+    out = []
+    for name in sorted(kinds):
+        d = {"decoder": name, "kind": kinds[name], "cells": len(per_dec[name]), "n_cells": len(agg),
+             "unconverged": unconv.get(name, 0)}
+        for g in REGIMES:
+            es = [e for rg, e in per_dec[name] if rg == g]
+            ratios = [e["ratio_e2"] for e in es if e["ratio_e2"] is not None]
+            d[g] = {"n": len(es), "of": n_regime[g], "median": statistics.median(ratios) if ratios else None,
+                    "worst": max(ratios) if ratios else None, "exact": sum(1 for e in es if e["exact"]),
+                    "median_mmse": statistics.median([e["ratio_mmse"] for e in es if e["ratio_mmse"] is not None])
+                    if es else None}
+        out.append(d)
 
-    def med(xs):
-        xs = [x for x in xs if x is not None]
-        return statistics.median(xs) if xs else None
+    def order(d):
+        for g in ("other", "recovery"):
+            if d[g]["median"] is not None:
+                return (0 if g == "other" else 1, d[g]["median"], d["decoder"])
+        return (2, math.inf, d["decoder"])
 
-    dec_rows = []
-    for name, es in per_dec.items():
-        r_e2 = [e["ratio_e2"] for e in es]
-        dec_rows.append((med(r_e2), name, [name, kinds[name], f"{len(es)}/{n_cells}", fmt(med(r_e2), 3),
-                                           fmt(max((x for x in r_e2 if x is not None), default=None), 3),
-                                           fmt(med([e["ratio_mmse"] for e in es]), 3)]))
-    dec_rows.sort(key=lambda t: (math.inf if t[0] is None else t[0], t[1]))
-    parts = ["## Decoders across cells", "",
-             "Ratio of each decoder's loss to the cell's appendix E.2 bound (the least loss even for a decoder "
-             "told which features are on, Gaussian interference): median and worst over the cells it scored on.",
-             ""]
-    parts.append(md_table(["decoder", "kind", "cells", "median / E.2", "worst / E.2", "median / elementwise MMSE"],
-                          [t[2] for t in dec_rows], "llrrrr") if dec_rows else "No decoder scored.")
-    parts += ["", "## Per cell: decoders that see only z, against iterative and learned ones", "",
-              "Decoders of kind elementwise, filtering and reference see only z = W_out h. Their spread (max loss / "
-              "min loss) stays a constant factor on every cell, while iterative decoders, which see h, are not bound "
-              "by the E.2 bound. Each entry: decoder (loss / E.2 bound).", ""]
-    body = []
+    out.sort(key=order)
+    return out
+
+
+def spread_rows(agg: dict) -> list[dict]:
+    """Per cell: best and worst ranked z-decoder, their spread, best ranked iterative and learned decoders."""
+    out = []
     for cell, a in agg.items():
         enc, dtype, n_s, n_d, p = cell
         z = [e for e in a["scored"] if e["kind"] in Z_KINDS]
         it = [e for e in a["scored"] if e["kind"] == "iterative"]
         le = [e for e in a["scored"] if e["kind"] == "learned"]
-
-        def ent(e):
-            return f"{e['decoder']} ({fmt(e['ratio_e2'], 3)})" if e else "-"
-
         spread = (z[-1]["loss"] / z[0]["loss"]) if len(z) >= 2 and z[0]["loss"] > 0 else None
-        body.append([str(n_s), fmt(n_d / n_s), fmt(p), fmt(a["theory"]["e2_bound"]),
-                     ent(z[0] if z else None), ent(z[-1] if z else None), fmt(spread, 3), ent(it[0] if it else None),
-                     ent(le[0] if le else None)])
-    parts.append(md_table(["n_s", "r", "p", "E.2 bound", "best z-decoder", "worst z-decoder", "spread (max/min)",
-                           "best iterative", "best learned"], body, "rrrrllrll") if body else "No cells.")
+        out.append({"cell": cell, "n_s": n_s, "r": n_d / n_s, "p": p, "regime": a["regime"],
+                    "e2_bound": a["theory"]["e2_bound"], "best_z": z[0] if z else None, "worst_z": z[-1] if z else None,
+                    "spread": spread, "best_iterative": it[0] if it else None, "best_learned": le[0] if le else None,
+                    "n_unconverged": len(a["unconverged"])})
+    return out
+
+
+def spread_caption(spreads: list[dict]) -> str:
+    """The claim above the per-cell table, with its numbers measured from the rows below it."""
+    vals = [s["spread"] for s in spreads if s["spread"] is not None]
+    if not vals:
+        return "Fewer than two decoders that see only z are ranked on any cell: no spread to report."
+    worst_names: dict = defaultdict(int)
+    for s in spreads:
+        if s["spread"] is not None:
+            worst_names[s["worst_z"]["decoder"]] += 1
+    top = max(sorted(worst_names), key=lambda k: worst_names[k])
+    text = (f"Decoders of kind elementwise, filtering and reference see only z = W_out h. Measured over the "
+            f"{len(vals)} cells below, their spread (max loss / min loss among the ranked ones) is between "
+            f"{fmt(min(vals), 3)} and {fmt(max(vals), 3)} (median {fmt(statistics.median(vals), 3)}); the worst of them "
+            f"is {top} on {worst_names[top]} of {len(vals)} cells.")
+    rec = [s for s in spreads if s["regime"] == "recovery"]
+    if rec:
+        exact = sum(1 for s in rec if s["best_iterative"] is not None and s["best_iterative"]["exact"])
+        text += (f" Iterative decoders see h and are not bound by the E.2 bound: on {exact} of the {len(rec)} cells "
+                 f"where the VAMP state evolution predicts exact recovery, the best ranked one recovers x exactly "
+                 f"(loss below {EXACT_REL:g} of the trivial loss).")
+    return text + " Each entry: decoder (loss / E.2 bound)."
+
+
+def summary_markdown(agg: dict) -> str:
+    decs = decoder_summary(agg)
+    failures: dict = defaultdict(set)
+    for a in agg.values():
+        for f in a["failed"]:
+            failures[f["decoder"]].add(f"{f['status']}: {f['error']}")
+    n_reg = {g: sum(1 for a in agg.values() if a["regime"] == g) for g in REGIMES}
+
+    def reg_cells(d, g):
+        x = d[g]
+        if not x["of"]:
+            return ["-", "-", "-"]
+        ex = f" ({x['exact']} exact)" if x["exact"] else ""
+        return [f"{x['n']}/{x['of']}" + ex, fmt(x["median"], 3), fmt(x["worst"], 3)]
+
+    body = [[d["decoder"], d["kind"], *reg_cells(d, "other"), *reg_cells(d, "recovery"),
+             str(d["unconverged"]) if d["unconverged"] else "-"] for d in decs]
+    parts = ["## Decoders across cells", "",
+             "Ratio of each decoder's loss to the cell's appendix E.2 bound (the least loss even for a decoder told "
+             "which features are on, Gaussian interference): median and worst over the cells where it is ranked, "
+             f"per regime, never across: {REGIME_TEXT['other']} ({n_reg['other']} cells) and "
+             f"{REGIME_TEXT['recovery']} ({n_reg['recovery']} cells). \"exact\" counts losses below {EXACT_REL:g} of "
+             "the trivial loss. Rows not converged or imprecise are not in these columns (last column: how many; "
+             "see the section below).", ""]
+    if body:
+        parts.append(md_table(["decoder", "kind", "cells (no recovery predicted)", "median / E.2", "worst / E.2",
+                               "cells (recovery predicted)", "median / E.2", "worst / E.2",
+                               "rows ranked nowhere"], body, "llrrrrrrr"))
+    else:
+        parts.append("No decoder ranked.")
+    spreads = spread_rows(agg)
+    parts += ["", "## Per cell: decoders that see only z, against iterative and learned ones", "",
+              spread_caption(spreads), ""]
+
+    def ent(e):
+        return f"{e['decoder']} ({fmt(e['ratio_e2'], 3)}{', exact' if e['exact'] else ''})" if e else "-"
+
+    body = [[str(s["n_s"]), fmt(s["r"]), fmt(s["p"]), "recovery" if s["regime"] == "recovery" else "no recovery",
+             fmt(s["e2_bound"]), ent(s["best_z"]), ent(s["worst_z"]), fmt(s["spread"], 3), ent(s["best_iterative"]),
+             ent(s["best_learned"])] for s in spreads]
+    parts.append(md_table(["n_s", "r", "p", "VAMP SE predicts", "E.2 bound", "best z-decoder", "worst z-decoder",
+                           "spread (max/min)", "best iterative", "best learned"], body, "rrrlrllrll")
+                 if body else "No cells.")
+    unconv = unconverged_entries(agg)
+    parts += ["", "## Not converged or imprecise (ranked nowhere)", "", UNCONVERGED_TEXT, ""]
+    parts.append(unconverged_table(unconv, with_cell=True) if unconv else "None: every ok row is ranked.")
     if failures:
         parts += ["", "## Not scored everywhere", ""]
         for name in sorted(failures):
@@ -250,6 +513,15 @@ def summary_markdown(agg: dict) -> str:
                 parts.append(f"- {name}: {msg}")
     parts.append("")
     return "\n".join(parts)
+
+
+def unconverged_entries(agg: dict) -> list[dict]:
+    out = []
+    for cell, a in agg.items():
+        enc, dtype, n_s, n_d, p = cell
+        for u in a["unconverged"]:
+            out.append({**u, "n_s": n_s, "r": n_d / n_s, "p": p, "cell": cell})
+    return out
 
 
 def render(rows: list[dict], title: str, command: str) -> dict[str, str]:

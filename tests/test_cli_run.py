@@ -71,8 +71,8 @@ def test_grid_run_stores_rows_prints_summary_then_reuses_then_force(in_tmp, caps
     rows = st.rows()
     assert len(rows) == n and {r["status"] for r in rows} == {"ok"}
     assert {r["command"] for r in rows} == {"decoderbench run --plugins linear --grid default --ns 256 --device cpu"}
-    assert (in_tmp / "leaderboards" / "default" / "summary.md").is_file()
-    assert (in_tmp / "leaderboards" / "default" / "cells.md").read_text().count("\n## n_s = 256") == n
+    assert sorted(f.name for f in in_tmp.iterdir()) == ["results"]  # a run writes its store only
+    assert "decoderbench leaderboard --grid default --ns 256" in out.err  # and says how to make the board
 
     assert main(args) == 0
     out = capsys.readouterr()
@@ -97,7 +97,7 @@ def test_json_with_a_store_prints_only_json(in_tmp, capsys):
     assert [(r["n_d"], r["status"]) for r in rows] == [(16, "ok"), (32, "ok")]
     assert all(JSON_KEYS <= set(r) and isinstance(r["params"], dict) for r in rows)
     assert len(ResultsStore(in_tmp / "res", create=False).keys()) == 2
-    assert (in_tmp / "leaderboards" / "tiny" / "cells.md").is_file()
+    assert not (in_tmp / "leaderboards").exists()  # tables only where --leaderboard asks
     # reused rows come back from the store in the same JSON shape
     assert main(["run", "--plugins", "linear", "--grid", str(grid), "--out", "res", "--json", "--device", "cpu"]) == 0
     again = json.loads(capsys.readouterr().out)
@@ -151,14 +151,14 @@ def test_cuda_without_gpu_is_refused(in_tmp, capsys):
     assert "torch sees no CUDA device" in capsys.readouterr().err
 
 
-def test_run_writes_the_grids_leaderboard_from_the_whole_store(in_tmp, capsys):
+def test_run_leaderboard_option_writes_the_grids_tables_from_the_whole_store(in_tmp, capsys):
     grid = in_tmp / "tiny.toml"
     grid.write_text("[cells]\nn_s = [64]\nr = [0.5]\np = [0.1]\n[sampling]\nmax_samples = 256\n")
     base = ["run", "--grid", str(grid), "--out", "res", "--device", "cpu"]
     assert main([*base, "--plugins", "linear"]) == 0
-    assert main([*base, "--plugins", "relu"]) == 0
+    assert main([*base, "--plugins", "relu", "--leaderboard", "lb"]) == 0
     out = capsys.readouterr().out
     summary = out[out.rindex("## Decoders across cells"):]
     assert "| relu |" in summary and "| linear |" not in summary  # the printed summary: this run's rows
-    table = (in_tmp / "leaderboards" / "tiny" / "cells.md").read_text()
+    table = (in_tmp / "lb" / "cells.md").read_text()
     assert "| relu |" in table and "| linear |" in table  # the written leaderboard: every row of the grid

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import statistics
 
 import pytest
 
@@ -60,7 +62,7 @@ def test_pooled_numbers_are_exact():
     relu = next(e for e in a["scored"] if e["decoder"] == "relu")
     assert relu["n_seeds"] == 2
     assert relu["loss"] == pytest.approx(4.1 * e2, rel=1e-12)
-    assert relu["loss_se"] == pytest.approx(math.sqrt(1e-10 + 4e-10) / 2, rel=1e-12)
+    assert relu["sampling_se"] == pytest.approx(math.sqrt(1e-10 + 4e-10) / 2, rel=1e-12)
     assert relu["ratio_e2"] == pytest.approx(4.1, rel=1e-12)
     assert relu["ratio_mmse"] == pytest.approx(4.1 * e2 / mm, rel=1e-12)
     assert [e["decoder"] for e in a["scored"]] == ["vamp", "trained", "topk", "oracle", "relu"]  # ranked by loss
@@ -69,21 +71,39 @@ def test_pooled_numbers_are_exact():
     assert a["failed"][0]["error"] == "ModuleNotFoundError: nope"
 
 
-def test_summary_medians_worst_and_spread():
+def test_summary_medians_worst_and_spread_per_regime():
     text = summary_text(_rows())
     lines = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines() if ln.startswith("| ")}
-    # relu: ratios 4.1 (pooled over seeds) and 2.0: median 3.05, worst 4.1; topk: 3.0 and 6.0
-    assert "| relu | elementwise | 2/2 | 3.05 | 4.1 |" in lines["relu"]
-    assert "| topk | filtering | 2/2 | 4.5 | 6 |" in lines["topk"]
-    assert "| oracle | reference | 1/2 | 3.5 | 3.5 |" in lines["oracle"]
+    # regimes: r = 0.25, p = 0.045 is a cell where VAMP's state evolution predicts exact recovery, r = 0.1 is not;
+    # columns: cells, median, worst where no recovery is predicted, then the same where it is
+    assert "| relu | elementwise | 1/1 | 2 | 2 | 1/1 | 4.1 | 4.1 | - |" in lines["relu"]
+    assert "| topk | filtering | 1/1 | 6 | 6 | 1/1 | 3 | 3 | - |" in lines["topk"]
+    assert "| oracle | reference | 0/1 | - | - | 1/1 | 3.5 | 3.5 | - |" in lines["oracle"]
+    assert "| vamp | iterative | 1/1 | 1.5 | 1.5 | 1/1 (1 exact) |" in lines["vamp"]  # never one median of both
     # per cell: among z-decoders (relu 4.1, oracle 3.5, topk 3.0) the spread is 4.1/3 on the n_d=1024 cell;
     # vamp (iterative) is not part of it, and is the best iterative decoder
     cell_1024 = next(ln for ln in text.splitlines() if ln.startswith(f"| {N_S} | 0.25 |"))
     assert "topk (3)" in cell_1024 and "relu (4.1)" in cell_1024 and f"| {4.1 / 3.0:.3g} |" in cell_1024
-    assert "vamp (" in cell_1024 and "trained (2.9)" in cell_1024
+    assert "vamp (" in cell_1024 and ", exact)" in cell_1024 and "trained (2.9)" in cell_1024
     cell_410 = next(ln for ln in text.splitlines() if ln.startswith(f"| {N_S} | 0.1001 |"))
     assert "| 3 |" in cell_410 and "vamp (1.5)" in cell_410
+    # the caption's claim is measured from the rows under it
+    assert f"is between 1.37 and 3 (median {statistics.median([4.1 / 3.0, 3.0]):.3g})" in text
+    assert "on 1 of the 1 cells where the VAMP state evolution predicts exact recovery" in text
     assert "- broken: error: ModuleNotFoundError: nope" in text
+    assert "None: every ok row is ranked." in text
+
+
+def test_seed_spread_beside_sampling_error_and_one_seed_says_so():
+    agg = aggregate(select_rows(_rows()))
+    a = agg[("rug", "float32", N_S, 1024, P)]
+    relu = next(e for e in a["scored"] if e["decoder"] == "relu")
+    e2 = a["theory"]["e2_bound"]
+    assert relu["seed_sd"] == pytest.approx(statistics.stdev([4.0 * e2, 4.2 * e2]), rel=1e-12)
+    assert relu["loss_se"] == pytest.approx(relu["seed_sd"] / math.sqrt(2), rel=1e-12)  # the error shown: seeds
+    cells = render(_rows(), "t", "c")["cells.md"]
+    assert f"2: SD {relu['seed_sd']:.2g}, sampling SE {relu['sampling_se']:.2g}" in cells
+    assert "1: sampling error only" in cells
 
 
 def test_render_is_deterministic_and_order_free():
@@ -117,7 +137,8 @@ def test_leaderboard_command_writes_what_it_prints_and_is_byte_identical(tmp_pat
     b1 = {f: (out1 / f).read_bytes() for f in ("cells.md", "summary.md")}
     # the table is exactly what the generator makes from the store's rows for that command
     command = f"decoderbench leaderboard --results {st.path} --out {out1} --no-figures"
-    expected = render(ResultsStore(st.path, create=False).rows(), f"decoderbench leaderboard: {st.path}", command)
+    expected = render(ResultsStore(st.path, create=False).rows(), f"decoderbench leaderboard: store {st.path} (all rows)",
+                      command)
     assert b1 == {f: expected[f].encode() for f in b1}
     assert expected["cells.md"] in printed and expected["summary.md"] in printed
     # same store, other output directory: the same bytes but for the --out in the command line
@@ -165,3 +186,134 @@ def test_figures_and_theory_curves(tmp_path):
     for p in paths:
         img = imread(p)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+
+
+# ----------------------------------------------------------------------------- rows ranked nowhere
+
+
+def _flagged_rows():
+    """Clean rows on two cells plus one row of each kind that must be ranked nowhere."""
+    e2_a, e2_b = _theory(1024)["e2_bound"], _theory(410)["e2_bound"]
+    rows = [
+        _row("relu", "elementwise", 1024, 4.0 * e2_a, 1e-5),
+        _row("topk", "filtering", 1024, 3.0 * e2_a, 1e-5),
+        _row("vamp", "iterative", 1024, 1e-12, 1e-14),
+        _row("relu", "elementwise", 410, 2.0 * e2_b, 1e-5),
+        _row("topk", "filtering", 410, 2.5 * e2_b, 1e-5),
+    ]
+    capped = _row("trained", "learned", 1024, 0.1 * e2_a, 1e-6)  # "best" by loss, but it stopped on a time cap
+    capped["params"] = {"stop_reason": "time_cap", "steps": 5}
+    itercap = _row("vamp", "iterative", 410, 0.5 * e2_b, 1e-5)  # some samples at the iteration cap
+    itercap["params"] = {"stop_reason": "converged", "stop_reasons": {"converged": 20, "max_iter": 12}, "max_iter": 60}
+    itercap["predicted"] = 0.5 * e2_b
+    imprecise = _row("oracle", "reference", 410, 1.0 * e2_b, 0.2 * e2_b)  # SE 20% of the loss, target 2%
+    imprecise["target_rel_se"] = 0.02
+    told = _row("linear", "elementwise", 1024, 1.5 * e2_a, 1e-9)  # precise-looking, but scoring says it missed
+    told["precision_met"] = False
+    for r in rows:
+        r["target_rel_se"] = 0.02
+    return rows + [capped, itercap, imprecise, told], {"trained", "oracle", "linear"}, itercap
+
+
+def test_capped_and_imprecise_rows_are_ranked_nowhere_and_listed(tmp_path, capsys):
+    from decoderbench.leaderboard import row_flags
+
+    rows, gone, itercap = _flagged_rows()
+    assert [bool(row_flags(r)) for r in rows] == [False] * 5 + [True] * 4
+    agg = aggregate(select_rows(rows))
+    for a in agg.values():
+        assert not {e["decoder"] for e in a["scored"]} & gone
+    assert "vamp" not in {e["decoder"] for e in agg[("rug", "float32", N_S, 410, P)]["scored"]}
+    files = render(rows, "t", "cmd")
+    summary, cells = files["summary.md"], files["cells.md"]
+    ranked_part = summary[:summary.index("## Not converged or imprecise")]
+    per_cell = ranked_part[ranked_part.index("## Per cell"):]
+    for name in gone:
+        assert f"{name} (" not in per_cell  # in no "best"/"worst" column
+        line = next(ln for ln in ranked_part.splitlines() if ln.startswith(f"| {name} |"))
+        assert "| - | - |" in line and line.rstrip(" |").endswith("1")  # no median, worst; counted as unranked
+    assert "vamp (0.5" not in per_cell  # the iteration-capped vamp is not the best iterative decoder
+    section = summary[summary.index("## Not converged or imprecise"):]
+    assert "stopped on time_cap after 5 steps" in section and "| time_cap |" in section
+    assert "12 of 32 samples hit the iteration cap (60)" in section and "at its plateau" in section
+    assert "imprecise: SE 20% of loss, target 2%" in section
+    assert section.count("| 1024 |") == 4  # every row lists its samples
+    for text in (cells,):
+        for block in text.split("\n## ")[1:]:
+            ranked = block.split("Not converged or imprecise on this cell")[0]
+            assert not any(f"| {name} |" in ranked for name in gone)
+    # every figure: the flagged decoders are in no main series
+    from decoderbench import plots
+
+    for e in plots._entries(rows):
+        assert e["decoder"] not in gone and not (e["decoder"] == "vamp" and e["n_d"] == 410)
+
+
+def test_plateau_note_measures_the_distance_to_state_evolution():
+    from decoderbench.leaderboard import plateau_note
+
+    _, _, row = _flagged_rows()
+    assert plateau_note(row).startswith("at its plateau: loss / state evolution 1 (0 SE away)")
+    row = dict(row, loss=row["predicted"] * 1.5, loss_se=row["predicted"] * 0.01)
+    assert plateau_note(row).startswith("not at its plateau: loss / state evolution 1.5 (50 SE away)")
+    row = dict(row, predicted=None)
+    assert "plateau unknown" in plateau_note(row)
+
+
+# ----------------------------------------------------------------------------- runs leave the tree alone
+
+
+def _readme_first_commands() -> list[str]:
+    """The `decoderbench ...` commands of the README's first code block (the first-hour commands)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    cmds = []
+    for line in block.splitlines():
+        for part in line.split("#")[0].split("&&"):
+            part = part.strip()
+            if part.startswith("decoderbench "):
+                cmds.append(part)
+    return cmds
+
+
+def test_readme_first_commands_leave_a_fresh_clone_clean(tmp_path):
+    """`git status` is clean after the README's first-hour commands, run in a fresh clone.
+
+    The commands are the README's, on a small cell (--ns 256, two decoders) so that the test is quick;
+    what matters here is where they write, which the cell size does not change.
+    """
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    if sys.version_info < (3, 11):
+        pytest.skip("runs the checkout's code from another directory with python -P (Python 3.11+)")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, capture_output=True)
+    cmds = _readme_first_commands()
+    assert cmds[0].startswith("decoderbench run") and any(c.startswith("decoderbench leaderboard") for c in cmds)
+    # the code under test (this checkout), run with the fresh clone as its working directory
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    for cmd in cmds:
+        args = cmd.split()[1:]
+        if args[0] == "run":
+            args = [a if a != "all" else "linear,relu" for a in args] + ["--ns", "256", "--device", "cpu"]
+            if "--grid" not in args:
+                args += ["--grid", "default"]  # what the bare command runs; --ns alone would make it ad-hoc
+        if args[0] == "leaderboard":
+            args += ["--ns", "256"]
+        # -P: the clone (the working directory) is not put on sys.path, so this checkout's code runs
+        res = subprocess.run([sys.executable, "-P", "-m", "decoderbench", *args], cwd=clone, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, (cmd, res.stderr[-2000:])
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--ignored=no"], cwd=clone,
+                            capture_output=True, text=True, check=True).stdout
+    assert status == "", status
+    assert (clone / "results" / "board").is_dir()  # the board went into the store's folder
