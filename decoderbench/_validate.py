@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import BadInput
+
 MAX_LOG2_NS = 30
 
 
@@ -15,9 +17,9 @@ def _finite(name: str, value) -> float:
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+        raise BadInput(f"{name} must be a finite number, got {value!r}") from None
     if not math.isfinite(f):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise BadInput(f"{name} must be a finite number, got {value!r}")
     return f
 
 
@@ -25,7 +27,7 @@ def check_ns(n_s) -> int:
     """n_s: a power of two, 2 <= n_s <= 2**30."""
     f = _finite("n_s", n_s)
     if f != int(f) or int(f) < 2 or (int(f) & (int(f) - 1)) != 0 or int(f) > 2**MAX_LOG2_NS:
-        raise ValueError(f"n_s must be a power of two between 2 and 2**{MAX_LOG2_NS}, got {n_s!r}")
+        raise BadInput(f"n_s must be a power of two between 2 and 2**{MAX_LOG2_NS}, got {n_s!r}")
     return int(f)
 
 
@@ -33,7 +35,7 @@ def check_nd(n_d, n_s: int) -> int:
     """n_d: an integer in 1..n_s-1."""
     f = _finite("n_d", n_d)
     if f != int(f) or not 1 <= int(f) <= n_s - 1:
-        raise ValueError(f"n_d must be an integer in 1..n_s-1 = 1..{n_s - 1}, got {n_d!r}")
+        raise BadInput(f"n_d must be an integer in 1..n_s-1 = 1..{n_s - 1}, got {n_d!r}")
     return int(f)
 
 
@@ -41,7 +43,7 @@ def check_r(r) -> float:
     """r = n_d / n_s: strictly between 0 and 1."""
     f = _finite("r", r)
     if not 0.0 < f < 1.0:
-        raise ValueError(f"r must be in the open interval (0, 1), got {r!r}")
+        raise BadInput(f"r must be in the open interval (0, 1), got {r!r}")
     return f
 
 
@@ -49,7 +51,7 @@ def check_p(p) -> float:
     """p: the probability that a feature is on, in (0, 1]."""
     f = _finite("p", p)
     if not 0.0 < f <= 1.0:
-        raise ValueError(f"p must be in (0, 1], got {p!r}")
+        raise BadInput(f"p must be in (0, 1], got {p!r}")
     return f
 
 
@@ -57,14 +59,14 @@ def check_sigma(sigma) -> float:
     """sigma: a noise standard deviation, > 0."""
     f = _finite("sigma", sigma)
     if not f > 0.0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+        raise BadInput(f"sigma must be > 0, got {sigma!r}")
     return f
 
 
 def check_seed(seed) -> int:
     f = _finite("seed", seed)
     if f != int(f) or int(f) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise BadInput(f"seed must be a non-negative integer, got {seed!r}")
     return int(f)
 
 
@@ -73,5 +75,5 @@ def nd_from_r(n_s: int, r) -> int:
     r = check_r(r)
     n_d = int(round(r * n_s))
     if not 1 <= n_d <= n_s - 1:
-        raise ValueError(f"r must give n_d = round(r n_s) in 1..{n_s - 1} at n_s = {n_s}, got r = {r!r}")
+        raise BadInput(f"r must give n_d = round(r n_s) in 1..{n_s - 1} at n_s = {n_s}, got r = {r!r}")
     return n_d

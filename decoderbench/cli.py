@@ -1,6 +1,7 @@
 """The command line: parse, call, print. Nothing here computes.
 
-Bad input prints one line ``error: ...`` to stderr and exits 2, with no traceback.
+Bad input (``decoderbench.errors.BadInput``, and only it) prints one line ``error: ...`` to stderr and
+exits 2, with no traceback; any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 
 import click
 
+from .errors import BadInput
 from . import __version__
 from ._validate import check_nd, check_ns, check_p, check_seed, nd_from_r
 
@@ -24,9 +26,9 @@ def _floats(name: str, text: str) -> list[float]:
         try:
             out.append(float(part))
         except ValueError:
-            raise ValueError(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
+            raise BadInput(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
     if not out:
-        raise ValueError(f"{name} must list at least one value, got {text!r}")
+        raise BadInput(f"{name} must list at least one value, got {text!r}")
     return out
 
 
@@ -55,7 +57,7 @@ def cli():
 
 def _cells(ns: str, r: str | None, nd: str | None, p: str) -> list[tuple[int, int, float]]:
     if r is not None and nd is not None:
-        raise ValueError("--r and --nd: give one of them, not both")
+        raise BadInput("--r and --nd: give one of them, not both")
     out = []
     for n_s in _floats("--ns", ns):
         n_s = check_ns(n_s)
@@ -123,13 +125,13 @@ def _select_decoders(spec: str) -> list[str]:
     broken = plugins.load_errors()
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        raise ValueError(f"--plugins must be 'all' or a comma-separated list of: {', '.join(registered)}")
+        raise BadInput(f"--plugins must be 'all' or a comma-separated list of: {', '.join(registered)}")
     if names == ["all"]:
         # broken plugins are selected too, so their failure shows as an error row
         return registered + [b for b in broken if b not in registered]
     unknown = [n for n in names if n not in registered and n not in broken]
     if unknown:
-        raise ValueError(f"--plugins: unknown decoder {unknown[0]!r}; registered: {', '.join(registered)}")
+        raise BadInput(f"--plugins: unknown decoder {unknown[0]!r}; registered: {', '.join(registered)}")
     return names
 
 
@@ -173,7 +175,7 @@ def _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se,
     p_l = None if p is None else _floats("--p", p)
     seeds = None if seed is None else [check_seed(s) for s in _floats("--seed", seed)]
     if r_l is not None and nd_l is not None:
-        raise ValueError("--r and --nd: give one of them, not both")
+        raise BadInput("--r and --nd: give one of them, not both")
     adhoc = grid_spec is None and any(v is not None for v in (ns_l, r_l, nd_l, p_l))
     if adhoc:
         g = adhoc_grid(ns_l or [4096], r_l, nd_l, p_l or [0.045], seeds or [0],
@@ -234,18 +236,43 @@ def _cell_options(f):
                    "to its store only, and `decoderbench leaderboard` makes tables, figures and the site].")
 @click.option("--no-summary", is_flag=True, help="Do not print the summary table at the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list (and nothing else on stdout).")
+@click.option("--isolate/--no-isolate", "isolate", default=None,
+              help="Run every decoder in a guarded worker process (--isolate) or none (--no-isolate) "
+                   "[default: third-party decoders only].")
+@click.option("--timeout", "timeout_s", default=None,
+              help="Per-unit time limit in seconds; a unit past it becomes a `timeout` row [default: the grid's "
+                   "[timeout], else 3600].")
+@click.option("--memory-limit", "memory_mb", default=None,
+              help="Address-space limit (MB) of each isolated decoder's worker process [default: none].")
+@click.option("--executor", "executor_kind", default="local", show_default=True,
+              help="local (this machine) or ray (Ray tasks; pip install -e \".[ray]\").")
+@click.option("--workers", default="1", show_default=True,
+              help="local executor: units run at once, each in its own process (1: in this process).")
+@click.option("--address", default=None, help="ray executor: address of an existing Ray cluster [default: a local one].")
 @click.pass_context
 def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device, target_se, min_samples, max_samples,
-        out, force, board_dir, no_summary, as_json):
+        out, force, board_dir, no_summary, as_json, isolate, timeout_s, memory_mb, executor_kind, workers, address):
     """Score decoders on a grid of cells against the theory, storing every row in a results store.
 
     Re-running the same command computes only the rows the store lacks (or whose last attempt failed).
     """
     from pathlib import Path
 
-    from . import leaderboard, plugins, sweep
+    from . import leaderboard, plugins, sweep, worker
     from .store import ResultsStore
 
+    # the execution options first: a bad one is refused before anything runs
+    if timeout_s is not None:
+        timeout_s = worker.check_timeout(timeout_s, "--timeout")
+    if memory_mb is not None:
+        memory_mb = worker.check_memory_limit(memory_mb)
+    try:
+        workers = int(str(workers).strip())
+    except ValueError:
+        raise BadInput(f"--workers must be an integer >= 1, got {workers!r}") from None
+    if executor_kind not in sweep.EXECUTORS:
+        raise BadInput(f"--executor must be one of {', '.join(sweep.EXECUTORS)}, got {executor_kind!r}")
+    sweep.check_workers(workers)
     grid, adhoc = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples,
                                      max_samples)
     plugins.get_encoder(grid.encoder)
@@ -254,6 +281,8 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     names = _select_decoders(spec)
     dev = sweep.resolve_device(device)
     units = sweep.units_for(grid, names, device=dev)
+    guard = _guard_for(grid, isolate, timeout_s, memory_mb)
+    executor = sweep.make_executor(executor_kind, workers=workers, guard=guard, address=address)
     store_dir = out if out is not None else (None if adhoc else DEFAULT_RESULTS)
     store = ResultsStore(store_dir) if store_dir is not None else None
     command = _command_line(ctx)
@@ -262,7 +291,8 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
         click.echo(f"grid {grid.name}: {n_cells} cells x {len(grid.seeds)} seeds x {len(names)} decoders = "
                    f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store is not None else ""), err=True)
     progress = not as_json and sys.stderr.isatty()
-    res = sweep.run_sweep(units, store=store, force=force, command=command, grid=grid.name, progress=progress)
+    res = sweep.run_sweep(units, store=store, force=force, command=command, grid=grid.name, progress=progress,
+                          executor=executor)
     rows = res.rows
     board_files = None
     if store is not None and board_dir is not None:  # only where asked: a run writes rows to its store only
@@ -294,7 +324,19 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
             if row["status"] != "ok" and (row["decoder"], row["error"]) not in seen:
                 seen.add((row["decoder"], row["error"]))
                 click.echo(f"{row['decoder']}: {row['status']}: {row['error']}", err=True)
-    return 1 if any(row["status"] == "error" for row in rows) else 0
+    return 1 if any(row["status"] in ("error", "timeout") for row in rows) else 0
+
+
+def _guard_for(grid, isolate, timeout_s, memory_mb):
+    """The worker.Guard of a run: --timeout replaces the grid's [timeout] for every decoder."""
+    from . import worker
+
+    timeouts = dict(getattr(grid, "timeouts", {}) or {})
+    default = timeouts.pop("default", worker.DEFAULT_TIMEOUT_S)
+    if timeout_s is not None:
+        default, timeouts = timeout_s, {}
+    return worker.Guard(isolate="auto" if isolate is None else bool(isolate), timeout_s=default,
+                        memory_limit_mb=memory_mb, timeouts=timeouts)
 
 
 def _grid_rows(store, grid) -> list[dict]:
@@ -339,7 +381,7 @@ def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, d
         grid_name = grid.name
     out_dir = Path(out) if out is not None else default_board_dir(results, grid_name)
     if not rows:
-        raise ValueError(f"--results {results}: the store holds no rows for the cells asked for")
+        raise BadInput(f"--results {results}: the store holds no rows for the cells asked for")
     command = _command_line(ctx)
     files = leaderboard.render(rows, title=title, command=command)
     files[leaderboard.ROWS_FILE] = leaderboard.rows_json(rows)
@@ -406,13 +448,20 @@ def symmetry_cmd(ctx, ns, r, p, seed, load, max_steps, max_time_s, threads, cach
     from . import symmetry
 
     seed = check_seed(seed)
-    p = check_p(float(p))
+    (p,) = _floats("--p", p)[:1]
+    try:
+        p = check_p(p)
+    except BadInput as exc:
+        raise BadInput(f"--p: {exc}") from None
     if eval_samples < 2:
-        raise ValueError(f"--eval-samples must be an integer >= 2, got {eval_samples}")
+        raise BadInput(f"--eval-samples must be an integer >= 2, got {eval_samples}")
     cells: list[tuple[int, int, object]] = []
     if load:
         for path in [s.strip() for s in load.split(",") if s.strip()]:
-            m = symmetry.load_model(path)
+            try:
+                m = symmetry.load_model(path)
+            except ValueError as exc:  # symmetry's own check of the file: bad input here
+                raise BadInput(f"--load: {str(exc).splitlines()[0]}") from None
             cells.append((m.n_s, m.n_d, path))
     else:
         from .encoders import DENSE_MAX_NS
@@ -420,8 +469,8 @@ def symmetry_cmd(ctx, ns, r, p, seed, load, max_steps, max_time_s, threads, cach
         for v in _floats("--ns", ns):
             n_s = check_ns(v)
             if n_s > DENSE_MAX_NS:
-                raise ValueError(f"--ns must be at most {DENSE_MAX_NS} (the diagnostics form W densely), got {n_s}")
-            cells.append((n_s, nd_from_r(n_s, float(r)), None))
+                raise BadInput(f"--ns must be at most {DENSE_MAX_NS} (the diagnostics form W densely), got {n_s}")
+            cells.append((n_s, nd_from_r(n_s, _floats("--r", r)[0]), None))
     options = {"max_time_s": max_time_s}
     for key, val in (("max_steps", max_steps), ("threads", threads), ("cache_dir", cache_dir)):
         if val is not None:
@@ -476,7 +525,7 @@ def main(argv=None) -> int:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         return exc.exit_code
-    except ValueError as exc:
+    except BadInput as exc:  # only the project's bad-input error; anything else is a bug: its traceback shows
         click.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
         return 2
     except BrokenPipeError:  # e.g. piped into head

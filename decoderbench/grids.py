@@ -37,6 +37,10 @@ the file and the key or the cell, before anything runs. The keys::
     [options.trained]              # optional per-decoder options, passed to WorkUnit.options
     max_time_s = 8
 
+    [timeout]                      # optional per-unit time limits in seconds (decoderbench.worker);
+    default = 3600                 # `default` for every decoder, others by decoder name; --timeout
+    vamp = 7200                    # on the command line replaces them all
+
 Ad-hoc cells (``--ns/--r/--nd/--p/--seed`` without ``--grid``) make a grid too (:func:`adhoc_grid`);
 with ``--grid`` those options replace the grid's axes (:meth:`Grid.override`), e.g. a smaller ``n_s``
 to run the GPU-sized ``paper-fig15`` on a CPU.
@@ -51,11 +55,12 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+from .errors import BadInput
 from ._validate import check_nd, check_ns, check_p, check_r, check_seed, nd_from_r
 
 DTYPES = ("float32", "float64")
 TOP_KEYS = ("name", "description", "plugins", "encoder", "dtype", "seeds", "cells", "cell", "where", "sampling",
-            "options")
+            "options", "timeout")
 CELL_KEYS = ("n_s", "r", "n_d", "p")
 WHERE_KEYS = ("p_ns_above", "p_over_r_below")
 SAMPLING_KEYS = ("target_rel_se", "min_samples", "max_samples")
@@ -90,6 +95,7 @@ class Grid:
     max_samples: int = SAMPLING_DEFAULTS["max_samples"]
     options: dict = field(default_factory=dict)  # decoder name -> dict
     sampling_overrides: dict = field(default_factory=dict)  # decoder name -> {sampling key: value}
+    timeouts: dict = field(default_factory=dict)  # decoder name (or "default") -> seconds
 
     def __post_init__(self):
         self.cells()  # validates every cell, raises ValueError naming it
@@ -107,14 +113,14 @@ class Grid:
                         try:
                             n_d = check_nd(v, n_s) if how == "n_d" else nd_from_r(n_s, v)
                         except ValueError as exc:
-                            raise ValueError(f"grid {self.source}: impossible cell {label}: {exc}") from None
+                            raise BadInput(f"grid {self.source}: impossible cell {label}: {exc}") from None
                         cell = (n_s, n_d, p)
                         if cell in seen or not self._keep(n_s, n_d, p):
                             continue
                         seen.add(cell)
                         out.append(cell)
         if not out:
-            raise ValueError(f"grid {self.source}: no cells left (check [cells], [[cell]] and [where])")
+            raise BadInput(f"grid {self.source}: no cells left (check [cells], [[cell]] and [where])")
         return out
 
     def _keep(self, n_s: int, n_d: int, p: float) -> bool:
@@ -141,7 +147,7 @@ class Grid:
                  min_samples=None) -> Grid:
         """A copy with axes replaced in every block (each argument a list, or None to keep the grid's)."""
         if r is not None and nd is not None:
-            raise ValueError("--r and --nd: give one of them, not both")
+            raise BadInput("--r and --nd: give one of them, not both")
         ns = None if ns is None else tuple(dict.fromkeys(check_ns(v) for v in ns))
         p = None if p is None else tuple(dict.fromkeys(check_p(v) for v in p))
         r = None if r is None else tuple(dict.fromkeys(check_r(v) for v in r))
@@ -177,19 +183,19 @@ class Grid:
                                              for d, o in self.sampling_overrides.items()}
         g = replace(self, **changes)
         if g.min_samples > g.max_samples:
-            raise ValueError(f"min_samples must be <= max_samples, got {g.min_samples} > {g.max_samples}")
+            raise BadInput(f"min_samples must be <= max_samples, got {g.min_samples} > {g.max_samples}")
         return g
 
 
 def _check_target(v, name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < float(v) < 1):
-        raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
+        raise BadInput(f"{name} must be a number in (0, 1), got {v!r}")
     return float(v)
 
 
 def _check_count(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        raise BadInput(f"{name} must be a positive integer, got {v!r}")
     return int(v)
 
 
@@ -211,9 +217,9 @@ def load_grid(spec: str) -> Grid:
     path = Path(spec)
     if spec.endswith(".toml") or path.exists():
         if not path.is_file():
-            raise ValueError(f"--grid: no such grid file {spec!r}")
+            raise BadInput(f"--grid: no such grid file {spec!r}")
         return parse_grid(path.read_text(encoding="utf-8"), source=str(path), default_name=path.stem)
-    raise ValueError(f"--grid must be one of {', '.join(builtins)} or a .toml file, got {spec!r}")
+    raise BadInput(f"--grid must be one of {', '.join(builtins)} or a .toml file, got {spec!r}")
 
 
 def parse_grid(text: str, source: str = "<string>", default_name: str = "grid") -> Grid:
@@ -221,13 +227,13 @@ def parse_grid(text: str, source: str = "<string>", default_name: str = "grid") 
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"grid {source}: not valid TOML: {exc}") from None
+        raise BadInput(f"grid {source}: not valid TOML: {exc}") from None
 
     def bad(key: str, msg: str):
         return ValueError(f"grid {source}: {key}: {msg}")
 
     _unknown(raw, TOP_KEYS, source, "")
-    name = raw.get("name", default_name)
+    name = raw.get("name", "".join(c if c.isalnum() or c in "-_." else "_" for c in default_name).lstrip(".") or "grid")
     if not isinstance(name, str) or not name.strip():
         raise bad("name", f"must be a non-empty string, got {name!r}")
     description = raw.get("description", "")
@@ -305,11 +311,28 @@ def parse_grid(text: str, source: str = "<string>", default_name: str = "grid") 
         except (TypeError, ValueError):
             raise bad(f"options.{dec}", "values must be numbers, strings, booleans, lists or tables") from None
 
-    return Grid(name=name.strip(), source=source, specs=tuple(specs), description=description.strip(),
+    timeouts = raw.get("timeout", {})
+    if not isinstance(timeouts, dict):
+        raise bad("timeout", "must be a table of decoder name (or default) = seconds")
+    for dec, t in timeouts.items():
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise bad(f"timeout.{dec}", f"must be a positive number of seconds, got {t!r}")
+    timeouts = {k: float(v) for k, v in timeouts.items()}
+
+    return Grid(name=_check_name(name.strip(), source), source=source, specs=tuple(specs), description=description.strip(),
                 plugins=plugins, encoder=encoder, dtype=dtype, seeds=seeds, where=where,
                 target_rel_se=samp["target_rel_se"], min_samples=samp["min_samples"],
                 max_samples=samp["max_samples"], options={k: dict(v) for k, v in options.items()},
-                sampling_overrides=overrides)
+                sampling_overrides=overrides, timeouts=timeouts)
+
+
+def _check_name(name: str, source: str) -> str:
+    """A grid name becomes a folder name (leaderboards/<name>): one path component, no traversal."""
+    ok = all(c.isalnum() or c in "-_." for c in name) and name not in (".", "..") and not name.startswith(".")
+    if not ok or len(name) > 100:
+        raise BadInput(f"grid {source}: name: must be a plain folder name (letters, digits, - _ .; not starting "
+                       f"with a dot; at most 100 characters), got {name!r}")
+    return name
 
 
 def _sampling_values(table: dict, source: str, prefix: str) -> dict:
@@ -321,36 +344,36 @@ def _sampling_values(table: dict, source: str, prefix: str) -> dict:
             if k in table:
                 out[k] = _check_count(table[k], k)
     except ValueError as exc:
-        raise ValueError(f"grid {source}: {prefix}{exc}") from None
+        raise BadInput(f"grid {source}: {prefix}{exc}") from None
     return out
 
 
 def _unknown(table: dict, allowed, source: str, prefix: str) -> None:
     for k in table:
         if k not in allowed:
-            raise ValueError(f"grid {source}: unknown key '{prefix}{k}'; allowed: {', '.join(allowed)}")
+            raise BadInput(f"grid {source}: unknown key '{prefix}{k}'; allowed: {', '.join(allowed)}")
 
 
 def _cell_spec(table, key: str, source: str, lists: bool) -> CellSpec:
     if not isinstance(table, dict):
-        raise ValueError(f"grid {source}: {key}: must be a table")
+        raise BadInput(f"grid {source}: {key}: must be a table")
     _unknown(table, CELL_KEYS, source, f"{key}.")
     for k in ("n_s", "p"):
         if k not in table:
-            raise ValueError(f"grid {source}: {key}: missing {k}")
+            raise BadInput(f"grid {source}: {key}: missing {k}")
     if ("r" in table) == ("n_d" in table):
-        raise ValueError(f"grid {source}: {key}: give exactly one of r and n_d")
+        raise BadInput(f"grid {source}: {key}: give exactly one of r and n_d")
 
     def values(k, check):
         v = table[k]
         seq = v if lists else [v]
         what = "a non-empty list of numbers" if lists else "a number"
         if not isinstance(seq, list) or not seq or any(isinstance(x, (bool, str, list, dict)) for x in seq):
-            raise ValueError(f"grid {source}: {key}.{k}: must be {what}, got {v!r}")
+            raise BadInput(f"grid {source}: {key}.{k}: must be {what}, got {v!r}")
         try:
             return tuple(dict.fromkeys(check(x) for x in seq))
         except ValueError as exc:
-            raise ValueError(f"grid {source}: {key}.{k}: {exc}") from None
+            raise BadInput(f"grid {source}: {key}.{k}: {exc}") from None
 
     n_s = values("n_s", check_ns)
     p = values("p", check_p)
@@ -362,7 +385,7 @@ def _cell_spec(table, key: str, source: str, lists: bool) -> CellSpec:
 def _check_int(x, name: str) -> int:
     f = float(x)
     if not math.isfinite(f) or f != int(f) or f < 1:
-        raise ValueError(f"{name} must be a positive integer, got {x!r}")
+        raise BadInput(f"{name} must be a positive integer, got {x!r}")
     return int(f)
 
 
@@ -370,7 +393,7 @@ def adhoc_grid(ns: list, r: list | None, nd: list | None, p: list, seeds: list, 
                min_samples: int, max_samples: int, encoder: str = "rug", dtype: str = "float32") -> Grid:
     """The grid of ad-hoc ``--ns/--r/--nd/--p/--seed`` cells."""
     if r is not None and nd is not None:
-        raise ValueError("--r and --nd: give one of them, not both")
+        raise BadInput("--r and --nd: give one of them, not both")
     ns_t = tuple(dict.fromkeys(check_ns(v) for v in ns))
     p_t = tuple(dict.fromkeys(check_p(v) for v in p))
     if nd is not None:
@@ -378,7 +401,7 @@ def adhoc_grid(ns: list, r: list | None, nd: list | None, p: list, seeds: list, 
     else:
         spec = CellSpec(n_s=ns_t, p=p_t, r=tuple(dict.fromkeys(check_r(v) for v in (r or [0.25]))))
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise BadInput(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return Grid(name="adhoc", source="command line", specs=(spec,), seeds=tuple(dict.fromkeys(check_seed(s) for s in seeds)),
                 encoder=encoder, dtype=dtype, target_rel_se=_check_target(target_rel_se, "--target-se"),
                 min_samples=_check_count(min_samples, "--min-samples"),

@@ -20,6 +20,7 @@ import pluggy
 
 from . import hookspecs
 from .decoder import Decoder, check_decoder_class
+from .errors import BadInput
 
 ENTRY_POINT_GROUP = "decoderbench"
 hookimpl = pluggy.HookimplMarker("decoderbench")
@@ -164,12 +165,12 @@ def load_errors() -> dict[str, str]:
 def get_decoder(name: str) -> Registered:
     d = decoders()
     if name not in d:
-        raise ValueError(f"plugins: unknown decoder {name!r}; registered: {', '.join(d) or '(none)'}")
+        raise BadInput(f"plugins: unknown decoder {name!r}; registered: {', '.join(d) or '(none)'}")
     return d[name]
 
 
 def get_encoder(name: str) -> Registered:
     e = encoders()
     if name not in e:
-        raise ValueError(f"encoder must be one of {', '.join(e) or '(none)'}, got {name!r}")
+        raise BadInput(f"encoder must be one of {', '.join(e) or '(none)'}, got {name!r}")
     return e[name]

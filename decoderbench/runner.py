@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .errors import BadInput
 from . import __version__
 from ._validate import check_seed
 from .data import SparseSampler
@@ -53,11 +54,11 @@ class WorkUnit:
         Cell(self.n_s, self.n_d, self.p)  # validates
         check_seed(self.seed)
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise BadInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (0 < self.target_rel_se < 1):
-            raise ValueError(f"target_rel_se must be in (0, 1), got {self.target_rel_se!r}")
+            raise BadInput(f"target_rel_se must be in (0, 1), got {self.target_rel_se!r}")
         if not (1 <= self.min_samples <= self.max_samples):
-            raise ValueError("min_samples must be >= 1 and <= max_samples, "
+            raise BadInput("min_samples must be >= 1 and <= max_samples, "
                              f"got min_samples={self.min_samples}, max_samples={self.max_samples}")
 
     @property
@@ -111,9 +112,9 @@ def resolve_device(device: str) -> str:
         return "cpu"
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: torch sees no CUDA device; use --device cpu or auto")
+            raise BadInput(f"--device {device}: torch sees no CUDA device; use --device cpu or auto")
         return device
-    raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    raise BadInput(f"--device must be auto, cpu or cuda, got {device!r}")
 
 
 def _theory_columns(cell: Cell) -> dict:

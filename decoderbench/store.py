@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .errors import BadInput
 
 MARKER = "decoderbench-store.json"
 STORE_FORMAT = 1  # bump when the layout or the column meanings change
@@ -89,7 +90,7 @@ def _from_stored(row: dict) -> dict:
     return row
 
 
-class StoreError(ValueError):
+class StoreError(BadInput):
     """A directory that cannot be used as a results store (bad input: the CLI exits 2)."""
 
 

@@ -5,7 +5,10 @@ The pieces are separate so that a later executor can fan units out over processe
 * :func:`units_for` turns a grid and decoder names into plain, picklable ``WorkUnit`` s (the device
   already resolved, so that it is part of each unit's key);
 * :func:`plan` splits them into rows already done in the store (reused) and units to compute;
-* an executor (:func:`execute_serial` here) yields ``(unit, row)`` pairs as rows finish, in any order;
+* an executor yields ``(unit, row)`` pairs as rows finish, in any order: :func:`make_executor` builds
+  one from ``--executor local|ray``, ``--workers`` and a :class:`~decoderbench.worker.Guard`
+  (isolation, time and memory limits); every executor runs each unit through
+  :func:`decoderbench.worker.run_guarded`, so the rows are the same whichever runs them;
 * :func:`run_sweep` is the single writer: it stamps each finished row (command, versions, time) and
   writes it to the store at once, then drives the progress bar.
 """
@@ -19,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .errors import BadInput
 from . import __version__
 from .grids import Grid
 from .runner import RESULTS_FORMAT, WorkUnit, resolve_device, run_unit  # noqa: F401 (resolve_device is re-exported)
@@ -41,7 +45,7 @@ def units_for(grid: Grid, decoders: list[str], device: str = "cpu") -> list[Work
     ``device`` must already be resolved (:func:`resolve_device`): it is part of every unit's key.
     """
     if device == "auto":
-        raise ValueError("units_for: resolve the device first (resolve_device('auto'))")
+        raise BadInput("units_for: resolve the device first (resolve_device('auto'))")
     units = []
     for n_s, n_d, p in grid.cells():
         for seed in grid.seeds:
@@ -82,6 +86,49 @@ def execute_serial(units: Iterable[WorkUnit], before: Callable[[WorkUnit], None]
         if before is not None:
             before(u)
         yield u, run_unit(u)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def check_workers(workers) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise BadInput(f"--workers must be an integer >= 1, got {workers!r}")
+    return workers
+
+
+def make_executor(kind: str = "local", workers: int = 1, guard=None, address: str | None = None):
+    """An executor ``(units, before) -> iterator of (unit, row)``; bad arguments raise BadInput before anything runs.
+
+    ``local`` with one worker runs the units one by one in this process (each decoder guarded, third-party
+    ones in a child process); with ``workers > 1`` each unit runs in a local worker process, ``workers`` at
+    once. ``ray`` fans units out as Ray tasks (``address``: an existing cluster; default a local instance).
+    """
+    from . import worker
+
+    if kind not in EXECUTORS:
+        raise BadInput(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+    check_workers(workers)
+    guard = guard or worker.Guard()
+    if kind == "ray":
+        from . import ray_executor
+
+        return ray_executor.RayExecutor(guard=guard, address=address, workers=workers)
+    if address is not None:
+        raise BadInput("--address is for --executor ray (the address of a Ray cluster)")
+    if workers == 1:
+        def serial(units, before=None):
+            for u in units:
+                if before is not None:
+                    before(u)
+                yield u, worker.run_guarded(u, guard)
+
+        return serial
+
+    def processes(units, before=None):
+        return worker.execute_processes(units, before, guard=guard, workers=workers)
+
+    return processes
 
 
 def stamp(row: dict, unit: WorkUnit, command: str, grid: str) -> dict:
@@ -147,7 +194,7 @@ def run_sweep(units: list[WorkUnit], store: ResultsStore | None = None, force: b
             if store is not None:
                 store.write(row)
             results[u] = row
-            n_failed += row.get("status") == "error"
+            n_failed += row.get("status") in ("error", "timeout")
             if bar is not None:
                 bar.update(1)
     finally:

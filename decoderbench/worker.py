@@ -1,0 +1,631 @@
+"""Guarded execution: one ``WorkUnit`` whatever its decoder does, one row out.
+
+``run_guarded(unit, guard)`` is what every executor calls. It returns the unit's row and never
+raises for the decoder's fault, nor lets the decoder end the run:
+
+* **in-process** (built-in decoders by default, or every decoder with ``isolate=False``): the
+  decoder runs in this process, wrapped so that ``sys.exit`` in ``fit``/``decode`` becomes an error
+  row, its input is a fresh copy of what the harness holds, and (in the main thread) a ``SIGALRM``
+  deadline stops a decoder that sleeps past ``timeout_s`` (a decoder stuck inside C code cannot be
+  stopped in-process: isolate it);
+* **isolated** (third-party decoders by default: any whose distribution is not decoderbench, or
+  every decoder with ``isolate=True``): the decoder object lives in a child process (multiprocessing
+  ``forkserver``, torch preloaded), with an optional address-space limit (``RLIMIT_AS``,
+  ``memory_limit_mb``). The harness keeps the cell's evaluation samples, the eval loop and the
+  scoring in *this* process and sends the child only what the decoder's kind may see (its context,
+  its own training stream, then one input batch at a time); the child answers with ``x_hat``. So a
+  decoder that raises, returns NaN or a wrong shape, calls ``sys.exit`` or ``os._exit``, segfaults,
+  exhausts memory or sleeps past the deadline costs one row (status ``error``, or ``timeout``, with
+  the reason), and it can neither read the harness's frames nor touch the samples it is scored on.
+
+Hand-registered plugins (``plugins.register_plugin``, source ``local:...``) run in-process under
+``isolate="auto"``: whoever registered them in this process vouches for them (``isolate=True`` sends
+them to a child too when their class can be imported by name there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import BadInput
+
+DEFAULT_TIMEOUT_S = 3600.0  # generous: the slowest built-in unit of the shipped grids takes minutes on a CPU
+START_METHOD = "forkserver" if sys.platform != "win32" else "spawn"
+TIMEOUT = "timeout"
+_PRELOAD = ["torch", "decoderbench.runner", "decoderbench.theory", "decoderbench.plugins"]
+
+
+@dataclass(frozen=True)
+class Guard:
+    """How units run: ``isolate`` is ``"auto"`` (third-party decoders only), True (all) or False (none);
+    ``timeout_s`` the per-unit deadline (``timeouts`` per decoder, e.g. from a grid's ``[timeout]``);
+    ``memory_limit_mb`` an address-space limit of the isolated worker (None: none)."""
+
+    isolate: object = "auto"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    memory_limit_mb: float | None = None
+    timeouts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.isolate not in ("auto", True, False):
+            raise BadInput(f"isolate must be 'auto', True or False, got {self.isolate!r}")
+        check_timeout(self.timeout_s, "--timeout")
+        for name, t in self.timeouts.items():
+            check_timeout(t, f"timeout.{name}")
+        if self.memory_limit_mb is not None:
+            check_memory_limit(self.memory_limit_mb)
+
+    def timeout_for(self, decoder: str) -> float:
+        return float(self.timeouts.get(decoder, self.timeout_s))
+
+    def isolates(self, reg) -> bool:
+        if self.isolate == "auto":
+            return is_third_party(reg)
+        return bool(self.isolate)
+
+
+def check_timeout(v, name: str = "--timeout") -> float:
+    import math
+
+    if isinstance(v, bool):
+        raise BadInput(f"{name} must be a positive number of seconds, got {v!r}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise BadInput(f"{name} must be a positive number of seconds, got {v!r}") from None
+    if not (math.isfinite(f) and f > 0):
+        raise BadInput(f"{name} must be a positive number of seconds, got {v!r}")
+    return f
+
+
+def check_memory_limit(v) -> float:
+    import math
+
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise BadInput(f"--memory-limit must be a number of megabytes >= 64, got {v!r}") from None
+    if not (math.isfinite(f) and f >= 64):
+        raise BadInput(f"--memory-limit must be a number of megabytes >= 64, got {v!r}")
+    return f
+
+
+def is_third_party(reg) -> bool:
+    """A decoder from an installed distribution other than decoderbench itself."""
+    src = str(reg.source or "")
+    return not (src.startswith("decoderbench==") or src.startswith("local:"))
+
+
+# ----------------------------------------------------------------------------- environment handed to children
+
+
+def child_env() -> dict:
+    """What a child process needs to find the same plugins as this one (sys.path, the plugin switch, threads)."""
+    return {"sys_path": list(sys.path), "plugins_env": os.environ.get("DECODERBENCH_PLUGINS"),
+            "threads": torch.get_num_threads()}
+
+
+def apply_child_env(env: dict) -> None:
+    for p in reversed(env.get("sys_path") or []):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    if env.get("plugins_env") is None:
+        os.environ.pop("DECODERBENCH_PLUGINS", None)
+    else:
+        os.environ["DECODERBENCH_PLUGINS"] = env["plugins_env"]
+    if env.get("threads"):
+        torch.set_num_threads(int(env["threads"]))
+    from . import plugins
+
+    plugins.reset()
+
+
+_ctx = None
+_ctx_lock = threading.Lock()
+
+
+def mp_context():
+    """The multiprocessing context of guarded children (forkserver with torch and decoderbench preloaded)."""
+    global _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            import multiprocessing as mp
+
+            ctx = mp.get_context(START_METHOD)
+            if START_METHOD == "forkserver":
+                ctx.set_forkserver_preload(_PRELOAD)
+            _ctx = ctx
+    return _ctx
+
+
+class _main_not_reimported:
+    """Start children without re-running the parent's ``__main__`` script (spawn/forkserver would run
+    an unguarded script again in the child; nothing the child needs lives there)."""
+
+    def __enter__(self):
+        self.main = sys.modules.get("__main__")
+        self.file = None
+        if self.main is not None and getattr(getattr(self.main, "__spec__", None), "name", None) is None:
+            self.file = getattr(self.main, "__file__", None)
+            if self.file is not None:
+                del self.main.__file__
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.main.__file__ = self.file
+        return False
+
+
+# ----------------------------------------------------------------------------- exceptions that become rows
+
+
+class UnitTimeout(Exception):
+    """The unit ran past its deadline (status ``timeout``)."""
+
+
+class WorkerDied(Exception):
+    """The isolated worker process ended without answering (os._exit, a signal, out of memory)."""
+
+
+def _remote_error(name: str, message: str) -> Exception:
+    """An exception that prints as the child's did (``KeyError: 'boom'``), raised in the harness."""
+    safe = name if name.isidentifier() else "DecoderError"
+    return type(safe, (RuntimeError,), {"__str__": lambda self: message})()
+
+
+def describe_exit(code) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            sig = signal.Signals(-code).name
+        except ValueError:
+            sig = f"signal {-code}"
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        return f"was killed by {sig}{hint}"
+    return f"exited with code {code}"
+
+
+# ----------------------------------------------------------------------------- tensors over a pipe
+
+
+def _pack(t):
+    if isinstance(t, torch.Tensor):
+        t = t.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        return ("tensor", tuple(t.shape), str(t.dtype).replace("torch.", ""), t.contiguous().numpy().tobytes())
+    return ("object", t)
+
+
+def _unpack(obj, device=None):
+    if obj[0] == "tensor":
+        _, shape, dtype, data = obj
+        t = torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype)).reshape(shape) if data else \
+            torch.empty(shape, dtype=getattr(torch, dtype))
+        return t.to(device) if device is not None else t
+    return obj[1]
+
+
+# ----------------------------------------------------------------------------- the isolated child
+
+
+def _child_main(conn, spec: dict) -> None:
+    """Child process: build the decoder from what its kind may see and answer fit/decode requests."""
+    try:
+        if spec.get("memory_limit_bytes"):
+            import resource
+
+            lim = int(spec["memory_limit_bytes"])
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        apply_child_env(spec["env"])
+        from . import plugins
+        from .decoder import DecoderContext, TrainingSet, json_safe
+        from .runner import DTYPES, resolve_device
+
+        unit = spec["unit"]
+        cls = spec.get("cls")
+        if cls is None:
+            cls = plugins.get_decoder(unit.decoder).cls
+        device = torch.device(resolve_device(unit.device))
+        dtype = DTYPES[unit.dtype]
+        cell = unit.cell
+        encoder = plugins.get_encoder(unit.encoder).cls(cell.n_s, cell.n_d, seed=unit.seed, device=device, dtype=dtype)
+        import json
+
+        ctx = DecoderContext(cell=cell, seed=unit.seed, encoder=encoder, device=device, dtype=dtype,
+                             options=json.loads(unit.options), decoder_name=unit.decoder)
+        dec = cls(ctx)
+        input_kind = cls.input_kind()
+        conn.send(("ok", None))
+    except BaseException as exc:  # noqa: BLE001 - the child reports everything, SystemExit included
+        _send_error(conn, exc)
+        return
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        op = msg[0]
+        if op == "close":
+            return
+        try:
+            if op == "fit":
+                params = dec.fit(TrainingSet(ctx, input_kind)) or {}
+                conn.send(("ok", json_safe(params)))
+            elif op == "decode":
+                inp = _unpack(msg[1], device)
+                with torch.no_grad():
+                    out = dec.decode(inp)
+                conn.send(("ok", (_pack(out), json_safe(getattr(dec, "info", {}) or {}))))
+            else:  # pragma: no cover
+                raise RuntimeError(f"unknown request {op!r}")
+        except BaseException as exc:  # noqa: BLE001
+            _send_error(conn, exc)
+
+
+def _send_error(conn, exc: BaseException) -> None:
+    if isinstance(exc, SystemExit):
+        name, message = "SystemExit", f"the decoder called sys.exit({exc.code!r})"
+    elif isinstance(exc, KeyboardInterrupt):
+        name, message = "KeyboardInterrupt", "the decoder raised KeyboardInterrupt"
+    else:
+        name, message = type(exc).__name__, str(exc)
+    try:
+        conn.send(("raise", name, message, traceback.format_exc(limit=-4)))
+    except BaseException:  # noqa: BLE001 - e.g. the pipe is gone
+        pass
+
+
+class Session:
+    """The harness's end of one isolated worker: a deadline shared by every request of the unit."""
+
+    def __init__(self, unit, guard: Guard, cls=None, env: dict | None = None, registry: list | None = None):
+        if registry is not None:
+            registry.append(self)  # closed by run_guarded even if the construction below fails
+        self.unit = unit
+        self.timeout_s = guard.timeout_for(unit.decoder)
+        self.deadline = time.monotonic() + self.timeout_s
+        self.timed_out = False
+        self.died = None
+        ctx = mp_context()
+        self.conn, child = ctx.Pipe()
+        spec = {"unit": unit, "env": env or child_env(), "cls": cls,
+                "memory_limit_bytes": int(guard.memory_limit_mb * 2**20) if guard.memory_limit_mb else None}
+        self.proc = ctx.Process(target=_child_main, args=(child, spec), daemon=True,
+                                name=f"decoderbench-{unit.decoder}")
+        with _main_not_reimported():
+            self.proc.start()
+        child.close()
+        self._answer()  # the decoder's construction
+
+    def _answer(self):
+        left = self.deadline - time.monotonic()
+        try:
+            ready = left > 0 and self.conn.poll(left)
+        except (EOFError, OSError):
+            ready = True
+        if not ready:
+            self.timed_out = True
+            self.kill()
+            raise UnitTimeout(f"the unit ran past its time limit of {self.timeout_s:g} s "
+                              f"(--timeout, or [timeout] in the grid)")
+        try:
+            msg = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            self.died = describe_exit(self.proc.exitcode)
+            raise WorkerDied(f"the decoder's worker process {self.died} before answering") from None
+        if msg[0] == "raise":
+            err = _remote_error(msg[1], msg[2])
+            err.remote_traceback = msg[3]
+            raise err
+        return msg[1]
+
+    def call(self, *msg):
+        try:
+            self.conn.send(msg)
+        except (BrokenPipeError, OSError):
+            self.proc.join(5)
+            self.died = describe_exit(self.proc.exitcode)
+            raise WorkerDied(f"the decoder's worker process {self.died}") from None
+        return self._answer()
+
+    def kill(self):
+        if getattr(self.proc, "_popen", None) is None:  # never started
+            return
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+
+    def close(self):
+        if getattr(getattr(self, "proc", None), "_popen", None) is None:
+            return
+        try:
+            if self.proc.is_alive():
+                self.conn.send(("close",))
+                self.proc.join(2)
+        except (BrokenPipeError, OSError):
+            pass
+        self.kill()
+        self.conn.close()
+
+
+def _isolated_class(reg, unit, sessions: list, guard: Guard, env: dict | None):
+    """A stand-in decoder class for the harness: same name, kind and requirements, the real one in a child."""
+    from .decoder import Decoder
+
+    real = reg.cls
+    send_cls = real if not _importable_by_name(reg) else None
+
+    class Isolated(Decoder):
+        name = real.name
+        kind = real.kind
+        requires = real.requires
+        version = real.version
+        description = real.description
+
+        def __init__(self, ctx):
+            self.ctx = ctx
+            self.info = {}
+            self._s = Session(unit, guard, cls=send_cls, env=env, registry=sessions)
+
+        def fit(self, train):
+            return self._s.call("fit")
+
+        def decode(self, inp):
+            packed, info = self._s.call("decode", _pack(inp))
+            self.info = info
+            return _unpack(packed, inp.device)
+
+    Isolated.__qualname__ = Isolated.__name__ = f"Isolated[{real.__name__}]"
+    return Isolated
+
+
+def _importable_by_name(reg) -> bool:
+    """True when the child finds the class through the entry points (not registered by hand)."""
+    return not str(reg.source or "").startswith("local:")
+
+
+# ----------------------------------------------------------------------------- in-process guard
+
+
+def _guarded_class(reg):
+    """In-process wrapper: the decoder gets a copy of its input, and sys.exit becomes an error."""
+    from .decoder import Decoder
+
+    real = reg.cls
+
+    class Guarded(Decoder):
+        name = real.name
+        kind = real.kind
+        requires = real.requires
+        version = real.version
+        description = real.description
+
+        def __init__(self, ctx):
+            self._inner = _no_exit(real, ctx)
+            self.ctx = ctx
+
+        @property
+        def info(self):
+            return getattr(self._inner, "info", {})
+
+        def fit(self, train):
+            return _no_exit(self._inner.fit, train)
+
+        def decode(self, inp):
+            return _no_exit(self._inner.decode, inp.clone())
+
+        def __getattr__(self, name):  # anything else the harness asks of the decoder
+            if name == "_inner":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    Guarded.__qualname__ = Guarded.__name__ = real.__name__
+    return Guarded
+
+
+def _no_exit(fn, *args):
+    try:
+        return fn(*args)
+    except SystemExit as exc:
+        raise _remote_error("SystemExit", f"the decoder called sys.exit({exc.code!r})") from None
+    except KeyboardInterrupt:
+        raise
+    
+
+class _Alarm:
+    """A SIGALRM deadline in the main thread (no-op elsewhere)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.fired = False
+        self.active = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+
+    def _handler(self, signum, frame):
+        self.fired = True
+        raise UnitTimeout(f"the unit ran past its time limit of {self.seconds:g} s (--timeout, or [timeout] in the grid)")
+
+    def __enter__(self):
+        if self.active:
+            self._old = signal.signal(signal.SIGALRM, self._handler)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old)
+        return False
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+def run_guarded(unit, guard: Guard | None = None, env: dict | None = None) -> dict:
+    """The row of ``unit``, its decoder run under ``guard`` (see the module docstring)."""
+    from . import plugins
+    from .runner import run_unit
+
+    guard = guard or Guard()
+    try:
+        reg = plugins.get_decoder(unit.decoder)
+    except ValueError:
+        return run_unit(unit)  # the plugin failed to load: run_unit writes its error row
+    if guard.isolates(reg):
+        sessions: list = []
+        try:
+            row = run_unit(unit, registered=dataclasses.replace(reg, cls=_isolated_class(reg, unit, sessions, guard, env)))
+        finally:
+            for s in sessions:
+                s.close()
+        if any(s.timed_out for s in sessions):
+            row["status"] = TIMEOUT
+        row["isolated"] = True
+        return row
+    alarm = _Alarm(guard.timeout_for(unit.decoder))
+    try:
+        with alarm:
+            row = run_unit(unit, registered=dataclasses.replace(reg, cls=_guarded_class(reg)))
+    except UnitTimeout as exc:  # fired outside run_unit's own try (rare): the row says so
+        row = failure_row(unit, reg, f"UnitTimeout: {exc}")
+    if alarm.fired and row.get("status") == "error":
+        row["status"] = TIMEOUT
+    row["isolated"] = False
+    return row
+
+
+def failure_row(unit, reg, message: str, status: str = "error") -> dict:
+    """The row of a unit that could not run at all (built by the runner, so its columns are the usual ones)."""
+    from .decoder import Decoder
+    from .runner import run_unit
+
+    class Failed(Decoder):
+        name = reg.cls.name if reg is not None else unit.decoder
+        kind = reg.cls.kind if reg is not None else "elementwise"
+        requires = frozenset()
+
+        def __init__(self, ctx):
+            raise _remote_error("WorkerFailed", message)
+
+    if reg is None:
+        return run_unit(unit)
+    row = run_unit(unit, registered=dataclasses.replace(reg, cls=Failed))
+    row["status"] = status
+    row["error"] = message
+    return row
+
+
+# ----------------------------------------------------------------------------- whole units in worker processes
+
+
+def _unit_child(conn, unit, guard: Guard, env: dict) -> None:
+    """A local worker process running one whole unit. The process itself is the isolation (a crash or a
+    hang costs this unit's row, which the parent then writes); inside it the decoder runs in-process
+    under the in-process guard, with the memory limit on this process when the decoder is one to isolate."""
+    try:
+        apply_child_env(env)
+        from . import plugins
+
+        try:
+            reg = plugins.get_decoder(unit.decoder)
+        except ValueError:
+            reg = None
+        if reg is not None and guard.isolates(reg) and guard.memory_limit_mb:
+            import resource
+
+            lim = int(guard.memory_limit_mb * 2**20)
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        row = run_guarded(unit, dataclasses.replace(guard, isolate=False), env)
+        row["isolated"] = reg is not None and guard.isolates(reg)
+        conn.send(("ok", row))
+    except BaseException as exc:  # noqa: BLE001
+        _send_error(conn, exc)
+    finally:
+        conn.close()
+
+
+BACKSTOP_S = 10.0  # a unit's worker process gets its unit's deadline plus this before it is killed
+
+
+def execute_processes(units, before=None, guard: Guard | None = None, workers: int = 2, threads: int | None = None):
+    """Run whole units in up to ``workers`` local processes at once, yielding ``(unit, row)`` as each finishes.
+
+    Each unit gets a fresh process (forked from the forkserver), so one that crashes or hangs costs its
+    own row only. ``threads``: torch threads per process (default: this process's threads / workers).
+    """
+    from multiprocessing.connection import wait
+
+    from . import plugins
+
+    guard = guard or Guard()
+    env = child_env()
+    env["threads"] = threads or max(1, torch.get_num_threads() // max(1, workers))
+    ctx = mp_context()
+    pending = iter(units)
+    running: dict = {}  # conn -> (unit, proc, deadline)
+    exhausted = False
+    while True:
+        while not exhausted and len(running) < workers:
+            try:
+                u = next(pending)
+            except StopIteration:
+                exhausted = True
+                break
+            if before is not None:
+                before(u)
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_unit_child, args=(child, u, guard, env), daemon=False,
+                               name=f"decoderbench-unit-{u.decoder}")
+            with _main_not_reimported():
+                proc.start()
+            child.close()
+            running[parent] = (u, proc, time.monotonic() + guard.timeout_for(u.decoder) + BACKSTOP_S)
+        if not running:
+            return
+        now = time.monotonic()
+        ready = wait(list(running), timeout=max(0.0, min(d for _, _, d in running.values()) - now))
+        for conn in list(running):
+            u, proc, deadline = running[conn]
+            if conn in ready:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    proc.join(5)
+                    msg = ("died", describe_exit(proc.exitcode))
+            elif time.monotonic() >= deadline:
+                proc.kill()
+                proc.join(5)
+                msg = ("timeout", None)
+            else:
+                continue
+            del running[conn]
+            conn.close()
+            proc.join(5)
+            if msg[0] == "ok":
+                row = msg[1]
+            else:
+                try:
+                    reg = plugins.get_decoder(u.decoder)
+                except ValueError:
+                    reg = None
+                if msg[0] == "timeout":
+                    row = failure_row(u, reg, f"UnitTimeout: the unit's worker process ran past its time limit of "
+                                              f"{guard.timeout_for(u.decoder) + BACKSTOP_S:g} s", status=TIMEOUT)
+                elif msg[0] == "died":
+                    row = failure_row(u, reg, f"WorkerDied: the unit's worker process {msg[1]}")
+                else:
+                    row = failure_row(u, reg, f"{msg[1]}: {msg[2]}")
+                row["isolated"] = reg is not None and guard.isolates(reg)
+            yield u, row
