@@ -317,8 +317,8 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
             if board_files:
                 click.echo(f"tables: {', '.join(str(f) for f in board_files)}", err=True)
             res_opt = "" if store_dir == DEFAULT_RESULTS else f" --results {store_dir}"
-            click.echo(f"the board (tables, figures, site): decoderbench leaderboard{res_opt} {' '.join(again)} "
-                       f"--html  (writes into {default_board_dir(store_dir, grid.name)}/)", err=True)
+            click.echo(f"the board (tables and figures): decoderbench leaderboard{res_opt} {' '.join(again)}  "
+                       f"(writes into {default_board_dir(store_dir, grid.name)}/)", err=True)
         seen = set()
         for row in rows:
             if row["status"] != "ok" and (row["decoder"], row["error"]) not in seen:

@@ -447,8 +447,10 @@ def spread_caption(spreads: list[dict]) -> str:
         if s["spread"] is not None:
             worst_names[s["worst_z"]["decoder"]] += 1
     top = max(sorted(worst_names), key=lambda k: worst_names[k])
-    text = (f"Decoders of kind elementwise, filtering and reference see only z = W_out h. Measured over the "
-            f"{len(vals)} cells below, their spread (max loss / min loss among the ranked ones) is between "
+    where = (f"the {len(vals)} cells below" if len(vals) == len(spreads) else
+             f"the {len(vals)} of the {len(spreads)} cells below where two or more of them are ranked")
+    text = (f"Decoders of kind elementwise, filtering and reference see only z = W_out h. Measured over "
+            f"{where}, their spread (max loss / min loss among the ranked ones) is between "
             f"{fmt(min(vals), 3)} and {fmt(max(vals), 3)} (median {fmt(statistics.median(vals), 3)}); the worst of them "
             f"is {top} on {worst_names[top]} of {len(vals)} cells.")
     rec = [s for s in spreads if s["regime"] == "recovery"]

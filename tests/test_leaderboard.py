@@ -180,12 +180,22 @@ def test_figures_and_theory_curves(tmp_path):
     mm_at_relu = [c["mmse"][R_FINE.index(r)] if r in R_FINE else None for r in R_RELU]
     assert all(m is None or m <= rl * (1 + 1e-9) for m, rl in zip(mm_at_relu, c["relu"]))
 
+    from decoderbench.leaderboard import rows_digest
+    from decoderbench.plots import MAX_PX, figure_digest
+
     paths = make_figures(_rows(), tmp_path)
     names = sorted(p.name for p in paths)
     assert names == sorted(["loss_vs_r.png", "loss_vs_p2_over_r.png", f"ratio_e2_ns{N_S}.png"])
+    digest = rows_digest(select_rows(_rows()))
     for p in paths:
         img = imread(p)
-        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+        assert img.ndim == 3 and 200 < min(img.shape[:2]) and max(img.shape[:2]) <= MAX_PX
+        assert p.with_suffix(".svg").is_file()  # a vector copy beside each PNG
+        assert figure_digest(p) == digest == figure_digest(p.with_suffix(".svg"))  # drawn from the tables' rows
+    # the same rows draw the same bytes
+    again = make_figures(_rows(), tmp_path / "again")
+    for a, b in zip(paths, again):
+        assert a.read_bytes() == b.read_bytes() and a.with_suffix(".svg").read_bytes() == b.with_suffix(".svg").read_bytes()
 
 
 # ----------------------------------------------------------------------------- rows ranked nowhere
@@ -247,6 +257,15 @@ def test_capped_and_imprecise_rows_are_ranked_nowhere_and_listed(tmp_path, capsy
 
     for e in plots._entries(rows):
         assert e["decoder"] not in gone and not (e["decoder"] == "vamp" and e["n_d"] == 410)
+    pngs = plots.make_figures(rows, tmp_path / "fig")
+    assert len(pngs) == 3
+    for png in pngs:
+        svg = png.with_suffix(".svg").read_text()  # text is kept as text: legends and titles can be read
+        # the flagged decoders are in no legend or series of the line figures; the heatmaps show them as n/c only
+        if not png.name.startswith("ratio_e2"):
+            assert not any(f"{name} (" in svg for name in gone), png.name
+        else:
+            assert svg.count(">n/c<") == 4  # one per flagged row (vamp, trained, oracle, linear)
 
 
 def test_plateau_note_measures_the_distance_to_state_evolution():
