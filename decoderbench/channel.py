@@ -538,9 +538,9 @@ def conditional_moments(y: torch.Tensor, p: float, mu: float | torch.Tensor,
 
 
 def conditional_mean(y: torch.Tensor, p: float, mu: float | torch.Tensor,
-                     sigma: float | torch.Tensor) -> torch.Tensor:
+                     sigma: float | torch.Tensor, *, precise: bool = False) -> torch.Tensor:
     """``E[x | y]`` (the first output of :func:`conditional_moments`)."""
-    return conditional_moments(y, p, mu, sigma)[0]
+    return conditional_moments(y, p, mu, sigma, precise=precise)[0]
 
 
 def posterior_on(y: torch.Tensor, p: float, mu: float | torch.Tensor,

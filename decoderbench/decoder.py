@@ -105,6 +105,14 @@ class DecoderContext:
         return make_generator(derive_seed("decoder", self.decoder_name, c.n_s, c.n_d, c.p, self.seed, purpose),
                               self.device)
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Samples per evaluation batch the harness hands ``decode`` (a decoder whose output depends on
+        the batch, as BatchTopK's does, fits on batches of this size)."""
+        from .scoring import eval_batch_size
+
+        return eval_batch_size(self.n_s, self.device)
+
     def theory(self) -> dict:
         """The cell's theory values (decoderbench.theory.cell_theory)."""
         from .theory import cell_theory

@@ -27,9 +27,11 @@ from .errors import BadInput
 from . import __version__
 from ._validate import check_seed
 from .data import SparseSampler
+from . import scoring
 from .decoder import Cell, DecoderContext, TrainingSet, json_safe, prepare_input
+from .scoring import Accumulator, eval_batch_size  # noqa: F401 (re-exported)
 
-RESULTS_FORMAT = 1  # bump when the meaning of a stored number changes
+RESULTS_FORMAT = 2  # 2: the absolute SE floor and sampling_stop/precision_met; bump when the meaning of a stored number changes
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -49,6 +51,7 @@ class WorkUnit:
     min_samples: int = 2048
     max_samples: int = 131072
     options: str = "{}"  # JSON object of decoder options, sorted keys
+    se_floor: float = scoring.SE_FLOOR  # absolute SE floor, as a fraction of the trivial loss p/3
 
     def __post_init__(self):
         Cell(self.n_s, self.n_d, self.p)  # validates
@@ -57,6 +60,8 @@ class WorkUnit:
             raise BadInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (0 < self.target_rel_se < 1):
             raise BadInput(f"target_rel_se must be in (0, 1), got {self.target_rel_se!r}")
+        if not (isinstance(self.se_floor, (int, float)) and 0 <= self.se_floor < 1):
+            raise BadInput(f"se_floor must be a number in [0, 1), got {self.se_floor!r}")
         if not (1 <= self.min_samples <= self.max_samples):
             raise BadInput("min_samples must be >= 1 and <= max_samples, "
                              f"got min_samples={self.min_samples}, max_samples={self.max_samples}")
@@ -71,37 +76,6 @@ class WorkUnit:
         d["decoder_version"] = str(decoder_version)
         d["results_format"] = RESULTS_FORMAT
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def eval_batch_size(n_s: int) -> int:
-    """About 4M entries per batch: large enough for throughput, small enough for memory."""
-    return int(min(4096, max(16, 2**22 // n_s)))
-
-
-class Accumulator:
-    """Running mean and standard error of per-sample losses, in float64."""
-
-    def __init__(self):
-        self.n = 0
-        self.s = 0.0
-        self.ss = 0.0
-
-    def add(self, losses: torch.Tensor) -> None:
-        l64 = losses.detach().to(torch.float64)
-        self.n += l64.numel()
-        self.s += float(l64.sum())
-        self.ss += float((l64 * l64).sum())
-
-    @property
-    def mean(self) -> float:
-        return self.s / self.n if self.n else float("nan")
-
-    @property
-    def se(self) -> float:
-        if self.n < 2:
-            return float("nan")
-        var = max(self.ss / self.n - self.mean**2, 0.0) * self.n / (self.n - 1)
-        return math.sqrt(var / self.n)
 
 
 def resolve_device(device: str) -> str:
@@ -136,6 +110,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         "encoder": unit.encoder, "n_s": cell.n_s, "n_d": cell.n_d, "r": cell.r, "p": cell.p,
         "seed": unit.seed, "device": unit.device, "dtype": unit.dtype,
         "target_rel_se": unit.target_rel_se, "n_eval": 0, "loss": None, "loss_se": None,
+        "sampling_stop": None, "precision_met": None, "se_floor_abs": None,
         "ratio_e2": None, "ratio_mmse": None, "params": {}, "status": "error", "error": None,
         "predicted": None, "ratio_predicted": None,
         "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,
@@ -171,37 +146,25 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         params = dec.fit(TrainingSet(ctx, input_kind)) or {}
         row["fit_time_s"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        acc = Accumulator()
+        make_input = (lambda x: x.clone()) if input_kind == "x" else \
+            (lambda x: prepare_input(encoder, input_kind, x))
         sampler = SparseSampler(cell.n_s, cell.p, unit.seed, "eval", device=device, dtype=dtype)
-        batch = eval_batch_size(cell.n_s)
-        abs_floor = 1e-9 * cell.p / 3.0
-        while acc.n < unit.max_samples:
-            b = min(batch, unit.max_samples - acc.n)
-            x = sampler.sample(b)
-            with torch.no_grad():
-                x_hat = dec.decode(prepare_input(encoder, input_kind, x))
-            if not isinstance(x_hat, torch.Tensor) or tuple(x_hat.shape) != tuple(x.shape):
-                shape = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
-                raise ValueError(f"decode returned shape {shape}, expected {tuple(x.shape)}")
-            if not bool(torch.isfinite(x_hat).all()):
-                raise ValueError("decode returned non-finite values")
-            acc.add(((x - x_hat.to(x.dtype)) ** 2).sum(-1) / cell.n_s)
-            if acc.n >= unit.min_samples and (acc.se <= unit.target_rel_se * acc.mean or acc.se <= abs_floor):
-                break
-        row["eval_time_s"] = time.perf_counter() - t0
-        row.update(n_eval=acc.n, loss=acc.mean, loss_se=acc.se)
+        res = scoring.score(dec.decode, make_input, sampler, p=cell.p, target_rel_se=unit.target_rel_se,
+                            min_samples=unit.min_samples, max_samples=unit.max_samples,
+                            se_floor=unit.se_floor, batch=ctx.eval_batch_size)
+        row.update(res)
+        acc_mean = res["loss"]
         info = getattr(dec, "info", {}) or {}
         row["params"] = json_safe({**params, **info})
         if row.get("e2_bound"):
-            row["ratio_e2"] = acc.mean / row["e2_bound"]
+            row["ratio_e2"] = acc_mean / row["e2_bound"]
         if row.get("mmse_elementwise"):
-            row["ratio_mmse"] = acc.mean / row["mmse_elementwise"]
+            row["ratio_mmse"] = acc_mean / row["mmse_elementwise"]
         # a decoder's own prediction of its loss (e.g. state evolution): measured / predicted
         pred = row["params"].get("predicted")
         if isinstance(pred, (int, float)) and not isinstance(pred, bool):
             row["predicted"] = float(pred)
-            row["ratio_predicted"] = acc.mean / pred if pred > 0 else None
+            row["ratio_predicted"] = acc_mean / pred if pred > 0 else None
         row["status"] = "ok"
     except Exception as exc:  # a plugin's failure becomes its row
         row["status"] = "error"

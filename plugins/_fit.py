@@ -29,8 +29,11 @@ from scipy.optimize import minimize_scalar
 
 #: Default number of pooled scalar pairs (z_i, x_i) a fit uses.
 DEFAULT_PAIRS = 2**21
-#: Fewest training samples drawn, whatever n_s (pairs from one sample share its interference).
+#: Fewest training samples drawn (pairs from one sample share its interference), unless that would
+#: pool more than MAX_PAIRS pairs: at n_s = 2^20 a fit draws 16 samples (2^24 pairs, 128 MB per
+#: float64 array), not 32.
 MIN_SAMPLES = 32
+MAX_PAIRS = 2**24
 #: Fewest active pairs a candidate threshold may leave (a fit on fewer is noise).
 MIN_ACTIVE = 16
 
@@ -57,7 +60,7 @@ def n_fit_samples(ctx, default_pairs: int = DEFAULT_PAIRS) -> int:
     pairs = ctx.options.get("fit_pairs", default_pairs)
     if isinstance(pairs, bool) or not isinstance(pairs, (int, float)) or not math.isfinite(pairs) or pairs < 1:
         raise ValueError(f"options['fit_pairs'] must be a positive number of scalar pairs, got {pairs!r}")
-    return max(MIN_SAMPLES, math.ceil(float(pairs) / ctx.n_s))
+    return max(min(MIN_SAMPLES, max(1, MAX_PAIRS // ctx.n_s)), math.ceil(float(pairs) / ctx.n_s))
 
 
 def training_matrix(train, n_samples: int) -> tuple[np.ndarray, np.ndarray]:

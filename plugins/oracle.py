@@ -69,7 +69,7 @@ class Oracle(Decoder):
         if not hasattr(self, "table"):
             self.fit(None)
         if self.table is None:
-            return conditional_mean(z, self.p, self.mu, self.sigma).to(z.dtype)
+            return conditional_mean(z, self.p, self.mu, self.sigma, precise=True).to(z.dtype)
         lo, h, vals = self.table
         n = vals.numel()
         vals = vals.to(z.device)

@@ -4,7 +4,7 @@
   ``ReLU(a z + b)`` and zero the rest.
 - batchtopk (Bussmann et al. 2024): keep the ``k * B`` largest entries of ``ReLU(a z + b)`` over the
   whole batch of ``B`` samples handed to ``decode`` (so its output depends on the batch, as the
-  definition says; the harness scores in batches of ``runner.eval_batch_size(n_s)``).
+  definition says; the harness scores in batches of ``ctx.eval_batch_size``).
 
 Fitting (``k``, ``a``, ``b``): with ``a > 0`` the entries kept are the ``k`` largest ``z`` whatever
 ``(a, b)`` are, so for a given ``k`` the loss is that of a relu fitted on the kept pairs (the others
@@ -16,7 +16,7 @@ whatever ``k`` is, and the ``k`` reported is the smallest that does not bind on 
 ``options``: ``k`` fixes ``k`` (no search); ``fit_pairs`` (default ``2^20``) the pooled pairs. Reported:
 ``k``, ``k / (p n_s)``, ``a``, ``b``, the training loss and how many ``k`` were tried.
 
-batchtopk is fitted on batches of ``min(n_train, runner.eval_batch_size(n_s))`` training samples.
+batchtopk is fitted on batches of ``min(n_train, ctx.eval_batch_size)`` training samples.
 """
 
 from __future__ import annotations
@@ -159,9 +159,8 @@ class BatchTopK(_TopKBase):
     description = "keep the k*B largest of ReLU(a z + b) over a batch of B; k, a, b fitted"
 
     def _ranks(self, z):
-        from decoderbench.runner import eval_batch_size
 
-        bsz = min(z.shape[0], eval_batch_size(self.ctx.n_s))
+        bsz = min(z.shape[0], self.ctx.eval_batch_size)
         rows = z.shape[0] - z.shape[0] % bsz  # whole batches only
         rank = np.zeros(z.shape, dtype=np.int64)
         for s in range(0, rows, bsz):

@@ -1,0 +1,126 @@
+"""Scoring: the one estimator of a decoder's loss and its standard error, and the stopping rule.
+
+The loss of a sample is ``n_s^{-1} ||x - x_hat||^2`` (the paper's per-feature mean squared error,
+section 2). Evaluation samples are drawn in batches (``eval_batch_size``: about 4M entries, so memory
+does not grow with the number of samples nor, beyond one batch, with ``n_s``) until
+
+* ``target``: the standard error of the mean is at most ``target_rel_se`` times the mean, or
+* ``floor``: it is at most ``se_floor`` times the cell's trivial loss ``E[x^2] = p/3`` (the loss of
+  ``x_hat = 0``): an absolute floor, so that a row whose loss is near zero (exact recovery, or rare
+  failures among exact recoveries) stops in seconds with its loss known to that absolute precision,
+  instead of chasing a relative target it cannot reach; or
+* ``max_samples``: the cap; the row then says whether its precision was met anyway.
+
+(at least ``min_samples`` in every case). The first batches hold ``min_samples``, then each doubles
+the total drawn (never more than ``batch`` samples at once), so a costly decoder draws at most about
+twice what its precision needs. A row records ``sampling_stop`` (which of the three) and
+``precision_met`` (the target or the floor reached).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+#: Default absolute floor of the standard error, as a fraction of the cell's trivial loss p/3.
+SE_FLOOR = 1e-3
+#: Entries per evaluation batch (float32: 16 MB per (B, n_s) tensor).
+BATCH_ENTRIES = 2**22
+SAMPLING_STOPS = ("target", "floor", "max_samples")
+
+
+def eval_batch_size(n_s: int, device=None) -> int:
+    """Samples per evaluation batch: about ``BATCH_ENTRIES`` entries, between 1 and 4096 samples.
+
+    On a CUDA device the batch is also kept under 1/64 of its free memory per (B, n_s) tensor (a
+    decoder holds a few tens of such tensors at once)."""
+    b = BATCH_ENTRIES // n_s
+    if device is not None and torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        b = min(b, free // (64 * 4 * n_s))
+    return int(min(4096, max(1, b)))
+
+
+def trivial_loss(p: float) -> float:
+    """``E[x^2] = p/3`` for ``x = c u``, ``c ~ Bernoulli(p)``, ``u ~ U[0, 1]``: the loss of x_hat = 0."""
+    return p / 3.0
+
+
+class Accumulator:
+    """Running mean and standard error of per-sample losses, in float64 (Welford-free: sums of
+    float64 values and squares, exact enough for the <= 2^31 samples a row can hold)."""
+
+    def __init__(self):
+        self.n = 0
+        self.s = 0.0
+        self.ss = 0.0
+
+    def add(self, losses: torch.Tensor) -> None:
+        l64 = losses.detach().to(torch.float64)
+        self.n += l64.numel()
+        self.s += float(l64.sum())
+        self.ss += float((l64 * l64).sum())
+
+    @property
+    def mean(self) -> float:
+        return self.s / self.n if self.n else float("nan")
+
+    @property
+    def se(self) -> float:
+        if self.n < 2:
+            return float("nan")
+        var = max(self.ss / self.n - self.mean**2, 0.0) * self.n / (self.n - 1)
+        return math.sqrt(var / self.n)
+
+
+def stop_reason(acc: Accumulator, *, target_rel_se: float, min_samples: int, max_samples: int,
+                floor: float) -> str | None:
+    """The stopping rule: ``target``, ``floor``, ``max_samples`` or None (draw more)."""
+    if acc.n < min_samples:
+        return "max_samples" if acc.n >= max_samples else None
+    if acc.se <= target_rel_se * acc.mean:
+        return "target"
+    if acc.se <= floor:
+        return "floor"
+    return "max_samples" if acc.n >= max_samples else None
+
+
+def sample_losses(x: torch.Tensor, x_hat) -> torch.Tensor:
+    """Per-sample losses ``n_s^{-1} ||x - x_hat||^2``; ValueError on a wrong shape or non-finite output."""
+    if not isinstance(x_hat, torch.Tensor) or tuple(x_hat.shape) != tuple(x.shape):
+        shape = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+        raise ValueError(f"decode returned shape {shape}, expected {tuple(x.shape)}")
+    if not bool(torch.isfinite(x_hat).all()):
+        raise ValueError("decode returned non-finite values")
+    return (x - x_hat.to(x.dtype)).square_().sum(-1) / x.shape[-1]
+
+
+def score(decode, make_input, sampler, *, p: float, target_rel_se: float, min_samples: int,
+          max_samples: int, se_floor: float = SE_FLOOR, batch: int) -> dict:
+    """Draw evaluation batches from ``sampler`` and score ``decode(make_input(x))`` against ``x``.
+
+    ``make_input(x)`` builds what the decoder's kind sees (z, h, ...) from a batch; the loss is computed
+    against ``x`` itself, which the decoder never receives. Returns the row's sampling columns:
+    ``n_eval``, ``loss``, ``loss_se``, ``sampling_stop``, ``precision_met``, ``se_floor_abs``,
+    ``eval_time_s``.
+    """
+    t0 = time.perf_counter()
+    acc = Accumulator()
+    floor = se_floor * trivial_loss(p)
+    reason = None
+    while reason is None:
+        # first min_samples, then double the total: a costly decoder overshoots what it needs by
+        # at most 2x; never more than `batch` at once
+        b = max(1, min(batch, max_samples - acc.n, max(min_samples - acc.n, acc.n)))
+        x = sampler.sample(b)
+        with torch.no_grad():
+            x_hat = decode(make_input(x))
+        acc.add(sample_losses(x, x_hat))
+        del x_hat
+        reason = stop_reason(acc, target_rel_se=target_rel_se, min_samples=min_samples,
+                             max_samples=max_samples, floor=floor)
+    met = reason in ("target", "floor") or bool(acc.se <= target_rel_se * acc.mean or acc.se <= floor)
+    return {"n_eval": acc.n, "loss": acc.mean, "loss_se": acc.se, "sampling_stop": reason,
+            "precision_met": met, "se_floor_abs": floor, "eval_time_s": time.perf_counter() - t0}

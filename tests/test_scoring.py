@@ -1,0 +1,72 @@
+"""The stopping rule of decoderbench.scoring and its absolute floor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from decoderbench import scoring
+from decoderbench.runner import WorkUnit, run_unit
+
+
+def _acc(values):
+    acc = scoring.Accumulator()
+    acc.add(torch.tensor(values, dtype=torch.float64))
+    return acc
+
+
+def test_accumulator_matches_numpy_mean_and_se():
+    v = torch.linspace(0.0, 1.0, 101, dtype=torch.float64) ** 2
+    acc = scoring.Accumulator()
+    for chunk in v.split(7):
+        acc.add(chunk)
+    assert acc.n == 101
+    assert math.isclose(acc.mean, float(v.mean()), rel_tol=1e-14)
+    assert math.isclose(acc.se, float(v.std(correction=1)) / math.sqrt(101), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("values,kw,expected", [
+    ([1.0, 1.0, 1.0, 1.0], dict(target_rel_se=0.01, min_samples=2, max_samples=10, floor=0.0), "target"),
+    ([1.0, 1.0, 1.0, 1.0], dict(target_rel_se=0.01, min_samples=8, max_samples=10, floor=0.0), None),
+    ([0.0, 1e-9, 0.0, 0.0], dict(target_rel_se=0.01, min_samples=2, max_samples=10, floor=1e-6), "floor"),
+    ([0.0, 1e-3, 0.0, 0.0], dict(target_rel_se=0.01, min_samples=2, max_samples=10, floor=1e-6), None),
+    ([0.0, 1e-3, 0.0, 0.0], dict(target_rel_se=0.01, min_samples=2, max_samples=4, floor=1e-6), "max_samples"),
+    ([0.0, 1e-3], dict(target_rel_se=0.01, min_samples=4, max_samples=2, floor=1e-6), "max_samples"),
+])
+def test_stop_reason(values, kw, expected):
+    assert scoring.stop_reason(_acc(values), **kw) == expected
+
+
+def test_eval_batch_size_streams_large_cells():
+    assert scoring.eval_batch_size(1024) == 4096
+    assert scoring.eval_batch_size(2**20) == 4  # about 4M entries per batch
+    assert scoring.eval_batch_size(2**24) == 1
+
+
+def test_exact_recovery_stops_on_the_floor():
+    """VAMP at r = 0.25, p = 0.045 recovers x exactly except for rare finite-size failures; the
+    relative target cannot be met (the relative SE of a mean made of rare failures stays large), the
+    floor (1e-3 of the trivial loss p/3) is, at the first check."""
+    unit = WorkUnit(n_s=1024, n_d=256, p=0.045, decoder="vamp", seed=0, target_rel_se=0.01,
+                    min_samples=256, max_samples=131072)
+    row = run_unit(unit)
+    assert row["status"] == "ok", row["error"]
+    assert row["sampling_stop"] == "floor" and row["precision_met"] is True
+    assert row["n_eval"] == 256
+    assert math.isclose(row["se_floor_abs"], 1e-3 * 0.045 / 3, rel_tol=1e-12)
+    assert row["loss_se"] <= row["se_floor_abs"]
+
+
+def test_capped_row_says_its_precision_was_missed():
+    unit = WorkUnit(n_s=256, n_d=26, p=0.1, decoder="relu", seed=0, target_rel_se=1e-4, min_samples=16,
+                    max_samples=32, se_floor=0.0)
+    row = run_unit(unit)
+    assert row["status"] == "ok", row["error"]
+    assert row["sampling_stop"] == "max_samples" and row["precision_met"] is False and row["n_eval"] == 32
+
+
+def test_se_floor_is_validated():
+    with pytest.raises(ValueError, match="se_floor"):
+        WorkUnit(n_s=256, n_d=64, p=0.1, decoder="relu", se_floor=-1.0)
