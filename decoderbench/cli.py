@@ -291,9 +291,12 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
         click.echo(f"grid {grid.name}: {n_cells} cells x {len(grid.seeds)} seeds x {len(names)} decoders = "
                    f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store is not None else ""), err=True)
     progress = not as_json and sys.stderr.isatty()
+    bad_before = store.problems() if store is not None else {}
     res = sweep.run_sweep(units, store=store, force=force, command=command, grid=grid.name, progress=progress,
                           executor=executor)
     rows = res.rows
+    if store is not None:
+        _report_bad_rows(store, bad_before)
     board_files = None
     if store is not None and board_dir is not None:  # only where asked: a run writes rows to its store only
         # the grid's leaderboard: every stored row of its cells, not only the decoders of this run
@@ -325,6 +328,22 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
                 seen.add((row["decoder"], row["error"]))
                 click.echo(f"{row['decoder']}: {row['status']}: {row['error']}", err=True)
     return 1 if any(row["status"] in ("error", "timeout") for row in rows) else 0
+
+
+def _report_bad_rows(store, bad_before: dict) -> None:
+    """Say which row files failed validation: recomputed by this run, or still bad (not rows of this run)."""
+    bad_after = store.problems()
+    fixed = sorted(set(bad_before) - set(bad_after))
+    if fixed:
+        click.echo(f"store: recomputed {len(fixed)} row file(s) that failed validation: "
+                   + "; ".join(f"{f} ({bad_before[f]})" for f in fixed[:5]) + (" ..." if len(fixed) > 5 else ""),
+                   err=True)
+    if bad_after:
+        items = sorted(bad_after.items())
+        click.echo(f"store: {len(items)} row file(s) fail validation and are not rows of this run; `decoderbench "
+                   "leaderboard` refuses the store until they are recomputed (by the command that made them) or "
+                   "deleted: " + "; ".join(f"{f}: {why}" for f, why in items[:5]) + (" ..." if len(items) > 5 else ""),
+                   err=True)
 
 
 def _guard_for(grid, isolate, timeout_s, memory_mb):
@@ -412,6 +431,105 @@ def _read_store(path):
         return ResultsStore(p, create=False)
     except StoreError as exc:
         raise StoreError(f"--results {path}: cannot read it: {str(exc).split(': ', 1)[-1]}") from None
+
+
+@cli.command("verify")
+@click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="The results store to check.")
+@click.option("--sample", "fraction", default="1", show_default=True,
+              help="Fraction of the store's rows to recompute, in (0, 1] (a seeded random sample; 1: all).")
+@click.option("--seed", "sample_seed", default="0", show_default=True, help="Seed of the sample of rows.")
+@click.option("--isolate/--no-isolate", "isolate", default=None,
+              help="As for `run` [default: third-party decoders in a worker process].")
+@click.option("--timeout", "timeout_s", default=None, help="Per-row time limit in seconds [default: 3600].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per row checked, as a list.")
+def verify_cmd(results, fraction, sample_seed, isolate, timeout_s, as_json):
+    """Recompute a sample of a store's rows and report, row by row, whether each reproduces bit for bit.
+
+    Runs are deterministic on CPU (same command, seed and device: same numbers), so a stored row that
+    does not reproduce was computed elsewhere (another device, decoder version, backend) or edited.
+    Exit 0 when every checked row reproduces, 1 otherwise.
+    """
+    import math as _m
+    import random
+
+    from . import plugins, worker
+    from .runner import WorkUnit, eval_batch_size, transform_backend_for
+
+    try:
+        frac = float(fraction)
+    except ValueError:
+        raise BadInput(f"--sample must be a fraction in (0, 1], got {fraction!r}") from None
+    if not (_m.isfinite(frac) and 0 < frac <= 1):
+        raise BadInput(f"--sample must be a fraction in (0, 1], got {fraction!r}")
+    seed_v = check_seed(_floats("--seed", sample_seed)[0]) if str(sample_seed).strip() else 0
+    if timeout_s is not None:
+        timeout_s = worker.check_timeout(timeout_s, "--timeout")
+    guard = worker.Guard(isolate="auto" if isolate is None else bool(isolate),
+                         timeout_s=timeout_s or worker.DEFAULT_TIMEOUT_S)
+    store = _read_store(results)
+    keys = store.keys()
+    if not keys:
+        raise BadInput(f"--results {results}: the store holds no rows")
+    n = max(1, _m.ceil(frac * len(keys) - 1e-9))
+    chosen = sorted(random.Random(seed_v).sample(keys, n))
+    report = []
+    for key in chosen:
+        name = f"rows/{key}.parquet"
+        row, why = store.read_checked(key)
+        stored = row if row is not None else store.read_raw(key)
+        entry = {"file": name, "key": key, "verdict": None, "detail": why}
+        if stored is None:
+            entry.update(verdict="unreadable")
+            report.append(entry)
+            continue
+        entry.update({k: stored.get(k) for k in ("decoder", "n_s", "n_d", "p", "seed", "status")})
+        if stored.get("status") != "ok":
+            entry.update(verdict="bad" if why else "not-ok", detail=why or f"status {stored.get('status')}: "
+                         "nothing to reproduce")
+            report.append(entry)
+            continue
+        try:
+            unit = WorkUnit.from_row(stored)
+            reg = plugins.get_decoder(unit.decoder)
+        except (ValueError, KeyError, TypeError) as exc:
+            entry.update(verdict="bad" if why else "cannot", detail=(why + "; " if why else "") + f"cannot rebuild its unit: {exc}")
+            report.append(entry)
+            continue
+        env_diff = []
+        if str(stored.get("decoder_version")) != str(reg.version):
+            env_diff.append(f"decoder version {stored.get('decoder_version')} stored, {reg.version} installed")
+        here_backend = transform_backend_for(unit.device, unit.dtype, unit.n_s)
+        if stored.get("transform_backend") not in (None, here_backend):
+            env_diff.append(f"transform backend {stored.get('transform_backend')} stored, {here_backend} here")
+        if stored.get("eval_batch") not in (None, eval_batch_size(unit.n_s)):
+            env_diff.append(f"eval batch {stored.get('eval_batch')} stored, {eval_batch_size(unit.n_s)} here")
+        new = worker.run_guarded(unit, guard)
+        same = new.get("status") == "ok" and all(new.get(c) == stored.get(c) for c in ("loss", "loss_se", "n_eval"))
+        entry["recomputed_loss"] = new.get("loss")
+        entry["stored_loss"] = stored.get("loss")
+        if same and not why:
+            entry["verdict"] = "reproduced"
+        else:
+            parts = [why] if why else []
+            if not same:
+                parts.append(f"loss stored {stored.get('loss')!r}, recomputed {new.get('loss')!r}" if new.get("status") == "ok"
+                             else f"recomputing it failed: {new.get('status')}: {new.get('error')}")
+            parts += env_diff
+            entry.update(verdict="bad" if why else "differs", detail="; ".join(parts))
+        report.append(entry)
+    counts = {}
+    for e in report:
+        counts[e["verdict"]] = counts.get(e["verdict"], 0) + 1
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for e in report:
+            cell = (f"{e.get('decoder')} n_s={e.get('n_s')} n_d={e.get('n_d')} p={e.get('p')} seed={e.get('seed')}"
+                    if e.get("decoder") else "")
+            click.echo(f"{e['verdict']:<10} {e['file']}  {cell}" + (f"  ({e['detail']})" if e.get("detail") else ""))
+    click.echo(f"verify: {len(report)} of {len(keys)} rows checked: "
+               + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), err=True)
+    return 0 if all(e["verdict"] in ("reproduced", "not-ok") for e in report) else 1
 
 
 @cli.command("symmetry")

@@ -70,12 +70,42 @@ class WorkUnit:
     def cell(self) -> Cell:
         return Cell(self.n_s, self.n_d, self.p)
 
-    def key(self, decoder_version: str = "1") -> str:
-        """A hash of everything that determines the row's numbers."""
+    def key(self, decoder_version: str = "1", eval_batch: int | None = None, transform_backend: str | None = None
+            ) -> str:
+        """A hash of everything that determines the row's numbers: the unit's fields, the decoder's version,
+        the results format, the evaluation batch size (batchtopk's output depends on it) and the
+        Walsh-Hadamard backend this process uses for the unit's device and dtype (defaults: this process's)."""
         d = asdict(self)
         d["decoder_version"] = str(decoder_version)
         d["results_format"] = RESULTS_FORMAT
+        d["eval_batch"] = int(eval_batch if eval_batch is not None else eval_batch_size(self.n_s))
+        d["transform_backend"] = str(transform_backend or transform_backend_for(self.device, self.dtype, self.n_s))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
+
+    @classmethod
+    def from_row(cls, row: dict) -> "WorkUnit":
+        """The unit a stored row measured (its own columns)."""
+        return cls(n_s=row["n_s"], n_d=row["n_d"], p=row["p"], decoder=row["decoder"], seed=row["seed"],
+                   encoder=row["encoder"], device=row["device"], dtype=row["dtype"],
+                   target_rel_se=row["target_rel_se"], min_samples=row["min_samples"],
+                   max_samples=row["max_samples"], options=row["options"])
+
+
+def key_of_row(row: dict) -> str:
+    """The key a row's own columns give (what the store checks against the row's file name)."""
+    return WorkUnit.from_row(row).key(row.get("decoder_version") or "?", eval_batch=row.get("eval_batch"),
+                                      transform_backend=row.get("transform_backend"))
+
+
+def transform_backend_for(device: str, dtype: str, n_s: int) -> str:
+    """The ``decoderbench.fwht`` backend this process uses for (B, n_s) tensors of ``device`` and ``dtype``."""
+    from types import SimpleNamespace
+
+    from .hadamard import backend
+
+    dev = torch.device("cpu" if device in ("auto", None) else device)
+    return backend(SimpleNamespace(dtype=DTYPES.get(dtype, torch.float32), requires_grad=False, device=dev,
+                                   shape=(1, n_s)))
 
 
 def resolve_device(device: str) -> str:

@@ -16,15 +16,35 @@ A row whose ``status`` is ``error`` is stored (so the failure is on record) but 
 done: the next run computes it again and replaces it. ``ok`` and ``skipped`` rows are done.
 
 A directory that is not empty and has no marker, or whose marker has another ``format_version``, is
-refused (``ValueError``, exit 2 from the CLI), never written into.
+refused (``StoreError``, bad input: exit 2 from the CLI), never written into. Creating a store is
+atomic: two runs started together into one new folder both get the same store (the marker is
+written once, under a lock file ``.decoderbench-store.lock``).
+
+Trust (format version 2):
+
+* **Every row is validated when read** (:func:`check_row`): its ``key`` column equals its file name, a
+  content hash (``row_hash``, sha256 of every other stored cell) matches, the columns have their
+  types, an ``ok`` row has a finite non-negative loss and SE and at least one sample, and the key
+  recomputed from the row's own columns (``WorkUnit.key``) is the key it is stored under. A row that
+  fails is not done (the next ``run`` recomputes it when it is one of its units) and is reported by
+  file name; :meth:`ResultsStore.rows` refuses (``StoreError`` naming the files) to hand out a store
+  it cannot fully read, so ``leaderboard`` never averages in silence. The hash catches edits and
+  truncation, not forgery (anyone can recompute a sha256): ``decoderbench verify`` recomputes rows.
+* **Concurrent runs**: a run claims a key before computing it, by an exclusive ``flock`` on
+  ``locks/<key>.lock`` through `filelock` (already a dependency of torch; cross-platform, and the lock
+  dies with its process, so a ``kill -9``'d run never leaves a stale claim). A run that finds a key
+  claimed skips it, and at the end waits for that claim and reuses the row (or computes it, if the
+  other run's attempt failed). Rows are written before their claim is released, and a run re-checks
+  the store after claiming, so two runs into one store compute and write each row once. A lock per
+  key, not one per store, lets two runs share the work of one sweep.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,9 +54,13 @@ from . import __version__
 from .errors import BadInput
 
 MARKER = "decoderbench-store.json"
-STORE_FORMAT = 1  # bump when the layout or the column meanings change
+STORE_FORMAT = 2  # bump when the layout or the column meanings change (2: row_hash, validated rows, claims)
 ROWS_DIR = "rows"
+LOCKS_DIR = "locks"
+CREATE_LOCK = ".decoderbench-store.lock"
 DONE_STATUSES = ("ok", "skipped")
+STATUSES = ("ok", "skipped", "error", "timeout")
+HASH_COLUMN = "row_hash"
 
 # Columns with a fixed type, so that every row file has the same schema whatever is None in it.
 _FLOAT = ("p", "r", "target_rel_se", "loss", "loss_se", "ratio_e2", "ratio_mmse", "fit_time_s", "eval_time_s",
@@ -75,10 +99,18 @@ def _to_cell(name: str, value):
     return value
 
 
+def content_hash(cells: dict) -> str:
+    """sha256 of a row's stored cells (every column but ``row_hash``), canonical JSON."""
+    body = {k: v for k, v in cells.items() if k != HASH_COLUMN}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False, default=str).encode()).hexdigest()
+
+
 def row_table(row: dict) -> pa.Table:
-    """One row as a one-line arrow table, columns in sorted order."""
-    names = sorted(row)
-    cells = {k: _to_cell(k, row[k]) for k in names}
+    """One row as a one-line arrow table, columns in sorted order, with its content hash."""
+    cells = {k: _to_cell(k, v) for k, v in row.items() if k != HASH_COLUMN}
+    cells[HASH_COLUMN] = content_hash(cells)
+    names = sorted(cells)
+    cells = {k: cells[k] for k in names}
     schema = pa.schema([pa.field(k, _arrow_type(k, cells[k])) for k in names])
     return pa.Table.from_pylist([cells], schema=schema)
 
@@ -94,6 +126,62 @@ class StoreError(BadInput):
     """A directory that cannot be used as a results store (bad input: the CLI exits 2)."""
 
 
+class BadRow(ValueError):
+    """A stored row that fails validation (the message says why)."""
+
+
+def _is(v, types, none_ok=True) -> bool:
+    if v is None:
+        return none_ok
+    if isinstance(v, bool) and bool not in types:
+        return False
+    return isinstance(v, types)
+
+
+def _finite_nonneg(v) -> bool:
+    return _is(v, (int, float), none_ok=False) and math.isfinite(v) and v >= 0
+
+
+def check_row(cells: dict, key: str) -> None:
+    """Raise BadRow unless the stored cells of ``rows/<key>.parquet`` are a row decoderbench wrote."""
+    if cells.get("key") != key:
+        raise BadRow(f"its key column {cells.get('key')!r} is not its file name")
+    if cells.get(HASH_COLUMN) != content_hash(cells):
+        raise BadRow("its content hash does not match its contents (edited or damaged after it was written)")
+    if cells.get("status") not in STATUSES:
+        raise BadRow(f"status {cells.get('status')!r} is not one of {', '.join(STATUSES)}")
+    for col in ("decoder", "encoder", "device", "dtype"):
+        if not _is(cells.get(col), (str,), none_ok=False):
+            raise BadRow(f"column {col} must be a string, got {cells.get(col)!r}")
+    for col in ("n_s", "n_d", "seed", "n_eval", "min_samples", "max_samples"):
+        if not _is(cells.get(col), (int,), none_ok=col in ("min_samples", "max_samples")):
+            raise BadRow(f"column {col} must be an integer, got {cells.get(col)!r}")
+    for col in _FLOAT:
+        v = cells.get(col)
+        if not _is(v, (int, float)) or (v is not None and not math.isfinite(v)):
+            raise BadRow(f"column {col} must be a finite number or empty, got {v!r}")
+    if cells["status"] == "ok":
+        if not _finite_nonneg(cells.get("loss")):
+            raise BadRow(f"an ok row needs a finite loss >= 0, got {cells.get('loss')!r}")
+        if cells.get("loss_se") is not None and not _finite_nonneg(cells["loss_se"]):
+            raise BadRow(f"loss_se must be finite and >= 0, got {cells['loss_se']!r}")
+        if cells["n_eval"] < 1:
+            raise BadRow(f"an ok row needs n_eval >= 1, got {cells['n_eval']!r}")
+    if isinstance(cells.get("params"), str):
+        try:
+            json.loads(cells["params"])
+        except ValueError:
+            raise BadRow("column params is not JSON") from None
+    from .runner import key_of_row
+
+    try:
+        expected = key_of_row(cells)
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild the unit is a bad row
+        raise BadRow(f"its columns do not describe a work unit ({type(exc).__name__}: {exc})") from None
+    if expected != key:
+        raise BadRow(f"the key of its contents is {expected}, not its file name")
+
+
 class ResultsStore:
     """A results directory. ``ResultsStore(path)`` creates it when absent or empty, else checks its marker."""
 
@@ -103,17 +191,29 @@ class ResultsStore:
         marker = self.path / MARKER
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"results store {self.path}: exists and is not a directory")
+        self.locks_dir = self.path / LOCKS_DIR
         if marker.is_file():
             self._check_marker(marker)
-        elif self.path.is_dir() and any(self.path.iterdir()):
-            raise StoreError(f"results store {self.path}: not a decoderbench results store (the directory is not "
-                             f"empty and has no {MARKER}); refusing to write there, choose another --out")
+        elif self._foreign():
+            raise self._not_a_store()
         elif not create:
             raise StoreError(f"results store {self.path}: no such results store (no {MARKER})")
         else:
             self._create(marker)
         if create:
             self.rows_dir.mkdir(exist_ok=True)
+            self.locks_dir.mkdir(exist_ok=True)
+
+    def _foreign(self) -> bool:
+        """The directory holds something that is not a store's own (a store being created holds only
+        its creation lock and temporary files)."""
+        if not self.path.is_dir():
+            return False
+        return any(not (f.name == CREATE_LOCK or f.name.startswith(".tmp-")) for f in self.path.iterdir())
+
+    def _not_a_store(self) -> StoreError:
+        return StoreError(f"results store {self.path}: not a decoderbench results store (the directory is not "
+                          f"empty and has no {MARKER}); refusing to write there, choose another --out")
 
     # -- marker ---------------------------------------------------------------------------------
 
@@ -133,11 +233,20 @@ class ResultsStore:
         self.meta = meta
 
     def _create(self, marker: Path) -> None:
+        from filelock import FileLock
+
         self.path.mkdir(parents=True, exist_ok=True)
-        self.meta = {"store": "decoderbench", "format_version": STORE_FORMAT,
-                     "created_by": f"decoderbench {__version__}", "layout": f"{ROWS_DIR}/<key>.parquet, one row each"}
-        _atomic_write_bytes(marker, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
-        self.rows_dir.mkdir(exist_ok=True)
+        with FileLock(str(self.path / CREATE_LOCK)):  # two runs creating one store: one writes the marker
+            if marker.is_file():
+                self._check_marker(marker)
+                return
+            if self._foreign():
+                raise self._not_a_store()
+            self.meta = {"store": "decoderbench", "format_version": STORE_FORMAT,
+                         "created_by": f"decoderbench {__version__}",
+                         "layout": f"{ROWS_DIR}/<key>.parquet, one row each; {LOCKS_DIR}/<key>.lock, claims"}
+            _atomic_write_bytes(marker, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
+            self.rows_dir.mkdir(exist_ok=True)
 
     # -- rows -----------------------------------------------------------------------------------
 
@@ -155,23 +264,73 @@ class ResultsStore:
         return path
 
     def read(self, key: str) -> dict | None:
-        """The stored row of ``key`` (params parsed back to a dict), or None."""
-        return self._read_path(self.row_path(key))
+        """The stored row of ``key`` (params parsed back to a dict), or None if absent or invalid."""
+        row, _ = self.read_checked(key)
+        return row
 
-    def _read_path(self, path: Path) -> dict | None:
+    def read_checked(self, key: str) -> tuple[dict | None, str | None]:
+        """``(row, None)``, ``(None, None)`` when absent, ``(None, reason)`` when the file fails validation."""
+        path = self.row_path(key)
         try:
             rows = pq.read_table(path).to_pylist()
         except FileNotFoundError:
+            return None, None
+        except (OSError, pa.ArrowException) as exc:
+            return None, f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        if len(rows) != 1:
+            return None, f"holds {len(rows)} rows, not one"
+        try:
+            check_row(rows[0], key)
+        except BadRow as exc:
+            return None, str(exc)
+        return _from_stored(rows[0]), None
+
+    def read_raw(self, key: str) -> dict | None:
+        """The stored cells of ``key`` without validation (for ``verify`` to recompute a bad row), or None."""
+        try:
+            rows = pq.read_table(self.row_path(key)).to_pylist()
+        except (OSError, pa.ArrowException):
             return None
-        except (OSError, pa.ArrowInvalid) as exc:  # should not happen with atomic writes; recompute it
-            warnings.warn(f"results store {self.path}: unreadable row file {path.name} ({exc}); treating it as missing")
+        if len(rows) != 1:
             return None
-        return _from_stored(rows[0]) if rows else None
+        try:
+            return _from_stored(rows[0])
+        except ValueError:
+            return rows[0]
 
     def done(self, key: str) -> dict | None:
-        """The stored row of ``key`` if it is done (status ok or skipped), else None."""
+        """The stored row of ``key`` if it is valid and done (status ok or skipped), else None."""
         row = self.read(key)
         return row if row is not None and row.get("status") in DONE_STATUSES else None
+
+    def problems(self) -> dict[str, str]:
+        """Every row file that fails validation: {file name: why}."""
+        out = {}
+        for k in self.keys():
+            _, why = self.read_checked(k)
+            if why is not None:
+                out[f"{ROWS_DIR}/{k}.parquet"] = why
+        if self.rows_dir.is_dir():  # files that cannot be rows at all (a bad name)
+            for f in self.rows_dir.iterdir():
+                if not f.name.startswith(".") and not f.name.endswith(".parquet"):
+                    out[f"{ROWS_DIR}/{f.name}"] = "not a row file (rows are <key>.parquet)"
+        return out
+
+    # -- claims ---------------------------------------------------------------------------------
+
+    def claim(self, key: str, wait: bool = False):
+        """An exclusive claim on ``key`` (a held filelock, to ``release()``), or None if another process
+        holds it and ``wait`` is false."""
+        from filelock import FileLock, Timeout
+
+        self.row_path(key)  # validates the key
+        self.locks_dir.mkdir(exist_ok=True)
+        lock = FileLock(str(self.locks_dir / f"{key}.lock"), thread_local=False)
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            return None
+        return lock
 
     def keys(self) -> list[str]:
         if not self.rows_dir.is_dir():
@@ -179,13 +338,18 @@ class ResultsStore:
         return sorted(f.name[:-8] for f in self.rows_dir.iterdir()
                       if f.name.endswith(".parquet") and not f.name.startswith("."))
 
-    def rows(self) -> list[dict]:
-        """Every stored row, sorted by key (deterministic)."""
-        out = []
+    def rows(self, strict: bool = True) -> list[dict]:
+        """Every stored row, sorted by key (deterministic). ``strict``: refuse (``StoreError`` naming the
+        files) a store with any row file that fails validation; otherwise skip those."""
+        out, bad = [], {}
         for k in self.keys():
-            row = self.read(k)
+            row, why = self.read_checked(k)
             if row is not None:
                 out.append(row)
+            elif why is not None:
+                bad[f"{ROWS_DIR}/{k}.parquet"] = why
+        if strict and bad:
+            raise StoreError(bad_rows_message(self.path, bad))
         return out
 
     def clean_temporaries(self) -> int:
@@ -208,6 +372,16 @@ class ResultsStore:
             except OSError:
                 pass
         return n
+
+
+def bad_rows_message(path, bad: dict) -> str:
+    """One line naming the row files that fail validation (the first few with their reasons)."""
+    items = sorted(bad.items())
+    shown = "; ".join(f"{name}: {why}" for name, why in items[:3])
+    more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+    return (f"results store {path}: {len(items)} row file(s) fail validation, refusing to read the store: "
+            f"{shown}{more}. Re-run the command that made them (`decoderbench run` recomputes its own rows) "
+            "or delete those files")
 
 
 def _pid_alive(pid: int) -> bool:

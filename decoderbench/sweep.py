@@ -133,7 +133,9 @@ def make_executor(kind: str = "local", workers: int = 1, guard=None, address: st
 
 def stamp(row: dict, unit: WorkUnit, command: str, grid: str) -> dict:
     """Add the provenance columns a stored row carries (the runner's row has the rest)."""
-    row = dict(row)
+    from .worker import with_key_columns
+
+    row = with_key_columns(dict(row), unit)
     row.setdefault("min_samples", unit.min_samples)
     row.setdefault("max_samples", unit.max_samples)
     row.update(command=command, grid=grid, store_format=STORE_FORMAT, results_format=RESULTS_FORMAT,
@@ -186,20 +188,76 @@ def run_sweep(units: list[WorkUnit], store: ResultsStore | None = None, force: b
         if bar is not None:
             bar.set_description_str(unit_label(u), refresh=True)
 
+    # with --force, a stored row counts as done only if another run rewrote it since the plan
+    seen_hash = {u: (store.read(pl.keys[u]) or {}).get("row_hash") for u in pl.todo} if (store is not None and force) \
+        else {}
+    locks: dict = {}  # unit -> held claim
+    deferred: list = []  # units another process had claimed
+    counts = {"reused": len(pl.reused), "computed": 0, "failed": 0}
+
+    def reusable(u: WorkUnit) -> dict | None:
+        """The stored row of u if it is done (with --force: only if another run wrote it since the plan)."""
+        row = store.done(pl.keys[u])
+        if row is not None and force and row.get("row_hash") == seen_hash.get(u):
+            return None
+        return row
+
+    def claimed(todo):
+        """The units to compute, each claimed in the store first (lazily, as the executor asks)."""
+        for u in todo:
+            if store is None:
+                yield u
+                continue
+            lock = store.claim(pl.keys[u])
+            if lock is None:  # another run is computing it
+                deferred.append(u)
+                continue
+            row = reusable(u)  # finished by another run since the plan
+            if row is not None:
+                lock.release()
+                results[u] = row
+                counts["reused"] += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
+            locks[u] = lock
+            yield u
+
+    def take(u: WorkUnit, row: dict) -> None:
+        row = stamp(row, u, command, grid)
+        if row.get("key") != pl.keys[u]:  # the runner and the plan must agree on the key
+            raise RuntimeError(f"key mismatch for {unit_label(u)}: planned {pl.keys[u]}, row {row.get('key')}")
+        if store is not None:
+            store.write(row)  # written before its claim is released
+        lock = locks.pop(u, None)
+        if lock is not None:
+            lock.release()
+        results[u] = row
+        counts["computed"] += 1
+        counts["failed"] += row.get("status") in ("error", "timeout")
+        if bar is not None:
+            bar.update(1)
+
     try:
-        for u, row in executor(pl.todo, before):
-            row = stamp(row, u, command, grid)
-            if row.get("key") != pl.keys[u]:  # the runner and the plan must agree on the key
-                raise RuntimeError(f"key mismatch for {unit_label(u)}: planned {pl.keys[u]}, row {row.get('key')}")
-            if store is not None:
-                store.write(row)
-            results[u] = row
-            n_failed += row.get("status") in ("error", "timeout")
-            if bar is not None:
-                bar.update(1)
+        for u, row in executor(claimed(pl.todo), before):
+            take(u, row)
+        for u in deferred:  # wait for the other run's claim, then reuse its row (or compute, if it failed)
+            locks[u] = store.claim(pl.keys[u], wait=True)
+            row = reusable(u)
+            if row is not None:
+                locks.pop(u).release()
+                results[u] = row
+                counts["reused"] += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
+            for uu, row in executor([u], before):
+                take(uu, row)
     finally:
+        for lock in locks.values():
+            lock.release()
         if bar is not None:
             bar.close()
     rows = [results[u] for u in units if u in results]
-    return SweepResult(rows=rows, n_reused=len(pl.reused), n_computed=len(pl.todo), n_failed=n_failed,
+    return SweepResult(rows=rows, n_reused=counts["reused"], n_computed=counts["computed"], n_failed=counts["failed"],
                        wall_s=time.perf_counter() - t0)

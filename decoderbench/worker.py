@@ -474,7 +474,21 @@ class _Alarm:
 
 
 def run_guarded(unit, guard: Guard | None = None, env: dict | None = None) -> dict:
-    """The row of ``unit``, its decoder run under ``guard`` (see the module docstring)."""
+    """The row of ``unit``, its decoder run under ``guard`` (see the module docstring), with the key
+    columns the row is checked against (``eval_batch``, ``transform_backend``, as in ``WorkUnit.key``)."""
+    row = _run_guarded(unit, guard, env)
+    return with_key_columns(row, unit)
+
+
+def with_key_columns(row: dict, unit) -> dict:
+    from .runner import eval_batch_size, transform_backend_for
+
+    row.setdefault("eval_batch", eval_batch_size(unit.n_s))
+    row.setdefault("transform_backend", transform_backend_for(unit.device, unit.dtype, unit.n_s))
+    return row
+
+
+def _run_guarded(unit, guard: Guard | None = None, env: dict | None = None) -> dict:
     from . import plugins
     from .runner import run_unit
 

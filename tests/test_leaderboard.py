@@ -120,8 +120,12 @@ def test_render_is_deterministic_and_order_free():
 
 
 def _store_with_rows(path):
+    from decoderbench.runner import key_of_row
+
     st = ResultsStore(path)
-    for row in _rows():
+    for row in _rows():  # the store validates rows on reading: their key must be the one of their columns
+        row = {"target_rel_se": 0.01, "min_samples": 1024, "max_samples": 1024, "options": "{}", **row}
+        row["key"] = key_of_row(row)
         st.write(row)
     return st
 

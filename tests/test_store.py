@@ -58,6 +58,18 @@ def throwaway():
     plugins.unregister_plugin(name)
 
 
+def valid_row(**over) -> dict:
+    """A row as the runner writes it (its key computed from its columns, as the store checks)."""
+    from decoderbench.runner import key_of_row
+
+    row = {"decoder": "d", "encoder": "rug", "device": "cpu", "dtype": "float32", "n_s": 64, "n_d": 16, "p": 0.1,
+           "r": 0.25, "seed": 0, "n_eval": 64, "target_rel_se": 0.01, "min_samples": 64, "max_samples": 64,
+           "options": "{}", "decoder_version": "1", "status": "ok", "loss": 0.5, "loss_se": 0.01, "error": None}
+    row.update(over)
+    row["key"] = key_of_row(row)
+    return row
+
+
 def _small_grid(**kw):
     return adhoc_grid([64], [0.25, 0.5], None, [0.1], [0], target_rel_se=0.05, min_samples=64, max_samples=256, **kw)
 
@@ -81,27 +93,28 @@ def test_new_store_has_marker_and_row_roundtrip(tmp_path):
     st = ResultsStore(tmp_path / "res")
     meta = json.loads((tmp_path / "res" / MARKER).read_text())
     assert meta["store"] == "decoderbench" and meta["format_version"] == STORE_FORMAT
-    row = {"key": "abc123", "decoder": "d", "status": "ok", "loss": 0.5, "loss_se": None, "n_s": 64, "p": 0.1,
-           "params": {"a": 1.25, "nested": {"k": [1, 2]}}, "ratio_e2": float("nan"), "flag": True}
+    row = valid_row(loss_se=None, params={"a": 1.25, "nested": {"k": [1, 2]}}, ratio_e2=float("nan"), flag=True)
+    k = row["key"]
     st.write(row)
-    back = st.read("abc123")
+    back = st.read(k)
     assert back["params"] == {"a": 1.25, "nested": {"k": [1, 2]}}
     assert back["loss"] == 0.5 and back["loss_se"] is None and back["ratio_e2"] is None and back["flag"] is True
-    assert st.done("abc123") is not None
+    assert st.done(k) is not None
     st.write({**row, "status": "error", "loss": None})
-    assert st.read("abc123")["status"] == "error" and st.done("abc123") is None  # failed rows are not done
-    assert st.keys() == ["abc123"]
+    assert st.read(k)["status"] == "error" and st.done(k) is None  # failed rows are not done
+    assert st.keys() == [k]
     # a reopened store reads the same
-    assert ResultsStore(tmp_path / "res").read("abc123")["status"] == "error"
+    assert ResultsStore(tmp_path / "res").read(k)["status"] == "error"
 
 
 def test_leftover_temporary_files_are_ignored_and_cleaned(tmp_path):
     st = ResultsStore(tmp_path)
-    st.write({"key": "k1", "status": "ok", "decoder": "d"})
+    row = valid_row()
+    st.write(row)
     dead_pid = 2**22 + 12345  # above the default pid_max: no such process
     junk = st.rows_dir / f".tmp-{dead_pid}-k2.parquet"
     junk.write_bytes(b"PAR1 half a row")  # what a SIGKILL during a write leaves behind
-    assert st.keys() == ["k1"] and [r["key"] for r in st.rows()] == ["k1"]
+    assert st.keys() == [row["key"]] and [r["key"] for r in st.rows()] == [row["key"]]
     assert st.clean_temporaries() == 1 and not junk.exists()
 
 
