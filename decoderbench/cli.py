@@ -281,6 +281,9 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     names = _select_decoders(spec)
     dev = sweep.resolve_device(device)
     units = sweep.units_for(grid, names, device=dev)
+    from .decoder import check_unit_options
+
+    check_unit_options(units)  # bad decoder options: one line, exit 2, before anything is fitted
     guard = _guard_for(grid, isolate, timeout_s, memory_mb)
     executor = sweep.make_executor(executor_kind, workers=workers, guard=guard, address=address)
     store_dir = out if out is not None else (None if adhoc else DEFAULT_RESULTS)

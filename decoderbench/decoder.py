@@ -11,8 +11,16 @@ elementwise   ``z = W_out h`` (B, n_s); must act on each entry alone  fitted sca
 filtering     ``z = W_out h`` (B, n_s); may compare entries (TopK)    fitted scalars
 reference     ``z = W_out h`` (B, n_s)                                ``ctx.p``, ``ctx.mu``, ``ctx.sigma``
 iterative     ``h = W_in x`` (B, n_d)                                 ``ctx.encoder`` (its operators)
-learned       ``x`` (B, n_s): it owns its encoder and learns it       anything it trains
+learned       ``h = W_in x`` (B, n_d) with its OWN trained ``W_in``,   anything it trains
+              applied by the harness (``input_encoder``)
 ============  =====================================================  ===========================
+
+A learned decoder owns its encoder: it trains on ``x`` (``TrainingSet`` hands it ``x``, the target of its
+reconstruction loss) and, once fitted, exposes its ``W_in`` through ``encoder_weight()`` (an ``n_d x n_s``
+tensor). The harness takes that weight once, right after ``fit`` (:func:`input_encoder`, a detached copy that
+later changes to the decoder cannot reach), encodes every evaluation batch itself and hands ``decode`` only
+``h = x W_in^T``: no decoder kind ever receives ``x`` at decode time (:func:`prepare_input` has no such
+input), and a rank-``n_d`` code is all a learned decoder sees, as for every other kind.
 
 The prior (``p``, and ``x_i = c_i u_i``) is part of the cell and known to every decoder. Training
 samples come from ``TrainingSet`` (a seeded stream of its own); the harness scores on a separate
@@ -29,9 +37,11 @@ import torch
 
 from ._validate import check_nd, check_ns, check_p, check_seed
 from .data import SparseSampler, derive_seed, make_generator
+from .errors import BadInput
 
 KINDS = ("elementwise", "filtering", "reference", "iterative", "learned")
-INPUT_OF_KIND = {"elementwise": "z", "filtering": "z", "reference": "z", "iterative": "h", "learned": "x"}
+INPUT_OF_KIND = {"elementwise": "z", "filtering": "z", "reference": "z", "iterative": "h", "learned": "code"}
+INPUTS = ("z", "h", "code")
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,8 @@ class TrainingSet:
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.sampler.sample(batch)
         self.n_drawn += x.shape[0]
+        if self.input_kind == "code":  # a learned decoder trains its own encoder on x (the reconstruction target)
+            return x, x
         return prepare_input(self.ctx.encoder, self.input_kind, x), x
 
     def pairs(self, n: int, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,13 +162,81 @@ class TrainingSet:
         return torch.cat(inps), torch.cat(xs)
 
 
+class LearnedCode:
+    """A learned decoder's own encoder as the harness applies it: ``encode(x) = x W_in^T``.
+
+    Built by :func:`input_encoder` from a detached copy of the decoder's ``encoder_weight()``, checked to be a
+    finite floating ``n_d x n_s`` tensor (a code of rank at most ``n_d``, like the cell's encoder's).
+    """
+
+    def __init__(self, W_in: torch.Tensor, n_s: int, n_d: int, who: str = "decoder"):
+        if not isinstance(W_in, torch.Tensor) or not W_in.is_floating_point():
+            raise ValueError(f"{who}.encoder_weight() must return a floating torch tensor, got {type(W_in).__name__}")
+        if tuple(W_in.shape) != (n_d, n_s):
+            raise ValueError(f"{who}.encoder_weight() must have shape (n_d, n_s) = ({n_d}, {n_s}), "
+                             f"got {tuple(W_in.shape)}")
+        W_in = W_in.detach().clone()
+        if not bool(torch.isfinite(W_in).all()):
+            raise ValueError(f"{who}.encoder_weight() must be finite")
+        self.W_in = W_in
+        self.n_s, self.n_d = n_s, n_d
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.W_in.to(x.device, x.dtype).T
+
+
+def input_encoder(decoder: "Decoder", encoder):
+    """What the harness encodes ``x`` with before ``decoder.decode``: the cell's ``encoder``, or, for a learned
+    decoder, its own ``W_in`` (:class:`LearnedCode`, taken now: call it once, after ``fit``)."""
+    if decoder.kind != "learned":
+        return encoder
+    get = getattr(decoder, "encoder_weight", None)
+    if not callable(get):
+        raise ValueError(f"learned decoder {decoder.name!r} must define encoder_weight() (its W_in, n_d x n_s)")
+    return LearnedCode(get(), decoder.ctx.n_s, decoder.ctx.n_d, who=decoder.name or type(decoder).__name__)
+
+
 def prepare_input(encoder, input_kind: str, x: torch.Tensor) -> torch.Tensor:
-    if input_kind == "x":
-        return x
+    """The decoder's input for a batch ``x``: ``z = W_out W_in x``, ``h = W_in x``, or (``code``) ``h`` from a
+    learned decoder's own encoder (``encoder`` must then be :func:`input_encoder`'s :class:`LearnedCode`). There
+    is no input kind that passes ``x`` itself."""
+    if input_kind not in INPUTS:
+        raise ValueError(f"input kind must be one of {', '.join(INPUTS)}, got {input_kind!r}")
+    if input_kind == "code":
+        if not isinstance(encoder, LearnedCode):
+            raise ValueError("a learned decoder's input is its own code: encode with input_encoder(decoder, ...)")
+        return encoder.encode(x)
+    if isinstance(encoder, LearnedCode):
+        raise ValueError(f"input kind {input_kind!r} needs the cell's encoder, not a learned code")
     h = encoder.encode(x)
     if input_kind == "h":
         return h
     return encoder.decode(h)
+
+
+def check_unit_options(units) -> None:
+    """Bad decoder options in any of ``units`` (``runner.WorkUnit`` s) raise ValueError before anything runs:
+    each decoder class's ``validate_options(options, cell)`` (if it has one) checks its unit's options."""
+    import json as _json
+
+    from . import plugins
+
+    seen = set()
+    for u in units:
+        sig = (u.decoder, u.options, u.n_s, u.n_d, u.p)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        try:
+            reg = plugins.get_decoder(u.decoder)
+        except ValueError:
+            continue  # a broken plugin becomes its row
+        check = getattr(reg.cls, "validate_options", None)
+        if callable(check):
+            try:
+                check(_json.loads(u.options), Cell(u.n_s, u.n_d, u.p))
+            except ValueError as exc:  # the decoder's one line, as the project's bad-input error (CLI: exit 2)
+                raise BadInput(str(exc).splitlines()[0] if str(exc) else f"{u.decoder}: bad options") from None
 
 
 class Decoder:
@@ -189,6 +269,12 @@ class Decoder:
     @classmethod
     def input_kind(cls) -> str:
         return INPUT_OF_KIND[cls.kind]
+
+    @classmethod
+    def validate_options(cls, options: dict, cell: Cell) -> None:
+        """Raise ValueError (one line naming the option and what is allowed) for options this decoder cannot
+        take at ``cell``; called before a sweep starts, so bad input stops it before any fit. Default: no check
+        (the decoder's ``__init__`` still checks)."""
 
 
 def check_decoder_class(cls) -> None:

@@ -28,7 +28,7 @@ from . import __version__
 from ._validate import check_seed
 from .data import SparseSampler
 from . import scoring
-from .decoder import Cell, DecoderContext, TrainingSet, json_safe, prepare_input
+from .decoder import Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
 from .scoring import Accumulator, eval_batch_size  # noqa: F401 (re-exported)
 
 RESULTS_FORMAT = 2  # 2: the absolute SE floor and sampling_stop/precision_met; bump when the meaning of a stored number changes
@@ -175,9 +175,10 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         t0 = time.perf_counter()
         params = dec.fit(TrainingSet(ctx, input_kind)) or {}
         row["fit_time_s"] = time.perf_counter() - t0
+        encoder_in = input_encoder(dec, encoder)  # a learned decoder's own W_in, taken once: decode never sees x
 
-        make_input = (lambda x: x.clone()) if input_kind == "x" else \
-            (lambda x: prepare_input(encoder, input_kind, x))
+        def make_input(x):  # z, h, or a learned decoder's code from its own W_in: never x itself
+            return prepare_input(encoder_in, input_kind, x)
         sampler = SparseSampler(cell.n_s, cell.p, unit.seed, "eval", device=device, dtype=dtype)
         res = scoring.score(dec.decode, make_input, sampler, p=cell.p, target_rel_se=unit.target_rel_se,
                             min_samples=unit.min_samples, max_samples=unit.max_samples,

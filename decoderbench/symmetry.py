@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -173,73 +173,17 @@ def diagnostics(W, b=None, p: float = 0.045, n_d: int | None = None, dead_thresh
     return out
 
 
-MODEL_FORMAT = "decoderbench-trained-1"
+# The trained model and its file format live in the trained plugin (decoderbench_plugins.trained: model.py,
+# fileformat.py); these names are re-exported here, lazily, for the diagnostics and the `symmetry` command.
+_FROM_TRAINED = ("MODEL_FORMAT", "TrainedModel", "save_model", "read_model_file", "load_model")
 
 
-# ------------------------------------------------------------------------------ models with W_in, W_out, b
+def __getattr__(name):
+    if name in _FROM_TRAINED:
+        from decoderbench_plugins import trained
 
-
-@dataclass
-class TrainedModel:
-    """``f(x) = ReLU(W_out W_in x + b)`` with its training record in ``meta``."""
-
-    W_in: torch.Tensor
-    W_out: torch.Tensor
-    b: torch.Tensor
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def n_s(self) -> int:
-        return self.W_in.shape[1]
-
-    @property
-    def n_d(self) -> int:
-        return self.W_in.shape[0]
-
-    def W(self) -> torch.Tensor:
-        """W = W_out W_in (n_s x n_s), float64 on the CPU."""
-        return self.W_out.detach().cpu().double() @ self.W_in.detach().cpu().double()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        W_in = self.W_in.to(x.device, x.dtype)
-        W_out = self.W_out.to(x.device, x.dtype)
-        return torch.relu((x @ W_in.T) @ W_out.T + self.b.to(x.device, x.dtype))
-
-
-def save_model(path, model: TrainedModel, extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model`` (and optional extra tensors, e.g. optimizer state) to a safetensors file, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"W_in": model.W_in, "W_out": model.W_out, "b": model.b, **(extra or {})}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {"format": MODEL_FORMAT, "meta": json.dumps(model.meta, sort_keys=True)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
-
-
-def read_model_file(path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model path must be an existing safetensors file, got {str(path)!r}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != MODEL_FORMAT:
-            raise ValueError(f"model path {str(path)!r} is not a decoderbench trained model "
-                             f"(format {meta.get('format')!r}, expected {MODEL_FORMAT!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return tensors, json.loads(meta.get("meta", "{}"))
-
-
-def load_model(path) -> TrainedModel:
-    """Read a model written by :func:`save_model` (extra tensors are ignored)."""
-    tensors, meta = read_model_file(path)
-    return TrainedModel(tensors["W_in"], tensors["W_out"], tensors["b"], meta)
+        return getattr(trained, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------- the rug as a model
@@ -376,6 +320,8 @@ def compare_cell(n_s: int, n_d: int, p: float, seed: int = 0, options: dict | No
     p = check_p(p)
     seed = check_seed(seed)
     train_info: dict = {}
+    from decoderbench_plugins.trained import load_model
+
     if model_path is not None:
         model = load_model(model_path)
         if (model.n_s, model.n_d) != (n_s, n_d):

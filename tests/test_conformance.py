@@ -18,7 +18,7 @@ import torch
 
 from decoderbench import KINDS, PersianRug, plugins
 from decoderbench import data as data_mod
-from decoderbench.decoder import Cell, DecoderContext, TrainingSet, json_safe, prepare_input
+from decoderbench.decoder import Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
 from decoderbench.runner import WorkUnit, run_unit
 
 N_S, N_D, P = 256, 64, 0.05
@@ -30,6 +30,8 @@ CHEAP = {
     "vamp": {"max_iter": 3}, "amp": {"max_iter": 3},
     "trained": {"max_steps": 40, "batch": 64, "window": 10, "warm_steps": 0, "cache": False, "max_time_s": 30},
 }
+CHEAP.update({f"trained-{a}": CHEAP["trained"] for a in ("relu", "linear", "topk", "batchtopk", "jumprelu", "trec",
+                                                           "prolu", "gated")})
 CAPABILITIES = {"fast_transform", "orthogonal_rows"}
 
 NAMES = sorted(plugins.decoders())
@@ -69,7 +71,7 @@ def test_attributes(name):
     assert isinstance(cls.version, str) and cls.version
     assert isinstance(cls.description, str) and cls.description.strip()
     assert set(cls.requires) <= CAPABILITIES, f"{name} requires unknown capabilities {set(cls.requires)}"
-    assert cls.input_kind() in ("z", "h", "x")
+    assert cls.input_kind() in ("z", "h", "code")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -78,7 +80,8 @@ def test_fit_and_decode_contract(name):
     assert params is None or isinstance(params, dict)
     json.dumps(json_safe({**(params or {}), **(dec.info or {})}))  # JSON-able after json_safe
     x = data_mod.SparseSampler(N_S, P, 99, "conformance-check").sample(16)
-    inp = prepare_input(ctx.encoder, reg.cls.input_kind(), x)
+    enc = input_encoder(dec, ctx.encoder)  # a learned decoder's own W_in, else the cell's encoder
+    inp = prepare_input(enc, reg.cls.input_kind(), x)
     before = inp.clone()
     with torch.no_grad():
         out = dec.decode(inp)
@@ -91,7 +94,7 @@ def test_fit_and_decode_contract(name):
     # a batch of one, and the all-zero input (x = 0, hence z = 0 and h = 0)
     with torch.no_grad():
         one = dec.decode(inp[:1].clone())
-        zero = dec.decode(prepare_input(ctx.encoder, reg.cls.input_kind(), torch.zeros(3, N_S)))
+        zero = dec.decode(prepare_input(enc, reg.cls.input_kind(), torch.zeros(3, N_S)))
     assert tuple(one.shape) == (1, N_S) and bool(torch.isfinite(one).all())
     assert tuple(zero.shape) == (3, N_S) and bool(torch.isfinite(zero).all())
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from decoderbench import Cell, DecoderContext, PersianRug, TrainingSet
+from decoderbench.decoder import input_encoder
 from decoderbench.runner import WorkUnit, run_unit
 from decoderbench.symmetry import diagnostics, load_model
 from decoderbench_plugins.trained import (
@@ -120,8 +121,13 @@ def _fit(n_s, n_d, options, seed=0):
     ctx = DecoderContext(cell=Cell(n_s, n_d, P), seed=seed, encoder=PersianRug(n_s, n_d, seed=seed),
                          options=options, decoder_name="trained")
     dec = Trained(ctx)
-    params = dec.fit(TrainingSet(ctx, "x"))
+    params = dec.fit(TrainingSet(ctx, "code"))
     return dec, params
+
+
+def _decode(dec, x):
+    """As the harness does it: the model's own W_in encodes, decode sees only h."""
+    return dec.decode(input_encoder(dec, None).encode(x))
 
 
 def _x(n_s, n=512):
@@ -137,12 +143,12 @@ def test_divergence_stops_keeps_last_finite_state_and_never_outputs_nan(tmp_path
     assert params["steps"] <= 2
     for t in (dec.model.W_in, dec.model.W_out, dec.model.b):
         assert bool(torch.isfinite(t).all())
-    y = dec.decode(_x(32))
+    y = _decode(dec, _x(32))
     assert bool(torch.isfinite(y).all())
     # a loss above diverge_factor * p/3 counts too
     dec, params = _fit(32, 8, {"lr": 0.5, "warm_lr_mult": 1, "diverge_factor": 3.0, "threads": 1, "cache": False})
     assert params["stop_reason"] == "diverged"
-    assert bool(torch.isfinite(dec.decode(_x(32))).all())
+    assert bool(torch.isfinite(_decode(dec, _x(32))).all())
 
 
 def test_chunked_host_checks_as_on_cuda(monkeypatch):
@@ -157,7 +163,7 @@ def test_chunked_host_checks_as_on_cuda(monkeypatch):
     assert torch.equal(plain.model.W_in, chunked.model.W_in) and torch.equal(plain.model.b, chunked.model.b)
     dec, prm = _fit(32, 8, {"lr": 1e30, "threads": 1, "cache": False})
     assert prm["stop_reason"] == "diverged" and prm["steps"] < prm["diverged_at"] <= 7
-    assert bool(torch.isfinite(dec.decode(_x(32))).all())
+    assert bool(torch.isfinite(_decode(dec, _x(32))).all())
     _, prm = _fit(64, 16, {"max_time_s": 0.05, "threads": 1, "cache": False})
     assert prm["stop_reason"] == "time_cap"
 
