@@ -235,7 +235,8 @@ def test_decode_receives_only_the_code_of_its_own_encoder():
     row = run_unit(unit, registered=_reg(Spy))
     assert row["status"] == "ok", row["error"]
     W = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
-    x = SparseSampler(64, P, 0, "eval").sample(sum(h.shape[0] for h in Spy.seen))
+    sampler = SparseSampler(64, P, 0, "eval")  # the eval stream, drawn in the harness's batch sizes
+    x = torch.cat([sampler.sample(h.shape[0]) for h in Spy.seen])
     h = torch.cat(Spy.seen)
     assert h.shape == (x.shape[0], 16)  # n_d per sample, never n_s
     assert torch.equal(h, x @ W.T)  # the W_in taken right after fit, despite decode zeroing its own copy
