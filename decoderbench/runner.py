@@ -75,7 +75,14 @@ class WorkUnit:
         """A hash of everything that determines the row's numbers: the unit's fields, the decoder's version,
         the results format, the evaluation batch size (batchtopk's output depends on it) and the
         Walsh-Hadamard backend this process uses for the unit's device and dtype (defaults: this process's)."""
+        from dataclasses import fields
+
         d = asdict(self)
+        for f in fields(self):  # 0 and 0.0 are one unit: the key must not depend on how a number was typed
+            if f.type in ("float", float):
+                d[f.name] = float(d[f.name])
+            elif f.type in ("int", int):
+                d[f.name] = int(d[f.name])
         d["decoder_version"] = str(decoder_version)
         d["results_format"] = RESULTS_FORMAT
         d["eval_batch"] = int(eval_batch if eval_batch is not None else eval_batch_size(self.n_s))
@@ -84,11 +91,14 @@ class WorkUnit:
 
     @classmethod
     def from_row(cls, row: dict) -> "WorkUnit":
-        """The unit a stored row measured (its own columns)."""
-        return cls(n_s=row["n_s"], n_d=row["n_d"], p=row["p"], decoder=row["decoder"], seed=row["seed"],
-                   encoder=row["encoder"], device=row["device"], dtype=row["dtype"],
-                   target_rel_se=row["target_rel_se"], min_samples=row["min_samples"],
-                   max_samples=row["max_samples"], options=row["options"])
+        """The unit a stored row measured (its own columns; a field the row lacks takes its default)."""
+        from dataclasses import fields
+
+        required = ("n_s", "n_d", "p", "decoder")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise KeyError(", ".join(missing))
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row and row[f.name] is not None})
 
 
 def key_of_row(row: dict) -> str:

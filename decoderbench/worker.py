@@ -487,8 +487,13 @@ def run_guarded(unit, guard: Guard | None = None, env: dict | None = None) -> di
 
 
 def with_key_columns(row: dict, unit) -> dict:
+    """The row with every column its key is made of (the unit's fields, eval batch, transform backend)."""
+    from dataclasses import asdict
+
     from .runner import eval_batch_size, transform_backend_for
 
+    for k, v in asdict(unit).items():
+        row.setdefault(k, v)
     row.setdefault("eval_batch", eval_batch_size(unit.n_s))
     row.setdefault("transform_backend", transform_backend_for(unit.device, unit.dtype, unit.n_s))
     return row
