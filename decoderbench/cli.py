@@ -105,24 +105,29 @@ def plugins_cmd(as_json):
     enc = [{"name": e.name, "kind": "encoder", "source": e.source, "plugin": e.plugin, "version": e.version,
             "requires": sorted(e.cls.capabilities), "description": (e.cls.__doc__ or "").strip().split("\n")[0]}
            for e in plugins.encoders().values()]
-    errors = plugins.load_errors()
+    errors = plugins.failures()
+    clashes = plugins.collisions()
+    problems = _plugin_problems()
     if as_json:
         out = rows + enc + [{"name": k, "kind": "error", "source": None, "error": v} for k, v in errors.items()]
+        out += [{"name": k, "kind": "collision", "source": None, "error": m} for k, msgs in clashes.items() for m in msgs]
         click.echo(json.dumps(out))
-        return
-    click.echo(_table(rows, ["name", "kind", "source", "description"]))
-    click.echo("\nencoders:")
-    click.echo(_table(enc, ["name", "source", "requires"]))
-    for k, v in errors.items():
-        click.echo(f"broken plugin: {v}", err=True)
+    else:
+        click.echo(_table(rows, ["name", "kind", "source", "description"]))
+        click.echo("\nencoders:")
+        click.echo(_table(enc, ["name", "source", "requires"]))
+    for line in problems:
+        click.echo(line, err=True)
+    return 1 if problems else 0  # something is broken: say so in the exit code
 
 
 def _select_decoders(spec: str) -> list[str]:
-    """Names from --plugins: 'all' or a comma-separated list; an unknown name is bad input."""
+    """Names from --plugins: 'all' or a comma-separated list. An unknown name is bad input, unless some
+    plugin failed to load (it may have been that plugin's): then it becomes an error row saying so."""
     from . import plugins
 
     registered = list(plugins.decoders())
-    broken = plugins.load_errors()
+    broken = plugins.failures()
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise BadInput(f"--plugins must be 'all' or a comma-separated list of: {', '.join(registered)}")
@@ -130,9 +135,27 @@ def _select_decoders(spec: str) -> list[str]:
         # broken plugins are selected too, so their failure shows as an error row
         return registered + [b for b in broken if b not in registered]
     unknown = [n for n in names if n not in registered and n not in broken]
-    if unknown:
+    if unknown and not broken:
         raise BadInput(f"--plugins: unknown decoder {unknown[0]!r}; registered: {', '.join(registered)}")
-    return names
+    for n in unknown:
+        check_decoder_name(n)
+    return list(dict.fromkeys(names))
+
+
+def check_decoder_name(name: str) -> str:
+    """A --plugins name must look like a decoder name (it names rows and files)."""
+    if not name.replace("-", "_").replace(".", "_").isidentifier() or len(name) > 100:
+        raise BadInput(f"--plugins: {name!r} is not a decoder name (letters, digits, - _ .)")
+    return name
+
+
+def _plugin_problems() -> list[str]:
+    """One line per plugin that failed to load or register, and per refused (colliding) registration."""
+    from . import plugins
+
+    lines = [f"broken plugin: {m}" for m in plugins.failures().values()]
+    lines += [f"name collision: {m}" for msgs in plugins.collisions().values() for m in msgs]
+    return lines
 
 
 ROW_COLUMNS = ["decoder", "kind", "n_s", "n_d", "p", "seed", "loss", "loss_se", "ratio_e2", "ratio_mmse", "status"]
@@ -279,6 +302,8 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     spec = plugin_spec if plugin_spec is not None else (grid.plugins if isinstance(grid.plugins, str)
                                                         else ",".join(grid.plugins))
     names = _select_decoders(spec)
+    for line in _plugin_problems():  # broken plugins and refused names, on every run
+        click.echo(line, err=True)
     dev = sweep.resolve_device(device)
     units = sweep.units_for(grid, names, device=dev)
     from .decoder import check_unit_options

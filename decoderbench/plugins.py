@@ -5,6 +5,13 @@ Every decoder and encoder, built-in or third-party, arrives through the entry-po
 register is recorded in ``load_errors()`` (and turns into an error row when selected); the others
 still load.
 
+Name collisions: built-in plugins register first, then the others in entry-point order. A later
+registration of a name already taken is refused *alone* (:func:`collisions` names both
+distributions); everything else of both plugins still loads. ``decoderbench plugins`` lists every
+failure and collision and exits 1 when there is one; ``run`` prints them too. A decoder name that is
+not registered while some plugin failed to load becomes an error row naming those plugins (it may
+have been theirs), not "unknown decoder".
+
 Environment: ``DECODERBENCH_PLUGINS`` restricts which entry points load (comma-separated entry-point
 names; an empty value loads none), the switch tests use to run with throwaway plugins only.
 """
@@ -40,7 +47,8 @@ class Registered:
 
 _pm: pluggy.PluginManager | None = None
 _sources: dict[str, str] = {}
-_errors: dict[str, str] = {}
+_errors: dict[str, str] = {}  # plugin name -> why it failed to load or register (selectable: an error row)
+_collisions: dict[str, list] = {}  # plugin name -> refused registrations of taken names (the rest loaded)
 _decoders: dict[str, Registered] | None = None
 _encoders: dict[str, Registered] | None = None
 
@@ -101,6 +109,7 @@ def reset() -> None:
     _pm = None
     _sources.clear()
     _errors.clear()
+    _collisions.clear()
     _reset_registries()
 
 
@@ -108,20 +117,33 @@ def _reset_registries() -> None:
     global _decoders, _encoders
     _decoders = None
     _encoders = None
+    _collisions.clear()
+
+
+def _is_builtin_source(source: str) -> bool:
+    return str(source).startswith("decoderbench==")
 
 
 def _collect(hookname: str, check, kind_of) -> dict[str, Registered]:
     pm = get_plugin_manager()
     found: dict[str, Registered] = {}
     caller = getattr(pm.hook, hookname)
-    for impl in caller.get_hookimpls():  # registration order (pluggy calls them in reverse)
+    impls = caller.get_hookimpls()  # registration order (pluggy calls them in reverse)
+    # built-ins first, so that a third-party plugin can never take a built-in's name
+    impls = sorted(impls, key=lambda impl: not _is_builtin_source(_sources.get(impl.plugin_name, impl.plugin_name)))
+    what = "decoder" if "decoder" in hookname else "encoder"
+    for impl in impls:
         pname = impl.plugin_name
         source = _sources.get(pname, pname)
 
         def register(cls, _pname=pname, _source=source):
             check(cls)
-            if cls.name in found:
-                raise ValueError(f"name {cls.name!r} is already registered by {found[cls.name].source}")
+            if cls.name in found:  # refused alone: the plugin's other registrations go on
+                first = found[cls.name]
+                _collisions.setdefault(_pname, []).append(
+                    f"plugin {_pname!r} ({_source}): {what} name {cls.name!r} refused, already registered by "
+                    f"{first.source} (plugin {first.plugin!r}); the rest of both plugins loaded")
+                return
             found[cls.name] = Registered(cls.name, cls, kind_of(cls), _source, _pname,
                                          str(getattr(cls, "version", "1")))
 
@@ -156,10 +178,38 @@ def encoders() -> dict[str, Registered]:
 
 
 def load_errors() -> dict[str, str]:
-    """Plugins that failed to load or register: {plugin name: message}."""
+    """Plugins that failed to load or register, or had a registration refused: {plugin name: message}."""
+    decoders()
+    encoders()
+    out = dict(_errors)
+    for p, msgs in _collisions.items():
+        out[p] = "; ".join(([out[p]] if p in out else []) + msgs)
+    return out
+
+
+def failures() -> dict[str, str]:
+    """Plugins that failed to load or register (each becomes an error row when selected): {plugin: message}."""
     decoders()
     encoders()
     return dict(_errors)
+
+
+def collisions() -> dict[str, list]:
+    """Refused registrations of names already taken: {plugin name: [message naming both distributions]}."""
+    decoders()
+    encoders()
+    return {k: list(v) for k, v in _collisions.items()}
+
+
+def error_for(name: str) -> str:
+    """Why decoder ``name`` cannot run: its plugin's failure, or the list of plugins that failed to load."""
+    fails = failures()
+    if name in fails:
+        return fails[name]
+    if fails:
+        return (f"decoder {name!r} is not registered; plugins that failed to load (one of them may provide it): "
+                + "; ".join(fails.values()))
+    return f"plugins: unknown decoder {name!r}; registered: {', '.join(decoders()) or '(none)'}"
 
 
 def get_decoder(name: str) -> Registered:

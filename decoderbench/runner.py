@@ -161,7 +161,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
     try:
         reg = registered if registered is not None else plugins.get_decoder(unit.decoder)
     except ValueError as exc:
-        row["error"] = plugins.load_errors().get(unit.decoder, str(exc))
+        row["error"] = plugins.error_for(unit.decoder)
         row["key"] = unit.key("?")
         return _finish(row, t_start)
     row.update(kind=reg.kind, source=reg.source, decoder_version=reg.version)

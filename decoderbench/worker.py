@@ -265,6 +265,8 @@ def _child_main(conn, spec: dict) -> None:
                 conn.send(("ok", json_safe(params)))
             elif op == "encoder_weight":  # a learned decoder's W_in: the harness encodes with it (decoder.input_encoder)
                 conn.send(("ok", _pack(dec.encoder_weight())))
+            elif op == "encoder_weight":  # a learned decoder's own W_in (the harness encodes with it)
+                conn.send(("ok", _pack(dec.encoder_weight())))
             elif op == "decode":
                 inp = _unpack(msg[1], device)
                 with torch.no_grad():
@@ -394,6 +396,11 @@ def _isolated_class(reg, unit, sessions: list, guard: Guard, env: dict | None):
             def encoder_weight(self):
                 return _unpack(self._s.call("encoder_weight"))
 
+    if callable(getattr(real, "encoder_weight", None)):
+        def encoder_weight(self):
+            return _unpack(self._s.call("encoder_weight"), self.ctx.device)
+
+        Isolated.encoder_weight = encoder_weight
     Isolated.__qualname__ = Isolated.__name__ = f"Isolated[{real.__name__}]"
     return Isolated
 

@@ -182,7 +182,7 @@ def test_broken_entry_point_is_an_error_row(tmp_path, monkeypatch, capsys, fresh
     assert set(plugins.decoders()) == {"linear"}
     assert msg in plugins.load_errors()["broken_thing"]
 
-    assert main(["plugins", "--json"]) == 0
+    assert main(["plugins", "--json"]) == 1  # something is broken: the exit code says so
     listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert listed["broken_thing"]["kind"] == "error" and msg in listed["broken_thing"]["error"]
 
@@ -212,3 +212,85 @@ def test_plugin_that_fails_to_register_is_an_error_row(tmp_path, monkeypatch, ca
     rows = {r["decoder"]: r for r in json.loads(capsys.readouterr().out)}
     assert rc == 1 and rows["linear"]["status"] == "ok"
     assert "cannot register today" in rows["unregistrable"]["error"]
+
+
+def test_broken_entry_point_and_a_name_it_may_have_provided(tmp_path, monkeypatch, capsys, fresh_plugins):
+    """`run --plugins relu` while a plugin is broken (relu not registered): an error row naming the broken
+    plugin, exit 1, not "unknown decoder" (the broken plugin may have been the one providing relu)."""
+    _dist(tmp_path, "dbt-broken-plugin", {"broken_thing": "no_such_module_for_decoderbench_test2"}, {})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,linear,broken_thing")
+    plugins.reset()
+    rc = main(["run", "--plugins", "relu,linear", *CELL, "--json"])
+    out = capsys.readouterr()
+    rows = {r["decoder"]: r for r in json.loads(out.out)}
+    assert rc == 1 and rows["linear"]["status"] == "ok"
+    assert rows["relu"]["status"] == "error" and "not registered" in rows["relu"]["error"]
+    assert "broken_thing" in rows["relu"]["error"]
+    assert "broken plugin: plugin 'broken_thing' failed to load" in out.err  # the run says so too
+
+
+COLLIDER = """
+import torch
+from decoderbench import Decoder, hookimpl
+
+
+class FakeRelu(Decoder):
+    name = "relu"
+    kind = "elementwise"
+    description = "claims a built-in's name"
+
+    def decode(self, z):
+        return torch.zeros_like(z)
+
+
+class Mine(Decoder):
+    name = "collider_own"
+    kind = "elementwise"
+    description = "its own name: loads"
+
+    def decode(self, z):
+        return 0.25 * z
+
+
+class MineToo(Mine):
+    name = "collider_own2"
+
+
+@hookimpl
+def decoderbench_register_decoders(register):
+    register(FakeRelu)   # refused alone
+    register(Mine)       # still registered
+    register(MineToo)    # and so is this
+"""
+
+
+def test_name_collision_is_refused_alone_naming_both(tmp_path, monkeypatch, capsys, fresh_plugins):
+    # entry point named "aaa_collider" so that it would come first in any name order
+    _dist(tmp_path, "dbt-collider", {"aaa_collider": "dbt_collider_mod"}, {"dbt_collider_mod": COLLIDER})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,linear,activations,aaa_collider")
+    plugins.reset()
+    dec = plugins.decoders()
+    # the built-in module is whole, the colliding plugin lost only the taken name
+    assert {"relu", "jumprelu", "trec", "prolu", "gated", "collider_own", "collider_own2"} <= set(dec)
+    assert dec["relu"].source.startswith("decoderbench==") and dec["collider_own"].source == "dbt-collider==0.1"
+    (msg,) = plugins.collisions()["aaa_collider"]
+    assert "'relu'" in msg and "dbt-collider==0.1" in msg and "decoderbench==" in msg
+    assert "aaa_collider" not in plugins.failures()  # not a failure: nothing else of it is lost
+
+    rc = main(["plugins"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "name collision" in err and "dbt-collider==0.1" in err and "decoderbench==" in err
+
+    rc = main(["run", "--plugins", "relu,collider_own", *CELL, "--json"])
+    out = capsys.readouterr()
+    rows = {r["decoder"]: r for r in json.loads(out.out)}
+    assert rc == 0 and set(rows) == {"relu", "collider_own"}
+    assert rows["relu"]["source"].startswith("decoderbench==") and rows["relu"]["status"] == "ok"
+    assert rows["relu"]["loss"] < rows["collider_own"]["loss"] * 10  # the real relu, not zeros
+    assert "name collision" in out.err and "'relu'" in out.err
+    # `all` does not select the collision as a decoder of its own
+    rc = main(["run", "--plugins", "all", *CELL, "--json"])
+    names = [r["decoder"] for r in json.loads(capsys.readouterr().out)]
+    assert "aaa_collider" not in names and names.count("relu") == 1
