@@ -348,8 +348,8 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
             if board_files:
                 click.echo(f"tables: {', '.join(str(f) for f in board_files)}", err=True)
             res_opt = "" if store_dir == DEFAULT_RESULTS else f" --results {store_dir}"
-            click.echo(f"the board (tables and figures): decoderbench leaderboard{res_opt} {' '.join(again)}  "
-                       f"(writes into {default_board_dir(store_dir, grid.name)}/)", err=True)
+            click.echo(f"the board (tables, figures, site): decoderbench leaderboard{res_opt} {' '.join(again)} "
+                       f"--html  (writes into {default_board_dir(store_dir, grid.name)}/)", err=True)
         seen = set()
         for row in rows:
             if row["status"] != "ok" and (row["decoder"], row["error"]) not in seen:
@@ -402,9 +402,12 @@ def _grid_rows(store, grid) -> list[dict]:
                    "the checkout unless --out names a folder there.")
 @_cell_options
 @click.option("--no-figures", is_flag=True, help="Write the tables only.")
+@click.option("--html", "as_html", is_flag=True,
+              help="Also write a static site into <out>/site/ (open site/index.html; no server, no network): "
+                   "sortable tables, figures, each row's parameters, versions and command.")
 @click.option("--quiet", is_flag=True, help="Do not print the tables.")
 @click.pass_context
-def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, dtype, no_figures, quiet):
+def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, dtype, no_figures, as_html, quiet):
     """Markdown tables and figures from a results store: per cell, and a summary across cells.
 
     With --grid (and the same --ns/--r/--p overrides as `run`) only that grid's cells are used;
@@ -433,10 +436,17 @@ def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, d
     files = leaderboard.render(rows, title=title, command=command)
     files[leaderboard.ROWS_FILE] = leaderboard.rows_json(rows)
     written = leaderboard.write_files(files, out_dir)
+    figures = []
     if not no_figures:
         from .plots import make_figures
 
-        written += make_figures(rows, out_dir)
+        figures = make_figures(rows, out_dir)
+        written += figures
+    if as_html:
+        from .site import SITE_DIR, write_site
+
+        pages = write_site(rows, out_dir / SITE_DIR, title=title, command=command, figures=figures)
+        written += [pg for pg in pages if pg.suffix == ".html"]
     if not quiet:
         click.echo(files["cells.md"])
         click.echo(files["summary.md"])
