@@ -18,13 +18,15 @@ from ._validate import check_nd, check_ns, check_p, check_seed, nd_from_r
 
 
 def _floats(name: str, text: str) -> list[float]:
+    """The numbers of a comma-separated option, each as typed: ``1000`` stays the integer 1000 (so that an
+    error echoes "got 1000", not "got 1000.0"), ``0.25`` or ``1e3`` a float."""
     out = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            out.append(float(part))
+            out.append(int(part) if part.lstrip("+-").isdigit() else float(part))
         except ValueError:
             raise BadInput(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
     if not out:
@@ -66,7 +68,7 @@ def _cells(ns: str, r: str | None, nd: str | None, p: str) -> list[tuple[int, in
         else:
             n_ds = [nd_from_r(n_s, v) for v in _floats("--r", r if r is not None else "0.25")]
         for n_d in n_ds:
-            for pv in _floats("--p", p):
+            for pv in (float(v) for v in _floats("--p", p)):
                 out.append((n_s, n_d, check_p(pv)))
     return out
 
@@ -103,7 +105,8 @@ def plugins_cmd(as_json):
              "requires": sorted(d.cls.requires), "description": d.cls.description}
             for d in plugins.decoders().values()]
     enc = [{"name": e.name, "kind": "encoder", "source": e.source, "plugin": e.plugin, "version": e.version,
-            "requires": sorted(e.cls.capabilities), "description": (e.cls.__doc__ or "").strip().split("\n")[0]}
+            "capabilities": sorted(e.cls.capabilities),
+            "description": (e.cls.__doc__ or "").strip().split("\n")[0]}
            for e in plugins.encoders().values()]
     errors = plugins.failures()
     clashes = plugins.collisions()
@@ -113,9 +116,12 @@ def plugins_cmd(as_json):
         out += [{"name": k, "kind": "collision", "source": None, "error": m} for k, msgs in clashes.items() for m in msgs]
         click.echo(json.dumps(out))
     else:
-        click.echo(_table(rows, ["name", "kind", "source", "description"]))
+        # a decoder's requirements (encoder capabilities it needs) and an encoder's capabilities, each named so
+        shown = [{**d, "requires": ", ".join(d["requires"]) or "-"} for d in rows]
+        click.echo(_table(shown, ["name", "kind", "source", "requires", "description"]))
         click.echo("\nencoders:")
-        click.echo(_table(enc, ["name", "source", "requires"]))
+        click.echo(_table([{**e, "capabilities": ", ".join(e["capabilities"]) or "-"} for e in enc],
+                          ["name", "source", "capabilities", "description"]))
     for line in problems:
         click.echo(line, err=True)
     return 1 if problems else 0  # something is broken: say so in the exit code
@@ -193,9 +199,12 @@ def _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se,
     from .grids import adhoc_grid, load_grid
 
     ns_l = None if ns is None else _floats("--ns", ns)
-    r_l = None if r is None else _floats("--r", r)
+    r_l = None if r is None else [float(v) for v in _floats("--r", r)]
     nd_l = None if nd is None else _floats("--nd", nd)
-    p_l = None if p is None else _floats("--p", p)
+    p_l = None if p is None else [float(v) for v in _floats("--p", p)]
+    if min_samples is not None and max_samples is not None and min_samples > max_samples:
+        raise BadInput(f"--min-samples must be at most --max-samples, got --min-samples {min_samples} > "
+                       f"--max-samples {max_samples}")
     seeds = None if seed is None else [check_seed(s) for s in _floats("--seed", seed)]
     if r_l is not None and nd_l is not None:
         raise BadInput("--r and --nd: give one of them, not both")
@@ -318,7 +327,7 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     if not as_json:
         click.echo(f"grid {grid.name}: {n_cells} cells x {len(grid.seeds)} seeds x {len(names)} decoders = "
                    f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store is not None else ""), err=True)
-    progress = not as_json and sys.stderr.isatty()
+    progress = False if as_json else (True if sys.stderr.isatty() else "lines")  # a log gets plain lines
     bad_before = store.problems() if store is not None else {}
     res = sweep.run_sweep(units, store=store, force=force, command=command, grid=grid.name, progress=progress,
                           executor=executor)
@@ -593,9 +602,9 @@ def symmetry_cmd(ctx, ns, r, p, seed, load, max_steps, max_time_s, threads, cach
                  as_json):
     """Trained model vs the Persian Rug: loss gap and statistical permutation symmetry (paper 3.2, Figs. 3-8).
 
-    Trains (or reuses from the cache, or --load-s) the `trained` decoder per n_s, fits a ReLU on the rug,
-    scores both on the same samples, prints the diagnostics and writes <out>/trained_vs_rug.md, .png,
-    _symmetry.png and one W/b heatmap per n_s.
+    Trains (or reuses from the cache, or reads the --load files) the `trained` decoder per n_s, fits a
+    ReLU on the rug, scores both on the same samples, prints the diagnostics and writes
+    <out>/trained_vs_rug.md, .png, _symmetry.png and one W/b heatmap per n_s.
     """
     import platform
 

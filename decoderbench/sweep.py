@@ -167,7 +167,8 @@ def run_sweep(units: list[WorkUnit], store: ResultsStore | None = None, force: b
     """Compute the units' missing rows (all of them with ``force``), writing each to ``store`` at once.
 
     ``executor(units, before)`` yields ``(unit, row)`` pairs in any order; this function is the only
-    writer. With ``progress`` a tqdm bar on stderr shows the current cell and decoder and an ETA.
+    writer. With ``progress`` a tqdm bar on stderr shows the current cell and decoder and an ETA; with
+    ``progress="lines"`` plain lines (rows done, current unit, ETA) at most every 30 s, for a log.
     """
     t0 = time.perf_counter()
     if store is not None:
@@ -176,7 +177,11 @@ def run_sweep(units: list[WorkUnit], store: ResultsStore | None = None, force: b
     results: dict = dict(pl.reused)
     n_failed = 0
     bar = None
-    if progress and pl.todo:
+    if progress == "lines" and pl.todo:  # stderr not a terminal: plain lines now and then (progress.py)
+        from .progress import LineProgress
+
+        bar = LineProgress(total=len(pl.todo), reused=len(pl.reused))
+    elif progress and pl.todo:
         from tqdm import tqdm
 
         width = shutil.get_terminal_size((100, 20)).columns  # falls back when the terminal reports 0

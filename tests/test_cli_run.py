@@ -124,11 +124,38 @@ def test_progress_bar_shows_cell_decoder_and_eta(tmp_path, capsys):
     err = capsys.readouterr().err
     assert res.n_computed == 1
     assert "n_s=64 r=0.25 p=0.1 seed=0 linear" in err and "1/1" in err and "<" in err  # elapsed<remaining
-    # quiet when stderr is not a terminal (as under pytest) or under --json
-    assert main(["run", "--plugins", "linear", "--ns", "64", "--r", "0.25", "--p", "0.1", "--max-samples", "128",
-                 "--out", str(tmp_path / "res2"), "--leaderboard", str(tmp_path / "lb"), "--device", "cpu"]) == 0
+    # stderr not a terminal (as under pytest): plain progress lines, no bar, no carriage returns
+    assert main(["run", "--plugins", "linear", "--ns", "64", "--r", "0.25,0.5", "--p", "0.1", "--max-samples", "128",
+                 "--out", str(tmp_path / "res2"), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert "seed=0 linear" not in err and "1/1" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("progress: ")]
+    assert lines and "\r" not in err and "|" not in err, err
+    assert lines[0].startswith("progress: 1/2 rows (50%), at n_s=64 r=0.25 p=0.1 seed=0 linear, ") and "ETA" in lines[0]
+    assert lines[-1].startswith("progress: 2/2 rows (100%)") and lines[-1].endswith("done")
+    # and nothing but JSON under --json
+    assert main(["run", "--plugins", "linear", "--ns", "64", "--r", "0.25", "--p", "0.2", "--max-samples", "128",
+                 "--out", str(tmp_path / "res2"), "--device", "cpu", "--json"]) == 0
+    assert "progress:" not in capsys.readouterr().err
+
+
+def test_line_progress_is_periodic():
+    import io
+
+    from decoderbench.progress import LineProgress
+
+    t = [0.0]
+    out = io.StringIO()
+    lp = LineProgress(total=10, interval_s=30, file=out, clock=lambda: t[0])
+    for k in range(10):
+        lp.set_description_str(f"unit {k}")
+        t[0] += 10.0
+        lp.update(1)
+    lp.close()
+    lines = out.getvalue().splitlines()
+    # the first row, then every 30 s (rows 4, 7: 40 s and 70 s), then the end: not one line per row
+    assert [ln.split(" rows")[0] for ln in lines] == ["progress: 1/10", "progress: 4/10", "progress: 7/10",
+                                                      "progress: 10/10"]
+    assert lines[1] == "progress: 4/10 rows (40%), at unit 3, 40 s elapsed, ETA 60 s"
 
 
 @pytest.mark.parametrize("args,needle", [
