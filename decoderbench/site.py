@@ -95,7 +95,16 @@ def _table(columns: list[str], rows: list[list], caption: str | None = None, htm
     data = []
     for r in rows:
         data.append([c if (i in html_cols or not isinstance(c, str)) else html.escape(c) for i, c in enumerate(r)])
-    df = pd.DataFrame(data, columns=columns)
+    cols = {}
+    for i, name in enumerate(columns):  # a column is numeric (missing: NaN, shown "-") or text (missing: "-")
+        vals = [r[i] for r in data]
+        present = [v for v in vals if v is not None]
+        if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            cols[name] = pd.Series([float("nan") if v is None else v for v in vals],
+                                   dtype="int64" if all(isinstance(v, int) for v in vals) else "float64")
+        else:
+            cols[name] = pd.Series(["-" if v is None else str(v) for v in vals], dtype=object)
+    df = pd.DataFrame(cols, columns=columns)
     digest = hashlib.sha256(json.dumps([columns, data], default=str).encode()).hexdigest()[:12]
     from itables.typing import JavascriptFunction
 
