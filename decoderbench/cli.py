@@ -548,6 +548,11 @@ def verify_cmd(results, fraction, sample_seed, isolate, timeout_s, as_json):
         here_backend = transform_backend_for(unit.device, unit.dtype, unit.n_s)
         if stored.get("transform_backend") not in (None, here_backend):
             env_diff.append(f"transform backend {stored.get('transform_backend')} stored, {here_backend} here")
+        from .evalkey import ENV as _KEY_ENV, eval_stream_id
+
+        if stored.get("eval_stream") not in (None, eval_stream_id()):
+            env_diff.append(f"evaluation key {stored.get('eval_stream')} stored, {eval_stream_id()} here "
+                            f"(set {_KEY_ENV} as for the run)")
         if stored.get("eval_batch") not in (None, eval_batch_size(unit.n_s)):
             env_diff.append(f"eval batch {stored.get('eval_batch')} stored, {eval_batch_size(unit.n_s)} here")
         new = worker.run_guarded(unit, guard)

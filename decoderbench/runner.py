@@ -26,7 +26,8 @@ import torch
 from .errors import BadInput
 from . import __version__
 from ._validate import check_seed
-from .data import SparseSampler
+from .data import SparseSampler  # noqa: F401
+from .evalkey import eval_sampler, eval_stream_id
 from . import scoring
 from .decoder import Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
 from .scoring import Accumulator, eval_batch_size  # noqa: F401 (re-exported)
@@ -70,8 +71,8 @@ class WorkUnit:
     def cell(self) -> Cell:
         return Cell(self.n_s, self.n_d, self.p)
 
-    def key(self, decoder_version: str = "1", eval_batch: int | None = None, transform_backend: str | None = None
-            ) -> str:
+    def key(self, decoder_version: str = "1", eval_batch: int | None = None, transform_backend: str | None = None,
+            eval_stream: str | None = None) -> str:
         """A hash of everything that determines the row's numbers: the unit's fields, the decoder's version,
         the results format, the evaluation batch size (batchtopk's output depends on it) and the
         Walsh-Hadamard backend this process uses for the unit's device and dtype (defaults: this process's)."""
@@ -87,6 +88,7 @@ class WorkUnit:
         d["results_format"] = RESULTS_FORMAT
         d["eval_batch"] = int(eval_batch if eval_batch is not None else eval_batch_size(self.n_s))
         d["transform_backend"] = str(transform_backend or transform_backend_for(self.device, self.dtype, self.n_s))
+        d["eval_stream"] = str(eval_stream or eval_stream_id())  # which evaluation key drew the samples
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
 
     @classmethod
@@ -104,7 +106,8 @@ class WorkUnit:
 def key_of_row(row: dict) -> str:
     """The key a row's own columns give (what the store checks against the row's file name)."""
     return WorkUnit.from_row(row).key(row.get("decoder_version") or "?", eval_batch=row.get("eval_batch"),
-                                      transform_backend=row.get("transform_backend"))
+                                      transform_backend=row.get("transform_backend"),
+                                      eval_stream=row.get("eval_stream"))
 
 
 def transform_backend_for(device: str, dtype: str, n_s: int) -> str:
@@ -189,7 +192,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
 
         def make_input(x):  # z, h, or a learned decoder's code from its own W_in: never x itself
             return prepare_input(encoder_in, input_kind, x)
-        sampler = SparseSampler(cell.n_s, cell.p, unit.seed, "eval", device=device, dtype=dtype)
+        sampler = eval_sampler(cell, unit.seed, device=device, dtype=dtype)  # keyed: see evalkey.py
         res = scoring.score(dec.decode, make_input, sampler, p=cell.p, target_rel_se=unit.target_rel_se,
                             min_samples=unit.min_samples, max_samples=unit.max_samples,
                             se_floor=unit.se_floor, batch=ctx.eval_batch_size)

@@ -110,8 +110,10 @@ def is_third_party(reg) -> bool:
 
 def child_env() -> dict:
     """What a child process needs to find the same plugins as this one (sys.path, the plugin switch, threads)."""
+    from .evalkey import ENV
+
     return {"sys_path": list(sys.path), "plugins_env": os.environ.get("DECODERBENCH_PLUGINS"),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "eval_key": os.environ.get(ENV)}
 
 
 def apply_child_env(env: dict) -> None:
@@ -122,6 +124,12 @@ def apply_child_env(env: dict) -> None:
         os.environ.pop("DECODERBENCH_PLUGINS", None)
     else:
         os.environ["DECODERBENCH_PLUGINS"] = env["plugins_env"]
+    from .evalkey import ENV
+
+    if env.get("eval_key"):  # a unit's worker (the harness side) scores with the run's key
+        os.environ[ENV] = env["eval_key"]
+    else:
+        os.environ.pop(ENV, None)
     if env.get("threads"):
         torch.set_num_threads(int(env["threads"]))
     from . import plugins
@@ -229,6 +237,12 @@ def _child_main(conn, spec: dict) -> None:
             lim = int(spec["memory_limit_bytes"])
             resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
         apply_child_env(spec["env"])
+        from .evalkey import ENV
+
+        os.environ.pop(ENV, None)  # the decoder's process never holds the evaluation key
+        from . import evalkey
+
+        evalkey._in_decoder_worker()  # and its copy of evalkey draws nothing like the harness's stream
         from . import plugins
         from .decoder import DecoderContext, TrainingSet, json_safe
         from .runner import DTYPES, resolve_device
@@ -304,7 +318,8 @@ class Session:
         self.died = None
         ctx = mp_context()
         self.conn, child = ctx.Pipe()
-        spec = {"unit": unit, "env": env or child_env(), "cls": cls,
+        env = {k: v for k, v in (env or child_env()).items() if k != "eval_key"}  # never to the decoder
+        spec = {"unit": unit, "env": env, "cls": cls,
                 "memory_limit_bytes": int(guard.memory_limit_mb * 2**20) if guard.memory_limit_mb else None}
         self.proc = ctx.Process(target=_child_main, args=(child, spec), daemon=True,
                                 name=f"decoderbench-{unit.decoder}")
@@ -385,7 +400,10 @@ def _isolated_class(reg, unit, sessions: list, guard: Guard, env: dict | None):
             self._s = Session(unit, guard, cls=send_cls, env=env, registry=sessions)
 
         def fit(self, train):
-            return self._s.call("fit")
+            params = self._s.call("fit")
+            if self.kind == "elementwise":
+                probe_elementwise(self.decode, self.ctx)
+            return params
 
         def decode(self, inp):
             packed, info = self._s.call("decode", _pack(inp))
@@ -408,6 +426,47 @@ def _isolated_class(reg, unit, sessions: list, guard: Guard, env: dict | None):
 def _importable_by_name(reg) -> bool:
     """True when the child finds the class through the entry points (not registered by hand)."""
     return not str(reg.source or "").startswith("local:")
+
+
+# ----------------------------------------------------------------------------- the elementwise probe
+
+
+PROBE_ROWS = 4
+
+
+def probe_elementwise(decode, ctx) -> None:
+    """An ``elementwise`` decoder must act on each entry alone. On a probe batch (a stream of its own,
+    neither training nor evaluation samples): permuting the entries of every row must permute the output
+    the same way; and a row mixed from two rows (each entry from one or the other) must give, entry by
+    entry, what that entry gave in its own row (this catches TopK-like rules, which are permutation
+    equivariant but compare entries). ValueError (an error row) on a violation."""
+    from .data import derive_seed
+    from .decoder import TrainingSet
+
+    z, _ = TrainingSet(ctx, "z", purpose="elementwise-probe").sample(PROBE_ROWS)
+    g = torch.Generator().manual_seed(derive_seed("elementwise-probe", ctx.n_s, ctx.seed))
+    perm = torch.randperm(ctx.n_s, generator=g).to(z.device)
+    mask = (torch.rand(ctx.n_s, generator=g) < 0.5).to(z.device)
+    mixed = torch.where(mask, z[0], z[1]).unsqueeze(0)
+    with torch.no_grad():
+        a = decode(z.clone())
+        b = decode(z[:, perm].contiguous())
+        c = decode(mixed.clone())
+    if not all(isinstance(t, torch.Tensor) for t in (a, b, c)) or a.shape != z.shape or b.shape != z.shape \
+            or c.shape != mixed.shape:
+        return  # the evaluation's own checks report a wrong type or shape
+    a, b, c = a.detach().double(), b.detach().double(), c.detach().double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all() and torch.isfinite(c).all()):
+        return  # and non-finite output
+    tol = 1e-6 * (1.0 + float(a.abs().max()))
+    d_perm = float((a[:, perm] - b).abs().max())
+    d_mix = float((torch.where(mask, a[0], a[1]) - c[0]).abs().max())
+    if d_perm > tol or d_mix > tol:
+        what = (f"permuting its input's entries did not permute its output (max difference {d_perm:.3g})"
+                if d_perm > tol else "an entry's output changed when the other entries of its row changed "
+                                     f"(max difference {d_mix:.3g})")
+        raise ValueError(f"kind 'elementwise' but it does not act on each entry alone: {what}; declare kind "
+                         f"'filtering' for a decoder that compares entries")
 
 
 # ----------------------------------------------------------------------------- in-process guard
@@ -435,7 +494,10 @@ def _guarded_class(reg):
             return getattr(self._inner, "info", {})
 
         def fit(self, train):
-            return _no_exit(self._inner.fit, train)
+            params = _no_exit(self._inner.fit, train)
+            if self.kind == "elementwise":
+                probe_elementwise(self.decode, self.ctx)
+            return params
 
         def decode(self, inp):
             return _no_exit(self._inner.decode, inp.clone())
@@ -497,12 +559,14 @@ def with_key_columns(row: dict, unit) -> dict:
     """The row with every column its key is made of (the unit's fields, eval batch, transform backend)."""
     from dataclasses import asdict
 
+    from .evalkey import eval_stream_id
     from .runner import eval_batch_size, transform_backend_for
 
     for k, v in asdict(unit).items():
         row.setdefault(k, v)
     row.setdefault("eval_batch", eval_batch_size(unit.n_s))
     row.setdefault("transform_backend", transform_backend_for(unit.device, unit.dtype, unit.n_s))
+    row.setdefault("eval_stream", eval_stream_id())
     return row
 
 

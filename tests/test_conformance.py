@@ -132,8 +132,10 @@ def test_fit_never_sees_evaluation_samples(name, monkeypatch):
     dec = reg.cls(ctx)
     dec.fit(Recording(ctx, reg.cls.input_kind()))
     monkeypatch.undo()
-    assert "eval" not in purposes, f"{name}.fit drew from the evaluation stream"
-    evals = data_mod.SparseSampler(N_S, P, 0, "eval").sample(2048)
+    assert not any(str(q).startswith("eval") for q in purposes), f"{name}.fit drew from the evaluation stream"
+    from decoderbench.evalkey import eval_sampler
+
+    evals = eval_sampler(ctx.cell, 0).sample(2048)  # the harness's (keyed) evaluation stream
     eval_rows = {bytes(r.numpy().tobytes()) for r in evals if bool(r.any())}
     train_rows = [r for t in seen for r in t if bool(r.any())]
     assert not any(bytes(r.numpy().tobytes()) in eval_rows for r in train_rows)

@@ -16,6 +16,7 @@ from decoderbench import Cell, Decoder, DecoderContext, PersianRug, TrainingSet
 from decoderbench.cli import main
 from decoderbench.data import SparseSampler, variance
 from decoderbench.decoder import LearnedCode, input_encoder, prepare_input
+from decoderbench.evalkey import eval_sampler
 from decoderbench.plugins import Registered
 from decoderbench.runner import WorkUnit, run_unit
 from decoderbench_plugins.trained import (
@@ -235,7 +236,7 @@ def test_decode_receives_only_the_code_of_its_own_encoder():
     row = run_unit(unit, registered=_reg(Spy))
     assert row["status"] == "ok", row["error"]
     W = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
-    sampler = SparseSampler(64, P, 0, "eval")  # the eval stream, drawn in the harness's batch sizes
+    sampler = eval_sampler(Cell(64, 16, P), 0)  # the eval stream (keyed: evalkey.py), in the harness's batch sizes
     x = torch.cat([sampler.sample(h.shape[0]) for h in Spy.seen])
     h = torch.cat(Spy.seen)
     assert h.shape == (x.shape[0], 16)  # n_d per sample, never n_s

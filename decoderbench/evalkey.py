@@ -1,0 +1,73 @@
+"""The evaluation stream's seed: a keyed hash a decoder is never given.
+
+A decoder is told its cell and the run's seed (``DecoderContext``) and draws its own training stream;
+the harness scores it on the evaluation stream. If that stream's seed were a public function of what
+the decoder is told (as ``SparseSampler(n_s, p, seed, "eval")`` was), a decoder could rebuild the
+samples it is scored on and score a loss of 0. So the stream's purpose string is a keyed BLAKE2b hash
+of (n_s, p, seed) under the *evaluation key*:
+
+* by default the public key below: every run anywhere is reproducible (same command and seed, same
+  numbers), and the naive rebuild fails, but a decoder that imports this module can recompute it;
+* with ``DECODERBENCH_EVAL_KEY`` set (any string, kept secret) the stream cannot be derived from
+  anything a decoder receives. The harness reads it; an isolated decoder's worker process has it
+  removed from its environment and never sees the samples (see ``decoderbench.worker``). Rows record
+  only a fingerprint (``eval_stream``: ``public`` or ``key-<12 hex>``), which is part of their key, so
+  a run with another key never reuses them, and ``verify`` needs the same key.
+
+Limits, stated plainly: a decoder run in-process (``--no-isolate``, or a built-in) shares the
+harness's memory and environment; and an isolated decoder running as the same OS user can read the
+harness's ``/proc/<pid>/environ``. Isolation here is a process boundary, not a sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+ENV = "DECODERBENCH_EVAL_KEY"
+PUBLIC_KEY = b"decoderbench public evaluation key, v1"
+
+
+_WORKER_KEY: bytes | None = None
+
+
+def _in_decoder_worker() -> None:
+    """Called in an isolated decoder's process: this module then uses a random key of its own, so that
+    calling it there yields nothing like the harness's stream (a decoder that re-implements the public
+    scheme still can, without a secret key: see the module docstring)."""
+    global _WORKER_KEY
+    _WORKER_KEY = os.urandom(32)
+
+
+def _key() -> tuple[bytes, bool]:
+    if _WORKER_KEY is not None:
+        return _WORKER_KEY, True
+    v = os.environ.get(ENV)
+    if v:
+        return hashlib.sha256(v.encode()).digest(), True
+    return hashlib.sha256(PUBLIC_KEY).digest(), False
+
+
+def eval_stream_id() -> str:
+    """``public``, or ``key-`` and a 12-hex fingerprint of the secret key (never the key itself)."""
+    key, secret = _key()
+    if not secret:
+        return "public"
+    return "key-" + hashlib.blake2b(b"fingerprint", key=key, digest_size=6).hexdigest()
+
+
+def eval_purpose(n_s: int, p: float, seed: int) -> str:
+    """The evaluation stream's purpose string (what seeds its generator) for one cell and seed."""
+    key, _ = _key()
+    msg = f"{int(n_s)}|{float(p)!r}|{int(seed)}".encode()
+    return "eval-" + hashlib.blake2b(msg, key=key, digest_size=16).hexdigest()
+
+
+def eval_sampler(cell, seed: int, device="cpu", dtype=None):
+    """The harness's evaluation sampler of ``cell`` (a ``decoder.Cell``) and ``seed``."""
+    import torch
+
+    from .data import SparseSampler
+
+    return SparseSampler(cell.n_s, cell.p, seed, eval_purpose(cell.n_s, cell.p, seed), device=device,
+                         dtype=dtype or torch.float32)
