@@ -51,7 +51,47 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_plugin_commands: dict | None = None
+
+
+def plugin_commands() -> dict:
+    """Sub-commands registered by plugins (hook ``decoderbench_register_commands``), by name; loaded on first use.
+
+    A plugin whose registration fails, or that offers a taken name or a non-command, is reported on stderr."""
+    global _plugin_commands
+    if _plugin_commands is None:
+        from . import plugins
+
+        found: dict = {}
+        caller = plugins.get_plugin_manager().hook.decoderbench_register_commands
+        for impl in caller.get_hookimpls():
+            def register(cmd, _plugin=impl.plugin_name):
+                if not isinstance(cmd, click.Command) or not cmd.name:
+                    raise ValueError(f"a command must be a named click.Command, got {cmd!r}")
+                if cmd.name in cli.commands or cmd.name in found:
+                    raise ValueError(f"command name {cmd.name!r} is already taken")
+                found[cmd.name] = cmd
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # one broken plugin costs only its commands
+                click.echo(f"broken plugin: {impl.plugin_name!r} failed to register commands: "
+                           f"{type(exc).__name__}: {exc}", err=True)
+        _plugin_commands = found
+    return _plugin_commands
+
+
+class _Group(click.Group):
+    """The built-in commands, then the plugins' (looked up only when a name is not built in, or for --help)."""
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, name) or plugin_commands().get(name)
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(plugin_commands()))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="decoderbench")
 def cli():
     """decoderbench: how good is a sparse decoder, against exact theory."""

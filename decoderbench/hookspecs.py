@@ -30,3 +30,13 @@ def decoderbench_register_encoders(register):
     built as ``cls(n_s, n_d, seed=..., device=..., dtype=...)``. The Persian Rug is the built-in
     ``rug``, the default encoder.
     """
+
+
+@hookspec
+def decoderbench_register_commands(register):
+    """Register command-line sub-commands: call ``register(click_command)`` once per ``click.Command``.
+
+    They appear beside the built-in ones (``decoderbench <name>``); a name that is already taken, or
+    something that is not a click command, is refused and reported, the others still load. The
+    trained plugin registers ``trained-board`` this way.
+    """

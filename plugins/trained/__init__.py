@@ -237,6 +237,13 @@ DECODERS = {a.name: _alias(a.name, a.description + (" (alias of trained)" if a.n
 
 
 @hookimpl
+def decoderbench_register_commands(register):
+    from .board import command
+
+    register(command())
+
+
+@hookimpl
 def decoderbench_register_decoders(register):
     register(Trained)
     for cls in DECODERS.values():
