@@ -277,8 +277,6 @@ def _child_main(conn, spec: dict) -> None:
             if op == "fit":
                 params = dec.fit(TrainingSet(ctx, input_kind)) or {}
                 conn.send(("ok", json_safe(params)))
-            elif op == "encoder_weight":  # a learned decoder's W_in: the harness encodes with it (decoder.input_encoder)
-                conn.send(("ok", _pack(dec.encoder_weight())))
             elif op == "encoder_weight":  # a learned decoder's own W_in (the harness encodes with it)
                 conn.send(("ok", _pack(dec.encoder_weight())))
             elif op == "decode":
@@ -409,10 +407,6 @@ def _isolated_class(reg, unit, sessions: list, guard: Guard, env: dict | None):
             packed, info = self._s.call("decode", _pack(inp))
             self.info = info
             return _unpack(packed, inp.device)
-
-        if real.kind == "learned":
-            def encoder_weight(self):
-                return _unpack(self._s.call("encoder_weight"))
 
     if callable(getattr(real, "encoder_weight", None)):
         def encoder_weight(self):
