@@ -41,7 +41,8 @@ from .errors import BadInput
 DEFAULT_TIMEOUT_S = 3600.0  # generous: the slowest built-in unit of the shipped grids takes minutes on a CPU
 START_METHOD = "forkserver" if sys.platform != "win32" else "spawn"
 TIMEOUT = "timeout"
-_PRELOAD = ["torch", "decoderbench.runner", "decoderbench.theory", "decoderbench.plugins"]
+_PRELOAD = ["torch", "torch.optim", "torch._dynamo", "decoderbench.runner", "decoderbench.theory", "decoderbench.plugins",
+            "decoderbench.scoring"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,21 @@ _ctx = None
 _ctx_lock = threading.Lock()
 
 
+def _builtin_plugin_modules() -> list[str]:
+    """The built-in plugins' modules (trusted: imported once in the forkserver, so each child starts fast)."""
+    import importlib.metadata as md
+
+    out = []
+    for ep in md.entry_points(group="decoderbench"):
+        dist = getattr(ep, "dist", None)
+        try:
+            if dist is not None and dist.metadata["Name"] == "decoderbench":
+                out.append(ep.value.split(":")[0])
+        except Exception:  # pragma: no cover
+            continue
+    return out
+
+
 def mp_context():
     """The multiprocessing context of guarded children (forkserver with torch and decoderbench preloaded)."""
     global _ctx
@@ -150,7 +166,7 @@ def mp_context():
 
             ctx = mp.get_context(START_METHOD)
             if START_METHOD == "forkserver":
-                ctx.set_forkserver_preload(_PRELOAD)
+                ctx.set_forkserver_preload(_PRELOAD + _builtin_plugin_modules())
             _ctx = ctx
     return _ctx
 
