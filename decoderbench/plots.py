@@ -224,7 +224,12 @@ def plot_loss_vs_r(rows: list[dict], path: Path, curves_for=theory_curves) -> Pa
             axr.axhline(1.0, color="0.25", ls="--", lw=1.2, zorder=2)
             ratios = [e["loss"] / e["t_mmse_elementwise"] for e in zs if e["t_mmse_elementwise"]]
             if ratios and max(ratios) / max(min(ratios), 1e-300) > 4:  # e.g. linear far above the others
+                from matplotlib.ticker import FuncFormatter
+
                 axr.set_yscale("log")
+                for axis in (axr.yaxis,):
+                    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
             axr.set_xlim(0, 1)
             axr.set_xlabel("compression ratio r = n_d / n_s")
             if j == 0:
@@ -301,12 +306,13 @@ def plot_loss_vs_p2_over_r(rows: list[dict], path: Path, curves_for=theory_curve
     ax.set_ylim(min(ys) / 10, max(ys) * 3)
     ax.set_xlabel("p^2 / r")
     ax.set_ylabel("loss per feature")
-    n_out = _n_unranked(rows)
+    n_out = sum(1 for a in aggregate(select_rows(rows)).values() for u in a["unconverged"] if u["kind"] in Z_KINDS)
     note = _err_note(list(zip(all_y, [e["loss_se"] for e in entries])), math.log10(ax.get_ylim()[1] / ax.get_ylim()[0]),
                      4.6 * 72, 5)
-    ax.set_title("Decoders that see only z: loss against p^2/r (paper Fig. 15) with a slope-1 guide\n"
-                 f"({len(entries)} decoder-cells, {note}"
-                 + (f"; {n_out} unranked rows not drawn" if n_out else "") + ")", fontsize=11)
+    ax.set_title("Decoders that see only z: loss against p^2/r (paper Fig. 15);\nsolid line: slope 1, the scaling "
+                 "claimed for the elementwise optimum (up to log 1/p)", fontsize=11)
+    ax.text(0.01, 0.99, f"{len(entries)} decoder-cells; {note}" + (f"; {n_out} unranked rows not drawn" if n_out else ""),
+            transform=ax.transAxes, ha="left", va="top", fontsize=8.5, color="0.3")
     return _save(fig, plt, path, rows)
 
 
