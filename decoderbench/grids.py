@@ -2,7 +2,7 @@
 
 A grid is a TOML file. The built-in ones ship in ``decoderbench/grids/*.toml`` and are named by their
 file stem (``default``, ``paper-fig2``, ``paper-fig15``); ``--grid FILE.toml`` loads one's own.
-Every key is checked: an unknown key, a bad value or an impossible cell raises ``ValueError`` naming
+Every key is checked: an unknown key, a bad value or an impossible cell raises ``BadInput`` (a ``ValueError``) naming
 the file and the key or the cell, before anything runs. The keys::
 
     name = "default"               # optional, the file stem otherwise
@@ -230,7 +230,7 @@ def parse_grid(text: str, source: str = "<string>", default_name: str = "grid") 
         raise BadInput(f"grid {source}: not valid TOML: {exc}") from None
 
     def bad(key: str, msg: str):
-        return ValueError(f"grid {source}: {key}: {msg}")
+        return BadInput(f"grid {source}: {key}: {msg}")
 
     _unknown(raw, TOP_KEYS, source, "")
     name = raw.get("name", "".join(c if c.isalnum() or c in "-_." else "_" for c in default_name).lstrip(".") or "grid")
