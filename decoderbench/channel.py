@@ -362,8 +362,12 @@ A_FAST = 2.5
 #: Entries per block of the fast path (a few temporaries of this size stay in cache).
 _FAST_CHUNK = 1 << 16
 _C_PHI = 2.0 / math.sqrt(2.0 * math.pi)  # phi(a)/Z = _C_PHI exp(-a^2/2) / (2Z)
-#: exp arguments are clamped at -_EXP32 (float32 exp underflows near -87 and is slow in denormals).
-_EXP32 = 80.0
+#: exp arguments are clamped at -_EXP32: float32 arithmetic on subnormal numbers (below ~1.2e-38) is
+#: ~100x slower on a CPU, and e^-50 ~ 2e-22 keeps every product formed from these terms normal.
+_EXP32 = 50.0
+#: Results below this are returned as exactly 0 (they are below any loss the harness can resolve, and
+#: subnormal values would slow every later operation of a decoder on them).
+_TINY32 = 1e-30
 
 
 def _fast_block(t: torch.Tensor, s, L, k: float):
@@ -390,7 +394,7 @@ def _fast_block(t: torch.Tensor, s, L, k: float):
     z2 = torch.special.erfc(a * _SQRT1_2)  # = 2 - erfc(-a/sqrt2) for a <= 0
     z2.sub_(torch.special.erfc((b * _SQRT1_2).clamp_(max=9.0)))
     inv = torch.reciprocal(z2).mul_(_C_PHI)
-    pa = torch.exp((a * a).mul_(-0.5)).mul_(inv)
+    pa = torch.exp((a * a).mul_(-0.5).clamp_(min=-_EXP32)).mul_(inv)
     pb = torch.exp((b * b).mul_(-0.5).clamp_(min=-_EXP32)).mul_(inv)
     d = pa - pb
     m = d.sub(a)
@@ -402,9 +406,11 @@ def _fast_block(t: torch.Tensor, s, L, k: float):
     refl = torch.sign(torch.rsub(t, 0.5)).mul_(-0.5).add_(0.5)
     e_on = torch.rsub(mean_r, 0.5).mul_(refl).mul_(2.0).add_(mean_r)
     tl = t * L
-    odds = torch.exp(tl.mul_(tl).mul_(-0.5).clamp_(min=-_EXP32)).mul_(inv).mul_(L).mul_(k)
+    # (the odds keep e^-80: their floor enters the variance as P(off) E_on^2; P(off) below 1e-25 is
+    # then dropped, so that P(off) E_on^2 stays a normal number)
+    odds = torch.exp(tl.mul_(tl).mul_(-0.5).clamp_(min=-80.0)).mul_(inv).mul_(L).mul_(k)
     p_on = odds.add(1.0).reciprocal_()
-    p_off = odds.mul_(p_on)
+    p_off = torch.nn.functional.threshold(odds.mul_(p_on), 1e-25, 0.0)
     var = var_u.addcmul_(p_off.mul_(e_on), e_on).mul_(p_on)
     mean = p_on.mul_(e_on)
     return mean, var, bad
@@ -471,6 +477,8 @@ def _fast_moments(y: torch.Tensor, p: float, mu, sigma):
         mb, vb = conditional_moments(y2[rr, cc].to(torch.float64), p, mu, sb, precise=True)
         mean[rr, cc] = mb.to(mean.dtype)
         var[rr, cc] = vb.to(var.dtype)
+    mean = torch.nn.functional.threshold(mean, _TINY32, 0.0)
+    var = torch.nn.functional.threshold(var, _TINY32, 0.0)
     return mean.view(shape), var.view(shape)
 
 
