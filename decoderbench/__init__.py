@@ -2,7 +2,7 @@
 
 Public API: ``fwht``, ``PersianRug``, ``Encoder``, ``SparseSampler``, ``Decoder``, ``DecoderContext``,
 ``TrainingSet``, ``Cell``, ``hookimpl``, ``cell_theory``, ``conditional_moments``, ``WorkUnit``,
-``run_unit``.
+``run_unit``, ``Skip`` (a decoder declines a unit, with its reason), ``BadInput``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .data import SparseSampler, derive_seed  # noqa: E402
 from .encoders import Encoder, PersianRug  # noqa: E402
 from .decoder import Cell, Decoder, DecoderContext, TrainingSet, KINDS  # noqa: E402
 from .plugins import hookimpl  # noqa: E402
+from .errors import BadInput, Skip  # noqa: E402
 
 
 def __getattr__(name):  # lazy: theory pulls in scipy
@@ -34,4 +35,4 @@ def __getattr__(name):  # lazy: theory pulls in scipy
 
 __all__ = ["__version__", "fwht", "SparseSampler", "derive_seed", "Encoder", "PersianRug", "Cell", "Decoder",
            "DecoderContext", "TrainingSet", "KINDS", "hookimpl", "cell_theory", "conditional_moments",
-           "conditional_mean", "WorkUnit", "run_unit"]
+           "conditional_mean", "WorkUnit", "run_unit", "BadInput", "Skip"]

@@ -77,3 +77,15 @@ def nd_from_r(n_s: int, r) -> int:
     if not 1 <= n_d <= n_s - 1:
         raise BadInput(f"r must give n_d = round(r n_s) in 1..{n_s - 1} at n_s = {n_s}, got r = {r!r}")
     return n_d
+
+
+def nominal_r(n_s: int, n_d: int) -> float:
+    """The r a cell was asked for: the shortest decimal r (at most 6 significant digits) whose
+    ``round(r n_s)`` is ``n_d`` (so ``r = 0.1`` at ``n_s = 4096``, ``n_d = 410``, not 0.1000977); rows store it
+    as ``r`` beside the exact ``r_exact = n_d / n_s``, so that ``df[df.r == 0.1]`` finds the cells of r = 0.1."""
+    exact = n_d / n_s
+    for digits in range(1, 7):
+        r = float(f"{exact:.{digits}g}")
+        if int(round(r * n_s)) == n_d:
+            return r
+    return exact

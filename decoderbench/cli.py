@@ -387,6 +387,20 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
             click.echo(_table(rows, ROW_COLUMNS))
         if not no_summary:
             click.echo(("\n" if adhoc else "") + leaderboard.summary_text(rows))
+        seen = set()
+        for row in rows:  # failures one line each; skipped rows grouped by reason
+            if row["status"] in ("error", "timeout") and (row["decoder"], row["error"]) not in seen:
+                seen.add((row["decoder"], row["error"]))
+                click.echo(f"{row['decoder']}: {row['status']}: {row['error']}", err=True)
+        skipped: dict = {}
+        for row in rows:
+            if row["status"] == "skipped":
+                reason = str(row["error"] or "").replace(row["decoder"], "<decoder>", 1)
+                skipped.setdefault(reason, []).append(row["decoder"])
+        for reason, decs in sorted(skipped.items()):
+            names = sorted(set(decs))
+            click.echo(f"skipped {len(decs)} row(s) of {', '.join(names)}: {reason.replace('<decoder>', 'it')}",
+                       err=True)
         click.echo(res.counts_line + (f"; rows in {store_dir}/" if store is not None else ""), err=True)
         if store is not None:
             again = [f"--grid {grid_spec}"] if grid_spec is not None else []
@@ -399,11 +413,6 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
             res_opt = "" if store_dir == DEFAULT_RESULTS else f" --results {store_dir}"
             click.echo(f"the board (tables, figures, site): decoderbench leaderboard{res_opt} {' '.join(again)} "
                        f"--html  (writes into {default_board_dir(store_dir, grid.name)}/)", err=True)
-        seen = set()
-        for row in rows:
-            if row["status"] != "ok" and (row["decoder"], row["error"]) not in seen:
-                seen.add((row["decoder"], row["error"]))
-                click.echo(f"{row['decoder']}: {row['status']}: {row['error']}", err=True)
     return 1 if any(row["status"] in ("error", "timeout") for row in rows) else 0
 
 
@@ -482,7 +491,7 @@ def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, d
     if not rows:
         raise BadInput(f"--results {results}: the store holds no rows for the cells asked for")
     command = _command_line(ctx)
-    files = leaderboard.render(rows, title=title, command=command)
+    files = leaderboard.render(rows, title=title, command=command, figure=not no_figures)
     files[leaderboard.ROWS_FILE] = leaderboard.rows_json(rows)
     written = leaderboard.write_files(files, out_dir)
     figures = []

@@ -19,8 +19,12 @@ series, and listed in its own section with its stop reason and samples, when (:f
 * it stopped on a cap before its stopping rule judged it: ``params.stop_reason`` is ``time_cap`` or
   ``step_cap`` (the trained model), or ``diverged``;
 * some of its samples hit the iteration cap of an iterative decoder (``params.stop_reasons`` counts
-  ``max_iter``); the section says whether the row had reached its plateau, measured as the distance of
-  its loss from its own state-evolution prediction (:func:`plateau_note`);
+  ``max_iter``) **and** the row had not reached its plateau (:func:`at_plateau`): its loss is more than
+  ``PLATEAU_SE`` standard errors (and ``PLATEAU_REL``) away from its own state-evolution prediction, or the
+  decoder reported ``params.plateau = false`` (not flat over its last iterations). A capped row at its
+  plateau, or one whose plateau cannot be judged, is a result: it is ranked and marked ``capped``. So a
+  decoder that reports its caps honestly is placed no worse than one that reports nothing (an iterative
+  row without ``stop_reasons`` is ranked too, marked ``stop not reported``);
 * it missed its precision target: ``precision_met`` is False, or, in rows that lack that column,
   ``loss_se > target_rel_se * loss`` while above the absolute floor ``1e-9 p / 3`` of the sampler.
 
@@ -45,6 +49,7 @@ import statistics
 from collections import defaultdict
 
 from . import __version__
+from ._validate import nominal_r
 
 Z_KINDS = ("elementwise", "filtering", "reference")  # decoders that see only z = W_out h
 KIND_ORDER = ("elementwise", "filtering", "reference", "iterative", "learned")
@@ -132,6 +137,29 @@ def precision_missed(row: dict) -> bool | None:
     return se > target * loss and se > floor
 
 
+def at_plateau(row: dict) -> bool | None:
+    """Whether a row sits at its plateau: within ``PLATEAU_SE`` SE (or ``PLATEAU_REL``) of its own
+    state-evolution prediction (``predicted``), else the decoder's own ``params.plateau`` (flat over its
+    last iterations); None when neither is known."""
+    loss, se, pred = _num(row.get("loss")), _num(row.get("loss_se")) or 0.0, _num(row.get("predicted"))
+    if loss is not None and pred is not None:
+        tol = max(PLATEAU_SE * se, PLATEAU_REL * max(loss, pred), EXACT_REL * float(row.get("p") or 0.0) / 3.0)
+        return abs(loss - pred) <= tol
+    flat = params_of(row).get("plateau")
+    return flat if isinstance(flat, bool) else None
+
+
+def capped_mark(row: dict) -> str:
+    """The mark of a ranked iterative row that hit its cap (``capped ...``) or reports no stop reason."""
+    hits, counted = iteration_cap_hits(row)
+    if hits:
+        state = at_plateau(row)
+        return f"capped on {hits}/{counted} samples, " + ("at its plateau" if state else "plateau unknown")
+    if row.get("kind") == "iterative" and not isinstance(params_of(row).get("stop_reasons"), dict):
+        return "stop not reported"
+    return ""
+
+
 def row_flags(row: dict) -> list[str]:
     """Why an ok row is ranked nowhere (empty: it is ranked). One short phrase per reason."""
     if row.get("status") != "ok" or row.get("loss") is None:
@@ -143,9 +171,10 @@ def row_flags(row: dict) -> list[str]:
         steps = params.get("steps")
         out.append(f"stopped on {stop}" + (f" after {steps} steps" if _num(steps) is not None else ""))
     hits, counted = iteration_cap_hits(row)
-    if hits:
+    if hits and at_plateau(row) is False:
         cap = params.get("max_iter")
-        out.append(f"{hits} of {counted} samples hit the iteration cap" + (f" ({cap})" if cap is not None else ""))
+        out.append(f"{hits} of {counted} samples hit the iteration cap" + (f" ({cap})" if cap is not None else "")
+                   + ", not at its plateau")
     if precision_missed(row):
         loss, se, target = row.get("loss"), row.get("loss_se"), row.get("target_rel_se")
         rel = f"SE {100 * se / loss:.2g}% of loss" if loss else "SE"
@@ -159,12 +188,13 @@ def plateau_note(row: dict) -> str:
     if not iteration_cap_hits(row)[0]:
         return ""
     loss, se, pred = _num(row.get("loss")), _num(row.get("loss_se")) or 0.0, _num(row.get("predicted"))
+    state = at_plateau(row)
+    what = {True: "at its plateau", False: "not at its plateau", None: "plateau unknown"}[state]
     if loss is None or pred is None:
-        return "plateau unknown (no state-evolution prediction in the row)"
+        return what + (" (flat over its last iterations, as the decoder reports)" if state is not None
+                       else " (no state-evolution prediction in the row)")
     diff = abs(loss - pred)
-    tol = max(PLATEAU_SE * se, PLATEAU_REL * max(loss, pred), EXACT_REL * float(row.get("p") or 0.0) / 3.0)
     n_se = f"{diff / se:.2g} SE" if se > 0 else "no SE"
-    what = "at its plateau" if diff <= tol else "not at its plateau"
     return f"{what}: loss / state evolution {fmt(loss / pred, 3) if pred > 0 else '-'} ({n_se} away)"
 
 
@@ -247,7 +277,8 @@ def _pool(name: str, kind: str, rows: list[dict], t: dict) -> dict:
     seed_sd = statistics.stdev(losses) if n >= 2 else None
     err = seed_sd / math.sqrt(n) if seed_sd is not None else sampling_se
     e2, mm = t.get("e2_bound"), t.get("mmse_elementwise")
-    notes = sorted({str(params_of(r)["note"]) for r in rows if params_of(r).get("note")})
+    notes = sorted({str(params_of(r)["note"]) for r in rows if params_of(r).get("note")}
+                   | {m for m in (capped_mark(r) for r in rows) if m})
     return {"decoder": name, "kind": kind, "loss": loss, "loss_se": err, "sampling_se": sampling_se,
             "seed_sd": seed_sd, "n_seeds": n, "seeds": [r.get("seed") for r in rows],
             "n_eval": sum(int(r.get("n_eval") or 0) for r in rows),
@@ -283,7 +314,7 @@ def md_table(header: list[str], rows: list[list[str]], align: str | None = None)
 def cell_title(cell: tuple, theory: dict) -> str:
     encoder, dtype, n_s, n_d, p = cell
     extra = "" if (encoder, dtype) == ("rug", "float32") else f", encoder {encoder}, {dtype}"
-    return f"n_s = {n_s}, n_d = {n_d} (r = {fmt(n_d / n_s)}), p = {fmt(p)}, p n_s = {fmt(p * n_s, 3)}{extra}"
+    return f"n_s = {n_s}, n_d = {n_d} (r = {fmt(nominal_r(n_s, n_d))}), p = {fmt(p)}, p n_s = {fmt(p * n_s, 3)}{extra}"
 
 
 def cell_id(cell: tuple) -> str:
@@ -346,9 +377,11 @@ def unconverged_table(entries: list[dict], with_cell: bool) -> str:
 
 
 UNCONVERGED_TEXT = ("Rows that stopped on a time or step cap before their stopping rule judged them, whose iterative "
-                    "decoder hit its iteration cap on some samples, or that missed their precision target. They "
-                    "enter no ranking, median, \"best\" column or figure main series. Plateau: the row's loss "
-                    f"within {PLATEAU_SE:g} SE (or {100 * PLATEAU_REL:g}%) of its own state-evolution prediction.")
+                    "decoder hit its iteration cap on some samples before reaching its plateau, or that missed their "
+                    "precision target. They enter no ranking, median, \"best\" column or figure main series. "
+                    f"Plateau: the row's loss within {PLATEAU_SE:g} SE (or {100 * PLATEAU_REL:g}%) of its own "
+                    "state-evolution prediction (or, without one, flat over its last iterations as the decoder "
+                    "reports); a capped row at its plateau is ranked, marked \"capped\".")
 
 
 def cells_markdown(agg: dict) -> str:
@@ -430,7 +463,7 @@ def spread_rows(agg: dict) -> list[dict]:
         it = [e for e in a["scored"] if e["kind"] == "iterative"]
         le = [e for e in a["scored"] if e["kind"] == "learned"]
         spread = (z[-1]["loss"] / z[0]["loss"]) if len(z) >= 2 and z[0]["loss"] > 0 else None
-        out.append({"cell": cell, "n_s": n_s, "r": n_d / n_s, "p": p, "regime": a["regime"],
+        out.append({"cell": cell, "n_s": n_s, "r": nominal_r(n_s, n_d), "p": p, "regime": a["regime"],
                     "e2_bound": a["theory"]["e2_bound"], "best_z": z[0] if z else None, "worst_z": z[-1] if z else None,
                     "spread": spread, "best_iterative": it[0] if it else None, "best_learned": le[0] if le else None,
                     "n_unconverged": len(a["unconverged"])})
@@ -460,6 +493,121 @@ def spread_caption(spreads: list[dict]) -> str:
                  f"where the VAMP state evolution predicts exact recovery, the best ranked one recovers x exactly "
                  f"(loss below {EXACT_REL:g} of the trivial loss).")
     return text + " Each entry: decoder (loss / E.2 bound)."
+
+
+EF_KINDS = ("elementwise", "filtering")  # the decoders the paper's constant-factor claim is about
+HEADLINE_FIGURE = "headline.png"
+
+
+def headline_rows(agg: dict) -> list[dict]:
+    """Per cell: the ranked elementwise and filtering decoders' range of loss / E.2 bound and their spread
+    (max/min), the best of them against the elementwise MMSE, and the best ranked iterative decoder."""
+    out = []
+    for cell, a in agg.items():
+        enc, dtype, n_s, n_d, p = cell
+        ef = [e for e in a["scored"] if e["kind"] in EF_KINDS and e["ratio_e2"] is not None]
+        it = [e for e in a["scored"] if e["kind"] == "iterative"]
+        out.append({"cell": cell, "n_s": n_s, "r": nominal_r(n_s, n_d), "p": p, "regime": a["regime"], "theory": a["theory"],
+                    "n_ef": len(ef), "ef_min": ef[0] if ef else None, "ef_max": ef[-1] if ef else None,
+                    "spread": ef[-1]["loss"] / ef[0]["loss"] if len(ef) >= 2 and ef[0]["loss"] > 0 else None,
+                    "iterative": it, "coincide": coincident(a["scored"])})
+    return out
+
+
+def coincident(entries: list[dict], rel: float = 1e-6) -> list[list[str]]:
+    """Groups of two or more ranked decoders whose losses agree to ``rel`` on a cell (e.g. JumpReLU whose
+    fitted threshold is 0, or a gate equal to the magnitude path: they reduce to ReLU there)."""
+    groups: list[list[dict]] = []
+    for e in sorted(entries, key=lambda e: e["loss"]):
+        if groups and abs(e["loss"] - groups[-1][0]["loss"]) <= rel * max(abs(groups[-1][0]["loss"]), 1e-300):
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    return [sorted(x["decoder"] for x in g) for g in groups if len(g) >= 2]
+
+
+def _mp_text(h: dict) -> str:
+    its = h["iterative"]
+    if not its:
+        return "-"
+    best = its[0]
+    if best["exact"]:
+        exact = [e["decoder"] for e in its if e["exact"]]
+        return f"exact recovery ({', '.join(exact)})"
+    ref = h["ef_min"]
+    vs = f", {fmt(best['loss'] / ref['loss'], 2)}x the best elementwise" if ref and ref["loss"] > 0 else ""
+    return f"{best['decoder']} {fmt(best['ratio_e2'], 3)}x E.2{vs}"
+
+
+HEADLINE_COLUMNS = ["n_s", "r", "p", "elementwise & filtering / E.2 (min - max, n)", "their spread",
+                    "best / elementwise MMSE", "VAMP state evolution", "message passing measured"]
+
+
+def headline(agg: dict) -> dict:
+    """The board's first screen as data: ``finding`` (one paragraph), ``rows`` (the per-cell table under
+    :data:`HEADLINE_COLUMNS`) and ``same`` (a note on decoders with identical losses, or "")."""
+    hs = headline_rows(agg)
+    with_ef = [h for h in hs if h["n_ef"]]
+    if with_ef:
+        lo = min(h["ef_min"]["ratio_e2"] for h in with_ef)
+        hi = max(h["ef_max"]["ratio_e2"] for h in with_ef)
+        spreads = [h["spread"] for h in with_ef if h["spread"] is not None]
+        text = (f"On {len(with_ef)} cell{'s' if len(with_ef) != 1 else ''}, every ranked elementwise and filtering "
+                f"decoder lands between {fmt(lo, 3)} and {fmt(hi, 3)} times the appendix E.2 bound (the least loss "
+                f"even for a decoder told which features are on)")
+        text += (f"; on the worst cell their losses differ by a factor {max(spreads):.3f} (max / min)." if spreads
+                 else ".")
+        rec = [h for h in hs if h["regime"] == "recovery" and h["iterative"]]
+        if rec:
+            n_exact = sum(1 for h in rec if h["iterative"][0]["exact"])
+            text += (f" Message passing, which sees h and is not elementwise, recovers x exactly on {n_exact} of the "
+                     f"{len(rec)} cells where its state evolution predicts it")
+            other = [h for h in hs if h["regime"] != "recovery" and h["iterative"] and h["ef_min"]]
+            gains = [h["iterative"][0]["loss"] / h["ef_min"]["loss"] for h in other if h["ef_min"]["loss"] > 0]
+            if gains:
+                span = fmt(min(gains), 2) if fmt(min(gains), 2) == fmt(max(gains), 2) else \
+                    f"{fmt(min(gains), 2)}-{fmt(max(gains), 2)}"
+                text += (f", and on the other cells reaches {span} times the loss of the best elementwise or "
+                         "filtering decoder")
+            text += "."
+    else:
+        text = "No elementwise or filtering decoder is ranked on any cell of this board."
+    body = []
+    for h in hs:
+        t = h["theory"]
+        ef = (f"{fmt(h['ef_min']['ratio_e2'], 3)} - {fmt(h['ef_max']['ratio_e2'], 3)} ({h['n_ef']})"
+              if h["n_ef"] else "-")
+        best_mm = fmt(h["ef_min"]["ratio_mmse"], 3) if h["ef_min"] else "-"
+        se = ("recovery" if h["regime"] == "recovery" else
+              (f"{fmt(t.get('vamp_se') / t['e2_bound'], 3)}x E.2" if _num(t.get("vamp_se")) is not None
+               and t.get("e2_bound") else "-"))
+        body.append([str(h["n_s"]), fmt(h["r"], 3), fmt(h["p"]), ef,
+                     "-" if h["spread"] is None else f"{h['spread']:.3f}", best_mm, se, _mp_text(h)])
+    same: dict = defaultdict(int)
+    for h in hs:
+        for g in h["coincide"]:
+            same[" = ".join(g)] += 1
+    note = ""
+    if same:
+        groups = "; ".join(f"{g} on {n} of {len(hs)} cell{'s' if len(hs) != 1 else ''}" for g, n in sorted(same.items()))
+        note = ("Identical losses (to 1e-6): " + groups + ". Not a bug: at these cells their fits reduce to the same "
+                "function (a fitted JumpReLU or TRec threshold at 0, a gate equal to the magnitude path, a TopK whose "
+                "k keeps every positive entry).")
+    return {"finding": text, "rows": body, "same": note}
+
+
+def headline_markdown(agg: dict, figure: str | None = None) -> str:
+    """The board's first screen in Markdown: what the rows say, per cell, in numbers computed from them."""
+    h = headline(agg)
+    parts = ["## What this board found", "", h["finding"], ""]
+    if figure:
+        parts += [f"![Each decoder's loss per cell against the bounds]({figure})", ""]
+    if h["rows"]:
+        parts.append(md_table(HEADLINE_COLUMNS, h["rows"], "rrrrrrll"))
+    if h["same"]:
+        parts += ["", h["same"]]
+    parts.append("")
+    return "\n".join(parts)
 
 
 def summary_markdown(agg: dict) -> str:
@@ -522,24 +670,39 @@ def unconverged_entries(agg: dict) -> list[dict]:
     for cell, a in agg.items():
         enc, dtype, n_s, n_d, p = cell
         for u in a["unconverged"]:
-            out.append({**u, "n_s": n_s, "r": n_d / n_s, "p": p, "cell": cell})
+            out.append({**u, "n_s": n_s, "r": nominal_r(n_s, n_d), "p": p, "cell": cell})
     return out
 
 
-def render(rows: list[dict], title: str, command: str) -> dict[str, str]:
-    """{file name: Markdown text} for ``rows`` (already selected with :func:`select_rows`)."""
+def render(rows: list[dict], title: str, command: str, figure: bool = False) -> dict[str, str]:
+    """{file name: Markdown text} for ``rows`` (already selected with :func:`select_rows`); with ``figure`` the
+    summary shows :data:`HEADLINE_FIGURE` (drawn by ``plots.plot_headline``) under its first paragraph."""
     rows = select_rows(rows)  # idempotent; makes the output independent of the input order
     agg = aggregate(rows)
     head = header(title, command, rows)
+    top, versions = head.rsplit("\n", 1)  # the decoder versions go to the end: the first screen is the finding
+    fig = HEADLINE_FIGURE if figure and any(a["scored"] for a in agg.values()) else None
     return {
-        "summary.md": f"{head}\n\n{summary_markdown(agg)}",
+        "summary.md": f"{top}\n\n{headline_markdown(agg, fig)}\n{summary_markdown(agg)}\n{versions}\n",
         "cells.md": f"{head}\n\n{cells_markdown(agg)}",
     }
 
 
 def summary_text(rows: list[dict]) -> str:
-    """The summary alone, without the provenance header (what ``run`` prints at the end)."""
-    return summary_markdown(aggregate(select_rows(rows)))
+    """What ``run`` prints at the end: the headline and the decoders' table, without the provenance header and
+    the long per-cell sections (those are in the board)."""
+    agg = aggregate(select_rows(rows))
+    n_unranked = sum(len(a["unconverged"]) for a in agg.values())
+    n_failed = sum(len(a["failed"]) for a in agg.values())
+    full = summary_markdown(agg)
+    decoders = full.split("\n## Per cell", 1)[0].rstrip()
+    tail = []
+    if n_unranked:
+        tail.append(f"{n_unranked} row(s) ranked nowhere (capped before their plateau or imprecise): listed in the "
+                    "board's summary.")
+    if n_failed:
+        tail.append(f"{n_failed} row(s) failed or skipped: listed in the board's summary.")
+    return "\n".join([decoders, "", *tail, "", headline_markdown(agg)]).rstrip() + "\n"
 
 
 def write_files(files: dict[str, str], out_dir) -> list:

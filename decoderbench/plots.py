@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validate import nominal_r
 from .leaderboard import EXACT_REL, KIND_ORDER, Z_KINDS, aggregate, rows_digest, select_rows
 
 R_FINE = tuple(round(0.02 * k, 2) for k in range(1, 49))  # 0.02, 0.04, ..., 0.96
@@ -420,9 +421,84 @@ def figure_digest(path) -> str | None:
     return m.group(1) if m else None
 
 
+# ----------------------------------------------------------------------------- the headline
+
+
+def plot_headline(rows: list[dict], path: Path) -> Path | None:
+    """The board in one look: per cell, each ranked decoder's loss / E.2 bound as a point (log scale); the
+    decoders that see only z on the left of the cell, message passing (iterative) apart on the right, learned
+    decoders beside it; the E.2 bound (1) as a black line, the cell's elementwise MMSE and VAMP state evolution
+    as short grey segments over their groups; exact recoveries in a marked band at the bottom."""
+    from .leaderboard import headline_rows
+
+    entries = _entries(rows)
+    if not entries:
+        return None
+    plt, sns = _pyplot()
+    agg = aggregate(select_rows(rows))
+    cells = list(agg)
+    styles = decoder_styles(entries, sns)
+    ratios = [e["ratio_e2"] for e in entries if e["ratio_e2"] and not e["exact"]]
+    bounds = [a["theory"]["mmse_elementwise"] / a["theory"]["e2_bound"] for a in agg.values()
+              if a["theory"].get("e2_bound") and a["theory"].get("mmse_elementwise")]
+    hi = max(ratios + bounds + [1.0]) * 1.6
+    lo = min(ratios + [1.0]) / 1.6
+    exact_y = lo / 2.5
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.9 * len(cells) + 3.2), 5.2))
+    offsets = {"z": -0.2, "iterative": 0.17, "learned": 0.34}
+    seen = set()
+    for i, cell in enumerate(cells):
+        a = agg[cell]
+        t = a["theory"]
+        e2 = t.get("e2_bound")
+        if e2 and t.get("mmse_elementwise"):
+            ax.hlines(t["mmse_elementwise"] / e2, i - 0.38, i - 0.02, colors="0.25", linestyles="--", lw=1.4,
+                      label="elementwise MMSE (Gaussian)" if i == 0 else None)
+        if e2 and _num(t.get("vamp_se")) and t["vamp_se"] > EXACT_REL * (t.get("trivial") or 0):
+            ax.hlines(t["vamp_se"] / e2, i + 0.04, i + 0.3, colors="0.1", linestyles="-.", lw=1.4,
+                      label="VAMP state evolution" if "se" not in seen else None)
+            seen.add("se")
+        groups = defaultdict(list)
+        for e in a["scored"]:
+            g = "z" if e["kind"] in Z_KINDS else e["kind"]
+            groups[g].append(e)
+        for g, es in groups.items():
+            es = sorted(es, key=lambda e: (_kind_rank(e["kind"]), e["decoder"]))
+            n = len(es)
+            for j, e in enumerate(es):
+                x = i + offsets.get(g, 0.34) + (0.16 * (j - (n - 1) / 2) / max(n, 1) if g == "z" else 0.04 * j)
+                y = exact_y if e["exact"] else e["ratio_e2"]
+                colour, marker = styles[(e["kind"], e["decoder"])]
+                lab = f"{e['decoder']} ({e['kind']})" if (e["kind"], e["decoder"]) not in seen else None
+                seen.add((e["kind"], e["decoder"]))
+                ax.plot([x], [y], marker=marker, color=colour, ms=7, ls="none", label=lab, mec="white", mew=0.5)
+    ax.axhline(1.0, color="black", lw=1.6, label="E.2 bound")
+    ax.axhspan(exact_y / 1.8, exact_y * 1.8, color="0.92", zorder=0)
+    ax.text(-0.55, exact_y, " exact recovery", ha="left", va="center", fontsize=9, color="0.3")
+    ax.set_yscale("log")
+    ax.set_ylim(exact_y / 1.8, hi)
+    ax.set_xlim(-0.6, len(cells) - 0.4)
+    ax.set_xticks(range(len(cells)))
+    ax.set_xticklabels([f"n_s={c[2]}\nr={nominal_r(c[2], c[3]):g}, p={c[4]:g}" for c in cells], fontsize=9)
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel("loss / E.2 bound (log)")
+    hs = headline_rows(agg)
+    spreads = [h["spread"] for h in hs if h["spread"] is not None]
+    sub = ("left of each cell: decoders that see only z" + (f" (max/min {max(spreads):.3f})" if spreads else "")
+           + "\nright: message passing and learned decoders, which see h")
+    ax.set_title("Each decoder's loss over the cell's E.2 bound\n" + sub, fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _save(fig, plt, path, rows)
+
+
+def _num(x):
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
 def make_figures(rows: list[dict], out_dir) -> list[Path]:
     """Every figure for ``rows`` into ``out_dir`` (PNG and SVG); returns the PNG paths written."""
     out_dir = Path(out_dir)
-    paths = [plot_loss_vs_r(rows, out_dir / "loss_vs_r.png"), plot_loss_vs_p2_over_r(rows, out_dir / "loss_vs_p2_over_r.png")]
+    paths = [plot_headline(rows, out_dir / "headline.png"), plot_loss_vs_r(rows, out_dir / "loss_vs_r.png"), plot_loss_vs_p2_over_r(rows, out_dir / "loss_vs_p2_over_r.png")]
     paths += plot_ratio_heatmaps(rows, out_dir)
     return [p for p in paths if p is not None]

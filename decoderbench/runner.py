@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .errors import BadInput
+from .errors import BadInput, Skip
 from . import __version__
-from ._validate import check_seed
+from ._validate import check_seed, nominal_r
 from .data import SparseSampler  # noqa: F401
 from .evalkey import eval_sampler, eval_stream_id
 from . import scoring
@@ -150,7 +150,8 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
     cell = unit.cell
     row: dict = {
         "decoder": unit.decoder, "kind": None, "source": None, "decoder_version": None,
-        "encoder": unit.encoder, "n_s": cell.n_s, "n_d": cell.n_d, "r": cell.r, "p": cell.p,
+        "encoder": unit.encoder, "n_s": cell.n_s, "n_d": cell.n_d,
+        "r": nominal_r(cell.n_s, cell.n_d), "r_exact": cell.r, "p": cell.p,
         "seed": unit.seed, "device": unit.device, "dtype": unit.dtype,
         "target_rel_se": unit.target_rel_se, "n_eval": 0, "loss": None, "loss_se": None,
         "sampling_stop": None, "precision_met": None, "se_floor_abs": None,
@@ -210,6 +211,9 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
             row["predicted"] = float(pred)
             row["ratio_predicted"] = acc_mean / pred if pred > 0 else None
         row["status"] = "ok"
+    except Skip as exc:  # the decoder declined the unit, with its reason
+        row["status"] = "skipped"
+        row["error"] = str(exc)
     except Exception as exc:  # a plugin's failure becomes its row
         row["status"] = "error"
         row["error"] = f"{type(exc).__name__}: {exc}"

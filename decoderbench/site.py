@@ -2,9 +2,10 @@
 
 ``decoderbench leaderboard --html`` writes ``<out>/site/``:
 
-* ``index.html``: the provenance (command, versions, rows digest), the summary (each decoder per
-  regime), the per-cell spread table with a link to every cell, the "not converged or imprecise"
-  section and the figures;
+* ``index.html``: what the board found (the headline paragraph, figure and per-cell table of
+  :func:`decoderbench.leaderboard.headline`), the summary (each decoder per regime), the per-cell
+  spread table with a link to every cell, the figures, the "not converged or imprecise" section, the
+  failed or skipped rows, and at the foot the provenance (command, versions, rows digest);
 * ``cells.html``: one section per cell (anchor ``#cell-ns<n_s>-nd<n_d>-p<p>``) with its theory, its
   ranked decoders, its unranked and failed rows, and links to the previous, next and summary;
 * ``rows.html``: every row in one sortable table, then one section per row (anchor ``#row-<key>``)
@@ -31,7 +32,8 @@ import shutil
 from pathlib import Path
 
 from . import __version__
-from .leaderboard import (EXACT_REL, REGIME_TEXT, REGIMES, UNCONVERGED_TEXT, aggregate, cell_id, cell_title,
+from .leaderboard import (EXACT_REL, HEADLINE_COLUMNS, HEADLINE_FIGURE, REGIME_TEXT, REGIMES, UNCONVERGED_TEXT,
+                          aggregate, cell_id, cell_title, headline,
                           decoder_summary, fmt, header, params_of, rows_digest, select_rows, spread_caption,
                           spread_rows, stop_text, unconverged_entries)
 
@@ -126,8 +128,8 @@ def _page(title: str, body: str, init: str, prov: str) -> str:
                                          ("rows.html", "Rows")))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            f"{init}\n<nav>{nav}</nav>\n<h1>{html.escape(title)}</h1>\n<p class=\"prov\">{prov}</p>\n{body}\n"
-            "</body>\n</html>\n")
+            f"{init}\n<nav>{nav}</nav>\n<h1>{html.escape(title)}</h1>\n{body}\n"
+            f"<footer><h2 id=\"provenance\">Provenance</h2><p class=\"prov\">{prov}</p></footer>\n</body>\n</html>\n")
 
 
 def _prov(title: str, command: str, rows: list[dict]) -> str:
@@ -176,6 +178,12 @@ def write_site(rows: list[dict], out_dir, title: str, command: str, figures: lis
                         f'· {_a("figures/" + svg, "SVG")} · {html.escape(png.stem)}</figcaption></figure>')
 
     # ---------------------------------------------------------------- index.html
+    hl = headline(agg)
+    head_fig = next((f for f in fig_html if f'data-name="{HEADLINE_FIGURE[:-4]}"' in f), "")
+    body = [f"<h2 id=\"finding\">What this board found</h2><p class=\"caption\">{html.escape(hl['finding'])}</p>",
+            head_fig,
+            _table(HEADLINE_COLUMNS, hl["rows"]) if hl["rows"] else "",
+            f"<p class=\"caption\">{html.escape(hl['same'])}</p>" if hl["same"] else ""]
     decs = decoder_summary(agg)
     n_reg = {g: sum(1 for a in agg.values() if a["regime"] == g) for g in REGIMES}
     sum_rows = []
@@ -184,7 +192,7 @@ def write_site(rows: list[dict], out_dir, title: str, command: str, figures: lis
         sum_rows.append([d["decoder"], d["kind"], f"{o['n']}/{o['of']}", _num(o["median"], 3), _num(o["worst"], 3),
                          f"{rc['n']}/{rc['of']}", rc["exact"], _num(rc["median"], 3), _num(rc["worst"], 3),
                          d["unconverged"]])
-    body = [f"<h2 id=\"summary\">Decoders across cells</h2><p class=\"caption\">Ratio of each decoder's loss to the "
+    body += [f"<h2 id=\"summary\">Decoders across cells</h2><p class=\"caption\">Ratio of each decoder's loss to the "
             "cell's appendix E.2 bound, median and worst over the cells where it is ranked, per regime and never "
             f"across: {html.escape(REGIME_TEXT['other'])} ({n_reg['other']} cells) and "
             f"{html.escape(REGIME_TEXT['recovery'])} ({n_reg['recovery']} cells). \"exact\": losses below "
@@ -207,6 +215,8 @@ def write_site(rows: list[dict], out_dir, title: str, command: str, figures: lis
              _table(["cell", "n_s", "r", "p", "VAMP SE predicts", "E.2 bound", "best z-decoder", "worst z-decoder",
                      "spread (max/min)", "best iterative", "best learned", "rows ranked nowhere"], sp_rows,
                     html_cols=(0, 6, 7, 9, 10))]
+    body.append("<h2 id=\"figures\">Figures</h2>" + ("".join(f for f in fig_html if f != head_fig)
+                                                      or "<p>No figures (--no-figures).</p>"))
     unconv = unconverged_entries(agg)
     un_rows = [[_a(f"cells.html#{cell_id(u['cell'])}", f"n_s={u['n_s']} r={fmt(u['r'])} p={fmt(u['p'])}"),
                 _a(_row_link(u["key"]), u["decoder"]), u["kind"], u["seed"], _num(u["loss"]), _num(u["loss_se"], 2),
@@ -222,7 +232,6 @@ def write_site(rows: list[dict], out_dir, title: str, command: str, figures: lis
             f"<li>{html.escape(f['decoder'])} on {_a('cells.html#' + cell_id(c), cell_title(c, {}))} (seed "
             f"{f['seed']}): {html.escape(str(f['status']))}: {html.escape(f['error'])}</li>" for c, f in failed)
             + "</ul>")
-    body.append("<h2 id=\"figures\">Figures</h2>" + ("".join(fig_html) or "<p>No figures (--no-figures).</p>"))
     (out / "index.html").write_text(_page(title, "\n".join(body), init, prov), encoding="utf-8")
     written.append(out / "index.html")
 

@@ -203,6 +203,10 @@ class WorkerDied(Exception):
 
 def _remote_error(name: str, message: str) -> Exception:
     """An exception that prints as the child's did (``KeyError: 'boom'``), raised in the harness."""
+    if name == "Skip":  # the decoder declined the unit (decoderbench.Skip): a skipped row, not an error
+        from .errors import Skip
+
+        return Skip(message)
     safe = name if name.isidentifier() else "DecoderError"
     return type(safe, (RuntimeError,), {"__str__": lambda self: message})()
 

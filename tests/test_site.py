@@ -152,7 +152,8 @@ def test_pages_load_without_console_errors_and_figures_render(site, browser):
         assert browser.find_elements(By.CSS_SELECTOR, "table.dataTable")
     _open(browser, site_dir / "index.html")
     imgs = browser.find_elements(By.CSS_SELECTOR, "img.figure")
-    assert len(imgs) == 3
+    assert len(imgs) == 4  # the headline figure leads the page, the other three under "Figures"
+    assert imgs[0].get_attribute("data-name") == "headline"
     for img in imgs:  # decoded and laid out: a figure that failed to load has naturalWidth 0
         browser.execute_script("arguments[0].scrollIntoView();", img)
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
@@ -191,7 +192,7 @@ def test_tables_hold_the_stores_numbers_and_sort(site, browser):
     assert set(_column(browser, un, "decoder")) == {u["decoder"] for u in agg[cell]["unconverged"]}
     # the summary: sort by a text column and by a number column
     _open(browser, site_dir / "index.html")
-    summary = browser.find_elements(By.CSS_SELECTOR, "table.dataTable")[0]
+    summary = browser.find_elements(By.CSS_SELECTOR, "table.dataTable")[1]  # [0]: the headline's per-cell table
     before = _column(browser, summary, "decoder")
     next(th for th in summary.find_elements(By.CSS_SELECTOR, "thead th") if th.text.strip() == "decoder").click()
     after = _column(browser, summary, "decoder")

@@ -46,7 +46,10 @@ fp32 master weights; default ``"bf16"`` on CUDA, ``"none"`` on CPU, where it was
 ``batch`` (1024), ``window`` (200), ``check_every`` (30), ``diverge_factor`` (1e6: a loss above
 ``diverge_factor * p/3``, or a non-finite one, stops training as ``diverged`` and restores the last state
 whose loss was finite and below it), ``cache`` (default true), ``cache_dir`` (default ``$DECODERBENCH_CACHE``
-or ``~/.cache/decoderbench/trained``), ``threads`` (CPU threads while training, restored afterwards; default:
+or ``~/.cache/decoderbench/trained``), ``only_cached`` (default false: with true, the decoder trains nothing and scores only a converged (or
+diverged) model found in the cache; otherwise it declines the unit with :class:`decoderbench.Skip`, a
+``skipped`` row whose reason names the grid that trains it: the default grid sets it, since no architecture
+converges at n_s = 4096 within minutes on a CPU), ``threads`` (CPU threads while training, restored afterwards; default:
 torch's current setting. On a loaded shared machine 1 thread was up to 40x faster than 2 at n_s <= 512), and
 the architecture's own (:mod:`.arch`). An option the architecture does not take, an unknown activation or a
 ``k`` outside ``1..n_s`` is bad input (one line naming it and what is allowed), raised when the decoder is
@@ -75,7 +78,7 @@ from pathlib import Path
 
 import torch
 
-from decoderbench import Decoder, hookimpl
+from decoderbench import Decoder, Skip, hookimpl
 from decoderbench.data import derive_seed, make_generator
 
 from .arch import ARCHS, BANDWIDTH, THETA_INIT, Arch
@@ -161,6 +164,10 @@ class Trained(Decoder):
                                        make_generator(derive_seed("decoder", "trained", c.n_s, c.n_d, c.p, ctx.seed,
                                                                   "init"), ctx.device), arch, arch_options)
                     reused, resumed_from, save, train_now = False, None, True, True
+        if caps["only_cached"] and train_now:  # no finished model to score (a capped checkpoint would train on)
+            why = rejected or "no converged model for this cell in the cache"
+            raise Skip(f"{self.name} is not trained within this grid's budget (option only_cached: {why}); "
+                       f"`decoderbench run --grid trained` trains it, `decoderbench trained-board` shows it")
         elapsed = 0.0
         threads = caps["threads"] or torch.get_num_threads()
         if train_now:

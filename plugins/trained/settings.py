@@ -72,7 +72,7 @@ def _opt_int(options: dict, name: str, default, lo: int, who: str = "trained") -
 
 #: The protocol's options, taken by every architecture.
 KNOWN_OPTIONS = ("max_steps", "max_time_s", "lr", "warm_lr_mult", "warm_steps", "autocast", "batch", "window",
-                 "check_every", "diverge_factor", "cache", "cache_dir", "threads")
+                 "check_every", "diverge_factor", "cache", "cache_dir", "threads", "only_cached")
 
 
 def resolve_arch(options: dict, fixed: str | None, who: str) -> Arch:
@@ -125,10 +125,16 @@ def parse_options(options: dict, n_s: int, device: torch.device, p: float = 0.04
     cache_dir = options.get("cache_dir")
     if cache_dir is not None and not isinstance(cache_dir, str):
         raise BadInput(f"{who} option cache_dir must be a path string, got {cache_dir!r}")
+    only_cached = options.get("only_cached", False)
+    if not isinstance(only_cached, bool):
+        raise BadInput(f"{who} option only_cached must be true or false, got {only_cached!r}")
+    if only_cached and not cache:
+        raise BadInput(f"{who} option only_cached needs cache = true (it scores only a converged cached model)")
     threads = None if options.get("threads") is None else _opt_int(options, "threads", None, 1, who=who)
     caps = {"max_steps": _opt_int(options, "max_steps", 200_000, 1, who=who), "threads": threads,
             "max_time_s": None if not max_time else max_time,
-            "cache": cache, "cache_dir": cache_dir, "arch": arch, "arch_options": arch_options}
+            "cache": cache, "cache_dir": cache_dir, "arch": arch, "arch_options": arch_options,
+            "only_cached": only_cached}
     return settings, caps
 
 
