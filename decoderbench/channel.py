@@ -1,6 +1,6 @@
 """The scalar channel ``y = x + nu`` and its exact posterior moments.
 
-Notation (SCIENCE.md): ``x = c u`` with ``c ~ Bernoulli(p)`` and ``u ~ Uniform[0, 1]``; the noise is
+Notation (the paper's section 4.2): ``x = c u`` with ``c ~ Bernoulli(p)`` and ``u ~ Uniform[0, 1]``; the noise is
 ``nu ~ N(mu, sigma^2)``, independent of ``x``.  With ``t = y - mu``::
 
     alpha = -t / sigma,   beta = (1 - t) / sigma,   Z = Phi(beta) - Phi(alpha)

@@ -648,7 +648,10 @@ def verify_cmd(results, fraction, sample_seed, isolate, timeout_s, as_json):
 @click.option("--cache-dir", default=None, help="Model cache [$DECODERBENCH_CACHE or ~/.cache/decoderbench/trained].")
 @click.option("--eval-samples", default=65536, show_default=True, type=int,
               help="Fresh samples scoring both models (the same samples for both).")
-@click.option("--out", default=DEFAULT_LEADERBOARDS, show_default=True, help="Folder for the table and figures.")
+@click.option("--out", default=None,
+              help=f"Folder for the table and figures [default: {DEFAULT_RESULTS}/{BOARD_SUBDIR}/symmetry; nothing is "
+                   "written into the checkout unless --out names a folder there, as for the committed "
+                   "leaderboards/trained_vs_rug.md].")
 @click.option("--no-figures", is_flag=True, help="Write the table only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
 @click.pass_context
@@ -710,6 +713,7 @@ def symmetry_cmd(ctx, ns, r, p, seed, load, max_steps, max_time_s, threads, cach
               "sigma/W_ii over Welch: RMS_i sqrt(Var nu_i)/W_ii over sqrt(v (n_s/n_d - 1)), >= 1 at rank n_d; Lambda: paper eq. 3. "
               "Paper Figure 3 (n_s = 512, r = 0.25, p = 0.045): diag 1.29 ± 0.01, b -0.18 ± 0.01. "
               "Training times depend on the machine's load."]
+    out = out if out is not None else default_board_dir(DEFAULT_RESULTS, "symmetry")
     written = symmetry.write_report(results, out, header, figures=not no_figures)
     if as_json:
         click.echo(json.dumps([{k: v for k, v in res.items() if k != "models"} for res in results]))

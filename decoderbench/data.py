@@ -1,6 +1,6 @@
 """Permutation-symmetric sparse data and derived seeds.
 
-Notation (SCIENCE.md): ``n_s`` sparse features, sparsity ``p``. A sample ``x`` in R^{n_s} has i.i.d.
+Notation (the paper's section 2): ``n_s`` sparse features, sparsity ``p``. A sample ``x`` in R^{n_s} has i.i.d.
 components ``x_i = c_i u_i`` with ``c_i ~ Bernoulli(p)`` and ``u_i ~ Uniform[0, 1]``: mean ``p/2``,
 second moment ``p/3``, variance ``v = p/3 - p^2/4``.
 

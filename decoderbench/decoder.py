@@ -97,7 +97,7 @@ class DecoderContext:
 
     @property
     def sigma(self) -> float:
-        """Standard deviation of the interference nu_i (SCIENCE.md: sqrt(v (n_s/n_d - 1)))."""
+        """Standard deviation of the interference nu_i (paper eq. 6: sqrt(v (n_s/n_d - 1)), v = p/3 - p^2/4)."""
         return self.encoder.interference(self.p)[1]
 
     def check_options(self, allowed) -> None:

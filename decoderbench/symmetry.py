@@ -1,13 +1,13 @@
 """Statistical permutation symmetry of a model ``f(x) = ReLU(W x + b)`` (paper section 3.2, appendix A).
 
-Notation (SCIENCE.md): ``W = W_out W_in`` (``n_s x n_s``, rank at most ``n_d``), ``b`` in R^{n_s}; the data
+Notation (the paper's section 2 and appendix A): ``W = W_out W_in`` (``n_s x n_s``, rank at most ``n_d``), ``b`` in R^{n_s}; the data
 ``x_j = c_j u_j`` are i.i.d. with mean ``p/2``, variance ``v = p/3 - p^2/4`` and third central moment
 ``kappa3 = p/4 - p^2/2 + p^3/4``. Feature ``i``'s pre-activation is ``W_ii x_i + nu_i + b_i`` with the
 interference ``nu_i = sum_{j != i} W_ij x_j``, so, exactly (no sampling):
 
 * ``E nu_i = (p/2) sum_{j != i} W_ij`` (paper Fig. 6), ``Var nu_i = v sum_{j != i} W_ij^2`` (Fig. 7),
   ``skew nu_i = kappa3 sum_{j != i} W_ij^3 / (Var nu_i)^{3/2}``;
-* the effective bias ``b_i + E nu_i`` (SCIENCE.md: the stable quantity while ``b`` itself drifts);
+* the effective bias ``b_i + E nu_i`` (the stable quantity while ``b`` itself drifts during training, measured);
 * the Berry-Esseen ratio (paper eq. 3)
   ``Lambda = max_i sum_{j != i} |W_ij|^3 / (sum_{j != i} W_ij^2)^{3/2}``: up to a constant set by the first
   three moments of ``x``, how far the worst row's ``nu_i`` is from Gaussian. It is invariant to scaling a

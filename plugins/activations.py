@@ -1,6 +1,6 @@
 """Elementwise activation decoders on ``z = W_out h``: relu, jumprelu, trec, prolu, gated.
 
-Formulas (SCIENCE.md, "Decoders"), with ``y = a z + b``:
+Formulas (the paper's section 4 and the cited SAE papers), with ``y = a z + b``:
 
 - relu (the paper's model): ``ReLU(a z + b)``.
 - jumprelu (Rajamanoharan et al. 2024): ``y 1[y > theta]``, ``theta >= 0``.

@@ -1,7 +1,7 @@
 """The linear decoder: ``x_hat = a z + b``, with ``(a, b)`` the least-squares fit on training pairs.
 
 On the rug the optimum is ``a = r`` and ``b = p/2`` (when column 0 is not in ``S``), with loss exactly
-``v (1 - r)``: the best linear map of rank ``n_d`` (SCIENCE.md), reported as ``predicted``. Option:
+``v (1 - r)``: the best linear map of rank ``n_d`` (on i.i.d. features: the top n_d of n_s equal eigenvalues kept), reported as ``predicted``. Option:
 ``fit_pairs`` (default ``2^21``), how many scalar pairs the fit pools.
 """
 

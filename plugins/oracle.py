@@ -3,7 +3,7 @@
 ``reference``: it is told the prior and the interference statistics and fits nothing).
 
 Under Gaussian interference it is the best elementwise decoder, and its expected loss is the cell's
-elementwise MMSE (SCIENCE.md); on a real rug it shows how far the rug's interference is from Gaussian.
+elementwise MMSE (paper section 4.3); on a real rug it shows how far the rug's interference is from Gaussian.
 
 ``E[x | z]`` is ``decoderbench.channel.conditional_mean`` (log space, finite for any input). Because it
 is a fixed scalar function of ``z``, ``fit`` tabulates it once on a uniform grid of ``TABLE_POINTS``

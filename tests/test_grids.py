@@ -31,7 +31,11 @@ def test_default_grid_says_something():
     # p n_s >= ~100 everywhere: the interference is close to Gaussian, the theory columns hold
     assert min(p * n_s for n_s, _, p in cells) >= 100
     assert g.target_rel_se <= 0.05 and g.min_samples <= g.max_samples
-    assert "max_time_s" in g.options.get("trained", {})
+    # every learned decoder trains nothing here: it scores a converged cached model or is skipped with a reason
+    from decoderbench import plugins
+
+    learned = [n for n, reg in plugins.decoders().items() if reg.kind == "learned"]
+    assert learned and all(g.options.get(n, {}).get("only_cached") is True for n in learned)
 
 
 def test_paper_fig2_has_the_figure3_cell_and_spans_r():

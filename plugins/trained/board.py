@@ -295,11 +295,13 @@ def command():
     @click.option("--results", default="results", show_default=True, help="The results store to read.")
     @click.option("--grid", "grid_spec", default="trained", show_default=True, help="The grid whose cells to show.")
     @click.option("--ns", default=None, help="Only these n_s (comma-separated).")
-    @click.option("--out", default="leaderboards/trained", show_default=True, help="Where to write the board.")
+    @click.option("--out", default=None,
+                  help="Where to write the board [default: <results>/board/trained, inside the store; the committed "
+                       "board is written with --out leaderboards/trained].")
     @click.option("--no-figures", is_flag=True, help="Write the tables only.")
     @click.pass_context
     def trained_board(ctx, results, grid_spec, ns, out, no_figures):
-        """Board of the trained architectures against their fixed-rug counterparts (issue 11): per cell the
+        """Board of the trained architectures against their fixed-rug counterparts: per cell the
         trained and rug losses, their ratios to each other and to the E.2 bound and elementwise MMSE, the spread
         among the architectures, and the trained models' symmetry diagnostics; a figure of loss against n_s."""
         from decoderbench.cli import _command_line, _floats
@@ -319,7 +321,7 @@ def command():
         if not rows:
             raise BadInput(f"--results {results}: the store holds no rows of grid {grid.name}'s cells")
         files, sums = render(rows, _command_line(ctx), cells)
-        out_dir = Path(out)
+        out_dir = Path(out) if out is not None else Path(results) / "board" / "trained"
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for name, text in files.items():
