@@ -384,6 +384,23 @@ UNCONVERGED_TEXT = ("Rows that stopped on a time or step cap before their stoppi
                     "reports); a capped row at its plateau is ranked, marked \"capped\".")
 
 
+def failure_lines(failed: list[dict]) -> list[str]:
+    """Failed or skipped rows grouped by status and message (a decoder's own name in its message read as "it"):
+    ``skipped (9 rows: trained, trained-topk, ...): it is not trained ...``; one line per group."""
+    groups: dict = defaultdict(list)
+    for f in failed:
+        msg = str(f.get("error") or "").replace(str(f["decoder"]), "it", 1) if f.get("error") else ""
+        groups[(str(f["status"]), msg)].append(f)
+    out = []
+    for (status, msg), fs in sorted(groups.items()):
+        names = sorted({str(f["decoder"]) for f in fs})
+        seeds = sorted({f.get("seed") for f in fs}, key=str)
+        who = (f"{names[0]} (seed {seeds[0]})" if len(fs) == 1 else
+               f"{', '.join(names)} ({len(fs)} rows)")
+        out.append(f"{who}: {status}" + (f": {msg}" if msg else ""))
+    return out
+
+
 def cells_markdown(agg: dict) -> str:
     parts = []
     for cell, a in agg.items():
@@ -409,8 +426,7 @@ def cells_markdown(agg: dict) -> str:
                       unconverged_table(a["unconverged"], with_cell=False)]
         if a["failed"]:
             parts.append("")
-            for f in a["failed"]:
-                parts.append(f"- {f['decoder']} (seed {f['seed']}): {f['status']}: {f['error']}")
+            parts += [f"- {line}" for line in failure_lines(a["failed"])]
         parts.append("")
     return "\n".join(parts)
 
@@ -612,10 +628,7 @@ def headline_markdown(agg: dict, figure: str | None = None) -> str:
 
 def summary_markdown(agg: dict) -> str:
     decs = decoder_summary(agg)
-    failures: dict = defaultdict(set)
-    for a in agg.values():
-        for f in a["failed"]:
-            failures[f["decoder"]].add(f"{f['status']}: {f['error']}")
+    failures = failure_lines([f for a in agg.values() for f in a["failed"]])
     n_reg = {g: sum(1 for a in agg.values() if a["regime"] == g) for g in REGIMES}
 
     def reg_cells(d, g):
@@ -657,10 +670,8 @@ def summary_markdown(agg: dict) -> str:
     parts += ["", "## Not converged or imprecise (ranked nowhere)", "", UNCONVERGED_TEXT, ""]
     parts.append(unconverged_table(unconv, with_cell=True) if unconv else "None: every ok row is ranked.")
     if failures:
-        parts += ["", "## Not scored everywhere", ""]
-        for name in sorted(failures):
-            for msg in sorted(failures[name]):
-                parts.append(f"- {name}: {msg}")
+        parts += ["", "## Not scored everywhere (failed or skipped rows)", ""]
+        parts += [f"- {line}" for line in failures]
     parts.append("")
     return "\n".join(parts)
 

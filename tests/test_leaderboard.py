@@ -92,7 +92,7 @@ def test_summary_medians_worst_and_spread_per_regime():
     # the caption's claim is measured from the rows under it
     assert f"is between 1.37 and 3 (median {statistics.median([4.1 / 3.0, 3.0]):.3g})" in text
     assert "on 1 of the 1 cells where the VAMP state evolution predicts exact recovery" in text
-    assert "- broken: error: ModuleNotFoundError: nope" in text
+    assert "- broken (seed 0): error: ModuleNotFoundError: nope" in text
     assert "None: every ok row is ranked." in text
 
 
