@@ -119,12 +119,21 @@ def _cells(ns: str, r: str | None, nd: str | None, p: str) -> list[tuple[int, in
 @click.option("--nd", default=None, help="n_d instead of --r.")
 @click.option("--p", "p", default="0.045", show_default=True, help="Sparsity p in (0, 1].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def theory(ns, r, nd, p, as_json):
+@click.option("--exact", is_flag=True,
+              help="Also the exact finite-size references of the rug of --seed (no Gaussian assumption): "
+                   "mmse_elementwise_exact, e2_bound_exact, relu_theory_exact (characteristic function + FFT).")
+@click.option("--seed", default="0", show_default=True, help="With --exact: the seed of the rug.")
+def theory(ns, r, nd, p, as_json, exact, seed):
     """Print the exact per-cell theory (quadrature, no sampling)."""
     from .theory import cell_theory
 
     cells = _cells(ns, r, nd, p)
     results = [cell_theory(*c) for c in cells]
+    if exact:
+        from .exact import exact_references
+
+        s = check_seed(_floats("--seed", seed)[0] if str(seed).strip() else seed)
+        results = [{**t, **exact_references(t["n_s"], t["n_d"], t["p"], seed=s)} for t in results]
     if as_json:
         click.echo(json.dumps(results[0] if len(results) == 1 else results, indent=None))
         return
