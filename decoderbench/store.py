@@ -45,6 +45,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -115,11 +116,65 @@ def row_table(row: dict) -> pa.Table:
     return pa.Table.from_pylist([cells], schema=schema)
 
 
+#: A row file larger than this, or whose columns claim more than ``MAX_ROW_UNCOMPRESSED`` bytes once
+#: decompressed, is not read (a decoderbench row is a few kB; a compression bomb is refused before it expands).
+MAX_ROW_FILE = 4 << 20
+MAX_ROW_UNCOMPRESSED = 16 << 20
+#: JSON cells nested deeper than this are refused (a row's params are a few levels deep).
+MAX_JSON_DEPTH = 64
+
+
+def _json_cell(text: str):
+    """``json.loads`` of a stored cell, refusing absurd nesting before it recurses (BadRow, not RecursionError)."""
+    depth = deepest = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            esc, in_str = (False, True) if esc else (ch == "\\", ch != '"')
+            continue
+        if ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                raise BadRow(f"a JSON cell is nested deeper than {MAX_JSON_DEPTH} levels")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadRow("a JSON cell does not parse") from None
+
+
 def _from_stored(row: dict) -> dict:
     for k in _JSON:
         if isinstance(row.get(k), str):
-            row[k] = json.loads(row[k])
+            row[k] = _json_cell(row[k])
     return row
+
+
+def _read_row_file(path: Path) -> list[dict]:
+    """The rows of one row file, refusing anything that is not a small regular parquet file before reading it:
+    FileNotFoundError when absent, BadRow naming what it is otherwise."""
+    st = os.stat(path, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        raise BadRow("a symbolic link, not a row file")
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else ("a FIFO" if stat.S_ISFIFO(st.st_mode)
+                                                             else "not a regular file")
+        raise BadRow(f"{what}, not a row file")
+    if st.st_size > MAX_ROW_FILE:
+        raise BadRow(f"{st.st_size} bytes, larger than any row ({MAX_ROW_FILE} at most)")
+    try:
+        meta = pq.ParquetFile(path).metadata
+        size = sum(meta.row_group(i).column(j).total_uncompressed_size
+                   for i in range(meta.num_row_groups) for j in range(meta.num_columns))
+        if size > MAX_ROW_UNCOMPRESSED:
+            raise BadRow(f"would decompress to {size} bytes, more than any row ({MAX_ROW_UNCOMPRESSED} at most)")
+        return pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException, MemoryError) as exc:
+        raise BadRow(f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 class StoreError(BadInput):
@@ -169,9 +224,9 @@ def check_row(cells: dict, key: str) -> None:
             raise BadRow(f"an ok row needs n_eval >= 1, got {cells['n_eval']!r}")
     if isinstance(cells.get("params"), str):
         try:
-            json.loads(cells["params"])
-        except ValueError:
-            raise BadRow("column params is not JSON") from None
+            _json_cell(cells["params"])
+        except BadRow:
+            raise BadRow("column params is not JSON (or nested absurdly deep)") from None
     from .runner import key_of_row
 
     try:
@@ -251,7 +306,7 @@ class ResultsStore:
     # -- rows -----------------------------------------------------------------------------------
 
     def row_path(self, key: str) -> Path:
-        if not key or not all(c.isalnum() or c in "-_" for c in key):
+        if not _is_key(key):
             raise ValueError(f"key must be alphanumeric, got {key!r}")
         return self.rows_dir / f"{key}.parquet"
 
@@ -272,30 +327,27 @@ class ResultsStore:
         """``(row, None)``, ``(None, None)`` when absent, ``(None, reason)`` when the file fails validation."""
         path = self.row_path(key)
         try:
-            rows = pq.read_table(path).to_pylist()
+            rows = _read_row_file(path)
+            if len(rows) != 1:
+                return None, f"holds {len(rows)} rows, not one"
+            check_row(rows[0], key)
+            return _from_stored(rows[0]), None
         except FileNotFoundError:
             return None, None
-        except (OSError, pa.ArrowException) as exc:
-            return None, f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        if len(rows) != 1:
-            return None, f"holds {len(rows)} rows, not one"
-        try:
-            check_row(rows[0], key)
         except BadRow as exc:
             return None, str(exc)
-        return _from_stored(rows[0]), None
 
     def read_raw(self, key: str) -> dict | None:
         """The stored cells of ``key`` without validation (for ``verify`` to recompute a bad row), or None."""
         try:
-            rows = pq.read_table(self.row_path(key)).to_pylist()
-        except (OSError, pa.ArrowException):
+            rows = _read_row_file(self.row_path(key))
+        except (OSError, BadRow):
             return None
         if len(rows) != 1:
             return None
         try:
             return _from_stored(rows[0])
-        except ValueError:
+        except BadRow:
             return rows[0]
 
     def done(self, key: str) -> dict | None:
@@ -310,10 +362,18 @@ class ResultsStore:
             _, why = self.read_checked(k)
             if why is not None:
                 out[f"{ROWS_DIR}/{k}.parquet"] = why
-        if self.rows_dir.is_dir():  # files that cannot be rows at all (a bad name)
+        if self.rows_dir.is_dir():  # entries that cannot be rows at all: a bad name, not a regular file
             for f in self.rows_dir.iterdir():
-                if not f.name.startswith(".") and not f.name.endswith(".parquet"):
-                    out[f"{ROWS_DIR}/{f.name}"] = "not a row file (rows are <key>.parquet)"
+                if f.name.startswith("."):
+                    continue
+                if not _is_key(f.name[:-8] if f.name.endswith(".parquet") else ""):
+                    out[f"{ROWS_DIR}/{f.name}"[:200]] = ("not a row file (rows are <key>.parquet, the key "
+                                                        "alphanumeric with - and _)")
+                elif not _is_regular(f):
+                    try:
+                        _read_row_file(f)
+                    except (OSError, BadRow) as exc:
+                        out[f"{ROWS_DIR}/{f.name}"] = str(exc)
         return out
 
     # -- claims ---------------------------------------------------------------------------------
@@ -325,18 +385,26 @@ class ResultsStore:
 
         self.row_path(key)  # validates the key
         self.locks_dir.mkdir(exist_ok=True)
-        lock = FileLock(str(self.locks_dir / f"{key}.lock"), thread_local=False)
+        path = self.locks_dir / f"{key}.lock"
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise StoreError(f"results store {self.path}: {LOCKS_DIR}/{key}.lock is not a lock file (a directory, "
+                             "link or special file); delete it and run again")
+        lock = FileLock(str(path), thread_local=False)
         try:
             lock.acquire(timeout=-1 if wait else 0)
         except Timeout:
             return None
+        except OSError as exc:
+            raise StoreError(f"results store {self.path}: cannot claim {LOCKS_DIR}/{key}.lock "
+                             f"({type(exc).__name__}: {exc})") from None
         return lock
 
     def keys(self) -> list[str]:
         if not self.rows_dir.is_dir():
             return []
         return sorted(f.name[:-8] for f in self.rows_dir.iterdir()
-                      if f.name.endswith(".parquet") and not f.name.startswith("."))
+                      if f.name.endswith(".parquet") and not f.name.startswith(".") and _is_key(f.name[:-8])
+                      and _is_regular(f))
 
     def rows(self, strict: bool = True) -> list[dict]:
         """Every stored row, sorted by key (deterministic). ``strict``: refuse (``StoreError`` naming the
@@ -372,6 +440,17 @@ class ResultsStore:
             except OSError:
                 pass
         return n
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _is_key(key: str) -> bool:
+    return bool(key) and len(key) <= 200 and all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
 
 
 def bad_rows_message(path, bad: dict) -> str:
