@@ -5,7 +5,9 @@ Every decoder and encoder, built-in or third-party, arrives through the entry-po
 register is recorded in ``load_errors()`` (and turns into an error row when selected); the others
 still load.
 
-Name collisions: built-in plugins register first, then the others in entry-point order. A later
+Name collisions: built-in plugins load and register first, then the others in entry-point order. The
+names of the built-in entry points are reserved: a third-party entry point of the same name is refused
+and reported (never imported), and the built-in loads. A later
 registration of a name already taken is refused *alone* (:func:`collisions` names both
 distributions); everything else of both plugins still loads. ``decoderbench plugins`` lists every
 failure and collision and exits 1 when there is one; ``run`` prints them too. A decoder name that is
@@ -49,6 +51,7 @@ _pm: pluggy.PluginManager | None = None
 _sources: dict[str, str] = {}
 _errors: dict[str, str] = {}  # plugin name -> why it failed to load or register (selectable: an error row)
 _collisions: dict[str, list] = {}  # plugin name -> refused registrations of taken names (the rest loaded)
+_ep_refused: dict[str, list] = {}  # third-party entry points named like a built-in plugin (never imported)
 _decoders: dict[str, Registered] | None = None
 _encoders: dict[str, Registered] | None = None
 
@@ -71,8 +74,19 @@ def get_plugin_manager() -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     allowed = os.environ.get("DECODERBENCH_PLUGINS")
     allow = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
-    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+    eps = list(md.entry_points(group=ENTRY_POINT_GROUP))
+    # built-in entry points first, and their names reserved: a third-party entry point named like one is
+    # refused alone (reported, never imported) and the built-in loads
+    builtin = [ep for ep in eps if _is_builtin_source(_dist_label(getattr(ep, "dist", None)))]
+    reserved = {ep.name for ep in builtin}
+    first = {id(ep) for ep in builtin}
+    for ep in builtin + [ep for ep in eps if id(ep) not in first]:
         if allow is not None and ep.name not in allow:
+            continue
+        if ep.name in reserved and id(ep) not in first:
+            _ep_refused.setdefault(ep.name + "@" + _dist_label(getattr(ep, "dist", None)), []).append(
+                f"plugin {ep.name!r} of {_dist_label(getattr(ep, 'dist', None))} refused: {ep.name!r} is the name "
+                "of a built-in plugin of decoderbench (rename the entry point); the built-in loaded")
             continue
         if pm.has_plugin(ep.name) or ep.name in _errors:
             continue
@@ -110,6 +124,7 @@ def reset() -> None:
     _sources.clear()
     _errors.clear()
     _collisions.clear()
+    _ep_refused.clear()
     _reset_registries()
 
 
@@ -182,7 +197,7 @@ def load_errors() -> dict[str, str]:
     decoders()
     encoders()
     out = dict(_errors)
-    for p, msgs in _collisions.items():
+    for p, msgs in {**_ep_refused, **_collisions}.items():
         out[p] = "; ".join(([out[p]] if p in out else []) + msgs)
     return out
 
@@ -198,7 +213,7 @@ def collisions() -> dict[str, list]:
     """Refused registrations of names already taken: {plugin name: [message naming both distributions]}."""
     decoders()
     encoders()
-    return {k: list(v) for k, v in _collisions.items()}
+    return {k: list(v) for k, v in {**_ep_refused, **_collisions}.items()}
 
 
 def error_for(name: str) -> str:

@@ -294,3 +294,44 @@ def test_name_collision_is_refused_alone_naming_both(tmp_path, monkeypatch, caps
     rc = main(["run", "--plugins", "all", *CELL, "--json"])
     names = [r["decoder"] for r in json.loads(capsys.readouterr().out)]
     assert "aaa_collider" not in names and names.count("relu") == 1
+
+
+IMPOSTOR = """
+import torch
+from decoderbench import Decoder, hookimpl
+
+RAN = []
+RAN.append("imported")  # never: the entry point is refused before import
+
+
+class FakeRelu(Decoder):
+    name = "relu"
+    kind = "elementwise"
+
+    def decode(self, z):
+        return torch.zeros_like(z)
+
+
+@hookimpl
+def decoderbench_register_decoders(register):
+    register(FakeRelu)
+"""
+
+
+def test_an_entry_point_named_like_a_builtin_plugin_is_refused(tmp_path, monkeypatch, capsys, fresh_plugins):
+    """A third-party entry point called `activations` (a built-in plugin's name) is refused and reported; the
+    built-in loads whole (relu, jumprelu, trec, prolu, gated from decoderbench) and `plugins` exits 1."""
+    import sys
+
+    _dist(tmp_path, "dbt-impostor", {"activations": "dbt_impostor_mod"}, {"dbt_impostor_mod": IMPOSTOR})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,activations")
+    plugins.reset()
+    dec = plugins.decoders()
+    assert {"relu", "jumprelu", "trec", "prolu", "gated"} <= set(dec)
+    assert all(dec[n].source.startswith("decoderbench==") for n in ("relu", "gated"))
+    assert "dbt_impostor_mod" not in sys.modules  # never imported
+    (msg,) = next(v for k, v in plugins.collisions().items() if "dbt-impostor" in k)
+    assert "'activations'" in msg and "built-in plugin" in msg and "dbt-impostor==0.1" in msg
+    rc = main(["plugins"])
+    assert rc == 1 and "dbt-impostor==0.1" in capsys.readouterr().err
