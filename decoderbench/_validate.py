@@ -63,10 +63,17 @@ def check_sigma(sigma) -> float:
     return f
 
 
+#: Seeds and sample counts are stored as int64: larger values are refused when parsed, not after the run.
+MAX_SEED = 2**63 - 1
+MAX_SAMPLES = 2**40
+
+
 def check_seed(seed) -> int:
     f = _finite("seed", seed)
-    if f != int(f) or int(f) < 0:
-        raise BadInput(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        f = seed  # exact, whatever its size
+    if f != int(f) or not 0 <= int(f) <= MAX_SEED:
+        raise BadInput(f"seed must be an integer in 0..2^63-1, got {seed!r}")
     return int(f)
 
 

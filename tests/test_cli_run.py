@@ -163,7 +163,7 @@ def test_line_progress_is_periodic():
     (["--grid", "default", "--ns", "64", "--r", "0.001"], "impossible cell n_s=64 r=0.001"),
     (["--ns", "64", "--device", "tpu"], "--device must be auto, cpu or cuda"),
     (["--ns", "64", "--target-se", "1.5"], "--target-se must be a number in (0, 1)"),
-    (["--ns", "64", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["--ns", "64", "--seed", "-1"], "seed must be an integer in 0..2^63-1"),
 ])
 def test_bad_run_options_exit_2(in_tmp, capsys, args, needle):
     assert main(["run", "--plugins", "linear", *args]) == 2

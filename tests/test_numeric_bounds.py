@@ -1,0 +1,35 @@
+"""Every numeric flag is bounded where it is parsed: one line naming it and what is allowed, exit 2, before
+anything runs (huge timeouts, seeds, sample counts and memory limits; an empty evaluation key)."""
+
+from __future__ import annotations
+
+import pytest
+
+from decoderbench.cli import main
+
+CELL = ["run", "--plugins", "linear", "--ns", "64", "--r", "0.25", "--p", "0.1", "--min-samples", "16"]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--timeout", "1e300"], "--timeout must be a positive number of seconds, at most"),
+    (["--timeout", "1e7"], "--timeout must be a positive number of seconds, at most"),
+    (["--seed", "1e20"], "seed must be an integer in 0..2^63-1"),
+    (["--seed", "99999999999999999999"], "seed must be an integer in 0..2^63-1"),
+    (["--max-samples", "100000000000000000000"], "max_samples must be an integer of at most 2^40"),
+    (["--memory-limit", "1e30"], "--memory-limit must be a number of megabytes in 1024.."),
+    (["--memory-limit", "64"], "--memory-limit must be a number of megabytes in 1024.."),
+])
+def test_out_of_range_flags_are_one_line_exit_2(tmp_path, capsys, extra, says):
+    out = tmp_path / "store"
+    code = main([*CELL, "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert not (out / "rows").exists() or not any((out / "rows").iterdir())  # nothing half-written
+
+
+def test_an_empty_evaluation_key_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DECODERBENCH_EVAL_KEY", "  ")
+    code = main([*CELL, "--max-samples", "16", "--out", str(tmp_path / "s"), "--no-summary"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "DECODERBENCH_EVAL_KEY is set but empty" in err[-1]
