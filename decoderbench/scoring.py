@@ -87,6 +87,10 @@ def stop_reason(acc: Accumulator, *, target_rel_se: float, min_samples: int, max
     return "max_samples" if acc.n >= max_samples else None
 
 
+#: A per-sample loss above this is an error, not a result: its square would overflow the SE's float64 sums.
+MAX_SAMPLE_LOSS = 1e100
+
+
 def sample_losses(x: torch.Tensor, x_hat) -> torch.Tensor:
     """Per-sample losses ``n_s^{-1} ||x - x_hat||^2``; ValueError on a wrong shape or non-finite output."""
     if not isinstance(x_hat, torch.Tensor) or tuple(x_hat.shape) != tuple(x.shape):
@@ -94,7 +98,12 @@ def sample_losses(x: torch.Tensor, x_hat) -> torch.Tensor:
         raise ValueError(f"decode returned shape {shape}, expected {tuple(x.shape)}")
     if not bool(torch.isfinite(x_hat).all()):
         raise ValueError("decode returned non-finite values")
-    return (x - x_hat.to(x.dtype)).square_().sum(-1) / x.shape[-1]
+    out = (x - x_hat.to(x.dtype)).square_().sum(-1) / x.shape[-1]
+    if not bool(torch.isfinite(out).all()):  # finite outputs whose squared error overflows the working dtype
+        out = (x.double() - x_hat.double()).square_().sum(-1) / x.shape[-1]
+    if not bool(torch.isfinite(out).all()) or float(out.max()) > MAX_SAMPLE_LOSS:
+        raise ValueError(f"decode returned values too large to score (a per-sample loss above {MAX_SAMPLE_LOSS:g})")
+    return out
 
 
 def score(decode, make_input, sampler, *, p: float, target_rel_se: float, min_samples: int,

@@ -33,3 +33,16 @@ def test_an_empty_evaluation_key_is_refused(tmp_path, capsys, monkeypatch):
     code = main([*CELL, "--max-samples", "16", "--out", str(tmp_path / "s"), "--no-summary"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "DECODERBENCH_EVAL_KEY is set but empty" in err[-1]
+
+
+def test_finite_outputs_that_overflow_float32_are_scored_in_float64():
+    import torch
+
+    from decoderbench.scoring import sample_losses
+
+    x = torch.rand(4, 8)
+    big = torch.full((4, 8), 3e38)  # finite in float32; its square is not
+    out = sample_losses(x, big)
+    assert bool(torch.isfinite(out).all()) and float(out[0]) == pytest.approx(9e76, rel=1e-6)
+    with pytest.raises(ValueError, match="too large to score"):
+        sample_losses(x.double(), torch.full((4, 8), 1e200, dtype=torch.float64))
