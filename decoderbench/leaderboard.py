@@ -277,12 +277,15 @@ def _pool(name: str, kind: str, rows: list[dict], t: dict) -> dict:
     seed_sd = statistics.stdev(losses) if n >= 2 else None
     err = seed_sd / math.sqrt(n) if seed_sd is not None else sampling_se
     e2, mm = t.get("e2_bound"), t.get("mmse_elementwise")
+    exact = [r.get("mmse_elementwise_exact") for r in rows]
+    mm_exact = math.fsum(exact) / n if all(_num(v) for v in exact) else None  # the rugs' own exact MMSE
     notes = sorted({str(params_of(r)["note"]) for r in rows if params_of(r).get("note")}
                    | {m for m in (capped_mark(r) for r in rows) if m})
     return {"decoder": name, "kind": kind, "loss": loss, "loss_se": err, "sampling_se": sampling_se,
             "seed_sd": seed_sd, "n_seeds": n, "seeds": [r.get("seed") for r in rows],
             "n_eval": sum(int(r.get("n_eval") or 0) for r in rows),
             "ratio_e2": loss / e2 if e2 else None, "ratio_mmse": loss / mm if mm else None,
+            "mmse_exact": mm_exact, "ratio_mmse_exact": loss / mm_exact if mm_exact else None,
             "exact": is_exact(loss, t.get("trivial")), "version": _version_label(rows[0]),
             "stop": "; ".join(sorted({s for s in (stop_text(r) for r in rows) if s})), "note": "; ".join(notes),
             "keys": [r.get("key") for r in rows]}
@@ -412,13 +415,20 @@ def cells_markdown(agg: dict) -> str:
                      f"VAMP SE {fmt(t['vamp_se'])}, best linear {fmt(t['linear'])}, trivial {fmt(t['trivial'])}. "
                      f"Regime: {REGIME_TEXT[a['regime']]}.")
         parts.append("")
+        exact_mm = sorted({e["mmse_exact"] for e in a["scored"] if e.get("mmse_exact")})
+        if exact_mm:
+            parts[-2] += (f" Exact elementwise MMSE of this rug (no Gaussian assumption; the mean over the seeds' rugs): "
+                          f"{fmt(exact_mm[0])}" + (f" to {fmt(exact_mm[-1])}" if len(exact_mm) > 1 else "") +
+                          f", {fmt(exact_mm[0] / t['mmse_elementwise'], 3)}x the Gaussian line."
+                          if t.get("mmse_elementwise") else "")
         body = [[str(i + 1), e["decoder"], e["kind"], error_text(e), seeds_text(e),
-                 fmt(e["ratio_e2"], 3) + (" (exact)" if e["exact"] else ""), fmt(e["ratio_mmse"], 3), str(e["n_eval"]),
+                 fmt(e["ratio_e2"], 3) + (" (exact)" if e["exact"] else ""), fmt(e["ratio_mmse"], 3),
+                 fmt(e.get("ratio_mmse_exact"), 3), str(e["n_eval"]),
                  "; ".join(x for x in (e["stop"], e["note"]) if x)]
                 for i, e in enumerate(a["scored"])]
         if body:
             parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound",
-                                   "/ elementwise MMSE", "samples", "stop"], body, "rlllrrrrl"))
+                                   "/ elementwise MMSE", "/ exact MMSE", "samples", "stop"], body, "rlllrrrrrl"))
         else:
             parts.append("No decoder ranked on this cell.")
         if a["unconverged"]:

@@ -13,6 +13,7 @@ cell's E.2 bound and elementwise MMSE.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -144,6 +145,29 @@ def _theory_columns(cell: Cell) -> dict:
                               "vamp_se", "amp_se") if k in t}
 
 
+#: Rows of rug cells up to this n_s carry the exact (non-Gaussian) references of their rug; the law costs
+#: about 1-3 s per (cell, seed) at the grid spacing used here (1/512: relative error about 1e-4), cached.
+EXACT_MAX_NS = 1 << 16
+EXACT_M = 512
+EXACT_COLUMNS = ("mmse_elementwise_exact", "e2_bound_exact", "relu_theory_exact")
+
+
+def _exact_columns(unit: WorkUnit) -> dict:
+    """The exact elementwise MMSE, E.2 bound and ReLU optimum of the unit's rug (decoderbench.exact), or None
+    where they are not computed (another encoder, n_s above EXACT_MAX_NS)."""
+    if unit.encoder != "rug" or unit.n_s > EXACT_MAX_NS:
+        return {k: None for k in EXACT_COLUMNS}
+    return dict(_exact_cached(unit.n_s, unit.n_d, float(unit.p), int(unit.seed)))
+
+
+@functools.lru_cache(maxsize=32)
+def _exact_cached(n_s: int, n_d: int, p: float, seed: int) -> tuple:
+    from .exact import exact_references
+
+    e = exact_references(n_s, n_d, p, seed=seed, M=EXACT_M)
+    return tuple((k, e[k]) for k in EXACT_COLUMNS)
+
+
 def run_unit(unit: WorkUnit, registered=None) -> dict:
     """Fit and score one decoder on one cell; return the result row. Never raises for a plugin's fault."""
     from . import plugins
@@ -157,13 +181,14 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         "seed": unit.seed, "device": unit.device, "dtype": unit.dtype,
         "target_rel_se": unit.target_rel_se, "n_eval": 0, "loss": None, "loss_se": None,
         "sampling_stop": None, "precision_met": None, "se_floor_abs": None,
-        "ratio_e2": None, "ratio_mmse": None, "params": {}, "status": "error", "error": None,
+        "ratio_e2": None, "ratio_mmse": None, "ratio_mmse_exact": None, "params": {}, "status": "error", "error": None,
         "predicted": None, "ratio_predicted": None,
         "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,
         "decoderbench_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "options": unit.options,
     }
     row.update(_theory_columns(cell))
+    row.update(_exact_columns(unit))
     try:
         reg = registered if registered is not None else plugins.get_decoder(unit.decoder)
     except ValueError as exc:
@@ -207,6 +232,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
             row["ratio_e2"] = acc_mean / row["e2_bound"]
         if row.get("mmse_elementwise"):
             row["ratio_mmse"] = acc_mean / row["mmse_elementwise"]
+        row["ratio_mmse_exact"] = acc_mean / row["mmse_elementwise_exact"] if row.get("mmse_elementwise_exact") else None
         # a decoder's own prediction of its loss (e.g. state evolution): measured / predicted
         pred = row["params"].get("predicted")
         if isinstance(pred, (int, float)) and not isinstance(pred, bool):

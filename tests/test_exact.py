@@ -102,6 +102,9 @@ def test_oracle_exact_row_matches_its_prediction(tmp_path):
                             min_samples=2048, max_samples=2048))
     assert row["status"] == "ok" and row["kind"] == "reference"
     assert abs(row["loss"] - row["predicted"]) < 3 * row["loss_se"]
+    # every rug row carries the exact references of its rug and its ratio to the exact MMSE
+    assert row["mmse_elementwise_exact"] == pytest.approx(row["predicted"], rel=1e-3)
+    assert abs(row["ratio_mmse_exact"] - 1.0) < 3 * row["loss_se"] / row["loss"]
     gauss = run_unit(WorkUnit(decoder="oracle", n_s=1024, n_d=256, p=0.01, seed=0, min_samples=2048,
                               max_samples=2048))
     assert gauss["loss"] > row["loss"] + 3 * row["loss_se"]  # the Gaussian oracle is no reference here
@@ -132,3 +135,16 @@ def test_weights_of_the_rug_give_the_rug_references():
     _, law = _law(n_s, n_d, p, M=512)
     assert ref["mmse_elementwise_exact"] == pytest.approx(exact.mmse_elementwise_exact(law), rel=1e-6)
     assert ref["rows_not_encoded"] == 0
+
+
+def test_the_board_shows_the_exact_line_and_ratio():
+    from decoderbench.leaderboard import render
+    from decoderbench.runner import WorkUnit, run_unit
+
+    rows = []
+    for name in ("relu", "oracle-exact"):
+        row = run_unit(WorkUnit(decoder=name, n_s=256, n_d=64, p=0.045, min_samples=256, max_samples=256,
+                                target_rel_se=0.2))
+        rows.append({**row, "key": name, "finished_at": "2026"})
+    cells = render(rows, "t", "cmd")["cells.md"]
+    assert "Exact elementwise MMSE of this rug" in cells and "| / exact MMSE |" in cells
