@@ -521,7 +521,17 @@ def plot_losses(rows: list[dict], path, title: str = "") -> None:
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    below = [r["n_s"] for r in rows if r["loss_trained"] < r["mmse_elementwise"]]
+    caption = ("The Gaussian lines assume Gaussian interference; they bound the rug's elementwise decoders only "
+               "approximately and are no bound for a trained W.")
+    if below:
+        caption += (f" The trained model lies below the Gaussian elementwise MMSE at n_s = "
+                    f"{', '.join(map(str, below))}: its off-diagonal weights are one-sided, so its interference is "
+                    "negatively skewed and the ReLU discards much of it (the symmetry table's skew column).")
+    import textwrap
+
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(caption, 110)), fontsize=7, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.1 if below else 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
