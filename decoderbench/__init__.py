@@ -1,8 +1,16 @@
 """decoderbench: a benchmark for sparse decoders on the Persian Rug toy model of superposition.
 
-Public API: ``fwht``, ``PersianRug``, ``Encoder``, ``SparseSampler``, ``Decoder``, ``DecoderContext``,
-``TrainingSet``, ``Cell``, ``hookimpl``, ``cell_theory``, ``conditional_moments``, ``WorkUnit``,
-``run_unit``, ``Skip`` (a decoder declines a unit, with its reason), ``BadInput``.
+From a notebook (``decoderbench.api``)::
+
+    import decoderbench as db
+    df = db.evaluate(["relu", "vamp", MyDecoder, torch.nn.functional.gelu], n_s=4096, r=0.25, p=0.045)
+    print(db.Board(df).markdown())
+
+``evaluate``, ``theory``, ``load_results``, ``verify``, ``Board``, ``resolve`` (the API, loaded on first use),
+``activation_decoder``; the plugin contract ``Decoder``, ``DecoderContext``, ``TrainingSet``, ``Cell``,
+``Encoder``, ``PersianRug``, ``hookimpl``; and ``fwht``, ``SparseSampler``, ``cell_theory``,
+``conditional_moments``, ``WorkUnit``, ``run_unit``, ``Skip`` (a decoder declines a unit, with
+its reason), ``BadInput``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,18 @@ def __getattr__(name):  # lazy: theory pulls in scipy
         from . import channel
 
         return getattr(channel, name)
+    if name in ("evaluate", "load_results", "verify", "Board", "resolve"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "theory":  # the submodule, callable as the API's theory(n_s, r=, p=)
+        import importlib
+
+        return importlib.import_module(".theory", __name__)
+    if name == "activation_decoder":
+        from .activation import activation_decoder
+
+        return activation_decoder
     if name in ("WorkUnit", "run_unit"):
         from . import runner
 
@@ -35,4 +55,5 @@ def __getattr__(name):  # lazy: theory pulls in scipy
 
 __all__ = ["__version__", "fwht", "SparseSampler", "derive_seed", "Encoder", "PersianRug", "Cell", "Decoder",
            "DecoderContext", "TrainingSet", "KINDS", "hookimpl", "cell_theory", "conditional_moments",
-           "conditional_mean", "WorkUnit", "run_unit", "BadInput", "Skip"]
+           "conditional_mean", "WorkUnit", "run_unit", "BadInput", "Skip", "evaluate", "theory", "load_results",
+           "verify", "Board", "resolve", "activation_decoder"]

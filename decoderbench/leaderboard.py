@@ -695,11 +695,12 @@ def unconverged_entries(agg: dict) -> list[dict]:
     return out
 
 
-def render(rows: list[dict], title: str, command: str, figure: bool = False) -> dict[str, str]:
+def render(rows: list[dict], title: str, command: str, figure: bool = False, agg: dict | None = None) -> dict[str, str]:
     """{file name: Markdown text} for ``rows`` (already selected with :func:`select_rows`); with ``figure`` the
-    summary shows :data:`HEADLINE_FIGURE` (drawn by ``plots.plot_headline``) under its first paragraph."""
+    summary shows :data:`HEADLINE_FIGURE` (drawn by ``plots.plot_headline``) under its first paragraph. ``agg``:
+    the rows' :func:`aggregate`, when the caller already has it."""
     rows = select_rows(rows)  # idempotent; makes the output independent of the input order
-    agg = aggregate(rows)
+    agg = agg if agg is not None else aggregate(rows)
     head = header(title, command, rows)
     top, versions = head.rsplit("\n", 1)  # the decoder versions go to the end: the first screen is the finding
     fig = HEADLINE_FIGURE if figure and any(a["scored"] for a in agg.values()) else None

@@ -88,13 +88,13 @@ def _pyplot():
     return plt, sns
 
 
-def _entries(rows: list[dict]) -> list[dict]:
+def _entries(rows: list[dict], agg: dict | None = None) -> list[dict]:
     """One pooled, ranked entry per (cell, decoder) with the cell's fields and theory attached.
 
     Only ranked entries: rows that stopped on a cap or missed their precision target are in none.
     """
     out = []
-    for cell, a in aggregate(select_rows(rows)).items():
+    for cell, a in (agg if agg is not None else aggregate(select_rows(rows))).items():
         enc, dtype, n_s, n_d, p = cell
         for e in a["scored"]:
             out.append({**e, "n_s": n_s, "n_d": n_d, "p": p, "r": n_d / n_s, "regime": a["regime"],
@@ -102,8 +102,8 @@ def _entries(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _n_unranked(rows: list[dict]) -> int:
-    return sum(len(a["unconverged"]) for a in aggregate(select_rows(rows)).values())
+def _n_unranked(rows: list[dict], agg: dict | None = None) -> int:
+    return sum(len(a["unconverged"]) for a in (agg if agg is not None else aggregate(select_rows(rows))).values())
 
 
 def decoder_styles(entries: list[dict], sns=None) -> dict:
@@ -147,8 +147,9 @@ def _err_note(points: list[tuple[float, float]], decades: float, panel_pt: float
 # ----------------------------------------------------------------------------- loss against r
 
 
-def plot_loss_vs_r(rows: list[dict], path: Path, curves_for=theory_curves) -> Path | None:
-    entries = _entries(rows)
+def plot_loss_vs_r(rows: list[dict], path: Path, curves_for=theory_curves, agg: dict | None = None) -> Path | None:
+    """``agg``: the rows' :func:`~decoderbench.leaderboard.aggregate`, when the caller has it (else computed)."""
+    entries = _entries(rows, agg)
     if not entries:
         return None
     plt, sns = _pyplot()
@@ -235,7 +236,7 @@ def plot_loss_vs_r(rows: list[dict], path: Path, curves_for=theory_curves) -> Pa
             axr.set_xlabel("compression ratio r = n_d / n_s")
             if j == 0:
                 axr.set_ylabel("z-decoder loss /\nelementwise MMSE")
-    n_out = _n_unranked(rows)
+    n_out = _n_unranked(rows, agg)
     # legend below the panels, grouped: theory, the z band, then decoders by kind
     order = [k for k in handles if k[0] == "theory"] + [k for k in handles if k[0] == "z"]
     order += sorted((k for k in handles if k[0] not in ("theory", "z")), key=lambda k: (_kind_rank(k[0]), k[1]))
@@ -267,8 +268,9 @@ def plot_loss_vs_r(rows: list[dict], path: Path, curves_for=theory_curves) -> Pa
 # ----------------------------------------------------------------------------- loss against p^2/r
 
 
-def plot_loss_vs_p2_over_r(rows: list[dict], path: Path, curves_for=theory_curves) -> Path | None:
-    entries = [e for e in _entries(rows) if e["kind"] in Z_KINDS]
+def plot_loss_vs_p2_over_r(rows: list[dict], path: Path, curves_for=theory_curves,
+                           agg: dict | None = None) -> Path | None:
+    entries = [e for e in _entries(rows, agg) if e["kind"] in Z_KINDS]
     if not entries:
         return None
     plt, sns = _pyplot()
@@ -307,7 +309,8 @@ def plot_loss_vs_p2_over_r(rows: list[dict], path: Path, curves_for=theory_curve
     ax.set_ylim(min(ys) / 10, max(ys) * 3)
     ax.set_xlabel("p^2 / r")
     ax.set_ylabel("loss per feature")
-    n_out = sum(1 for a in aggregate(select_rows(rows)).values() for u in a["unconverged"] if u["kind"] in Z_KINDS)
+    n_out = sum(1 for a in (agg if agg is not None else aggregate(select_rows(rows))).values()
+                for u in a["unconverged"] if u["kind"] in Z_KINDS)
     note = _err_note(list(zip(all_y, [e["loss_se"] for e in entries])), math.log10(ax.get_ylim()[1] / ax.get_ylim()[0]),
                      4.6 * 72, 5)
     ax.set_title("Decoders that see only z: loss against p^2/r (paper Fig. 15);\nsolid line: slope 1, the scaling "
@@ -320,9 +323,9 @@ def plot_loss_vs_p2_over_r(rows: list[dict], path: Path, curves_for=theory_curve
 # ----------------------------------------------------------------------------- heatmaps of loss / E.2 bound
 
 
-def plot_ratio_heatmaps(rows: list[dict], out_dir: Path) -> list[Path]:
-    agg = aggregate(select_rows(rows))
-    entries = _entries(rows)
+def plot_ratio_heatmaps(rows: list[dict], out_dir: Path, agg: dict | None = None) -> list[Path]:
+    agg = agg if agg is not None else aggregate(select_rows(rows))
+    entries = _entries(rows, agg)
     unranked = [(cell, u) for cell, a in agg.items() for u in a["unconverged"]]
     if not entries and not unranked:
         return []
@@ -424,18 +427,18 @@ def figure_digest(path) -> str | None:
 # ----------------------------------------------------------------------------- the headline
 
 
-def plot_headline(rows: list[dict], path: Path) -> Path | None:
+def plot_headline(rows: list[dict], path: Path, agg: dict | None = None) -> Path | None:
     """The board in one look: per cell, each ranked decoder's loss / E.2 bound as a point (log scale); the
     decoders that see only z on the left of the cell, message passing (iterative) apart on the right, learned
     decoders beside it; the E.2 bound (1) as a black line, the cell's elementwise MMSE and VAMP state evolution
     as short grey segments over their groups; exact recoveries in a marked band at the bottom."""
     from .leaderboard import headline_rows
 
-    entries = _entries(rows)
+    entries = _entries(rows, agg)
     if not entries:
         return None
     plt, sns = _pyplot()
-    agg = aggregate(select_rows(rows))
+    agg = agg if agg is not None else aggregate(select_rows(rows))
     cells = list(agg)
     styles = decoder_styles(entries, sns)
     ratios = [e["ratio_e2"] for e in entries if e["ratio_e2"] and not e["exact"]]
@@ -496,9 +499,13 @@ def _num(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def make_figures(rows: list[dict], out_dir) -> list[Path]:
-    """Every figure for ``rows`` into ``out_dir`` (PNG and SVG); returns the PNG paths written."""
+def make_figures(rows: list[dict], out_dir, agg: dict | None = None) -> list[Path]:
+    """Every figure for ``rows`` into ``out_dir`` (PNG and SVG); returns the PNG paths written. ``agg``: the
+    rows' aggregate when the caller already has it (``decoderbench.Board`` computes it once)."""
     out_dir = Path(out_dir)
-    paths = [plot_headline(rows, out_dir / "headline.png"), plot_loss_vs_r(rows, out_dir / "loss_vs_r.png"), plot_loss_vs_p2_over_r(rows, out_dir / "loss_vs_p2_over_r.png")]
-    paths += plot_ratio_heatmaps(rows, out_dir)
+    agg = agg if agg is not None else aggregate(select_rows(rows))
+    paths = [plot_headline(rows, out_dir / "headline.png", agg=agg),
+             plot_loss_vs_r(rows, out_dir / "loss_vs_r.png", agg=agg),
+             plot_loss_vs_p2_over_r(rows, out_dir / "loss_vs_p2_over_r.png", agg=agg)]
+    paths += plot_ratio_heatmaps(rows, out_dir, agg=agg)
     return [p for p in paths if p is not None]

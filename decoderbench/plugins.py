@@ -101,11 +101,12 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def register_plugin(plugin, name: str | None = None) -> str:
-    """Register a plugin object or module by hand (tests, notebooks); returns its pluggy name."""
+def register_plugin(plugin, name: str | None = None, source: str | None = None) -> str:
+    """Register a plugin object or module by hand (tests, notebooks); returns its pluggy name. Its decoders'
+    source is ``source`` (default ``local:<name>``; it must start with ``local:``: code of this session)."""
     pm = get_plugin_manager()
     name = pm.register(plugin, name=name)
-    _sources[name] = f"local:{name}"
+    _sources[name] = source if source is not None and str(source).startswith("local:") else f"local:{name}"
     _reset_registries()
     return name
 

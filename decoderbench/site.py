@@ -148,11 +148,13 @@ def _entry_link(e: dict) -> str:
     return _a(_row_link(keys[0]), e["decoder"]) if keys else html.escape(e["decoder"])
 
 
-def write_site(rows: list[dict], out_dir, title: str, command: str, figures: list[Path] = ()) -> list[Path]:
-    """Write the site into ``out_dir`` (created, its old pages replaced); returns the paths written."""
+def write_site(rows: list[dict], out_dir, title: str, command: str, figures: list[Path] = (),
+               agg: dict | None = None) -> list[Path]:
+    """Write the site into ``out_dir`` (created, its old pages replaced); returns the paths written. ``agg``:
+    the rows' aggregate when the caller already has it."""
     _, init_html = _itables()
     rows = select_rows(rows)
-    agg = aggregate(rows)
+    agg = agg if agg is not None else aggregate(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     init = init_html(_bundle_path())

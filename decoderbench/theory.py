@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -369,3 +370,16 @@ def cell_theory(n_s: int, n_d: int, p: float) -> dict:
     n_d = check_nd(n_d, n_s)
     p = check_p(p)
     return dict(_cell_theory(n_s, n_d, p))
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``decoderbench.theory`` is this module and also the API's ``theory(n_s, r=, p=)`` (a function cannot share
+    the package attribute with the submodule of the same name: importing the submodule replaces it)."""
+
+    def __call__(self, n_s, r=None, n_d=None, p=0.045) -> dict:
+        from .api import theory
+
+        return theory(n_s, r=r, n_d=n_d, p=p)
+
+
+sys.modules[__name__].__class__ = _CallableModule
