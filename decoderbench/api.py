@@ -209,7 +209,8 @@ def resolve(spec, name: str | None = None):
         reg = plugins.decoders()
         if spec in reg:
             return reg[spec]
-        if spec in plugins.failures():  # a broken plugin: its error row says why
+        if plugins.failures():  # some plugin failed to load (it may have been this one's): an error row says so
+            check_decoder_name(spec)
             return plugins.Registered(spec, None, None, None, spec, "?")
         raise BadInput(f"unknown decoder {spec!r}; registered: {', '.join(reg) or '(none)'} "
                        "(or pass a Decoder subclass or a callable)")
@@ -331,22 +332,13 @@ class RunPlan:
 
 def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "auto", isolate=None, timeout=None,
             memory_limit=None, executor: str = "local", workers=1, address=None, store=None) -> RunPlan:
-    """Check a run and build its units, guard and executor; raises bad input before anything runs. Session
-    decoders must be registered (:func:`session`) around this call and :func:`execute`."""
-    from . import plugins, sweep, worker
+    """Check a run and build its units, guard and executor; raises bad input before anything runs. ``regs``:
+    resolved decoders (:func:`resolve`) or registered names. Session decoders must be registered
+    (:func:`session`) around this call and :func:`execute`."""
+    from . import plugins, sweep
 
-    if timeout is not None:
-        timeout = worker.check_timeout(timeout, "--timeout")
-    if memory_limit is not None:
-        memory_limit = worker.check_memory_limit(memory_limit)
-    if isinstance(workers, str):
-        try:
-            workers = int(workers.strip())
-        except ValueError:
-            raise BadInput(f"--workers must be an integer >= 1, got {workers!r}") from None
-    if executor not in sweep.EXECUTORS:
-        raise BadInput(f"--executor must be one of {', '.join(sweep.EXECUTORS)}, got {executor!r}")
-    sweep.check_workers(workers)
+    timeout, memory_limit, workers = check_execution(timeout, memory_limit, executor, workers)
+    regs = [resolve(r) if isinstance(r, str) else r for r in regs]
     if any(is_local(r) for r in regs) and (executor != "local" or workers != 1):
         local = [r.name for r in regs if is_local(r)]
         raise BadInput(f"decoders {', '.join(local)} are defined in this session and run in this process: "
@@ -370,6 +362,25 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
     ex = sweep.make_executor(executor, workers=workers, guard=guard, address=address)
     return RunPlan(grid=grid, adhoc=adhoc, regs=list(regs), units=units, guard=guard, executor=ex, device=dev,
                    store_dir=store, problems=plugin_problems())
+
+
+def check_execution(timeout=None, memory_limit=None, executor: str = "local", workers=1):
+    """The execution options checked (bad input names the option): ``(timeout, memory_limit, workers)``."""
+    from . import sweep, worker
+
+    if timeout is not None:
+        timeout = worker.check_timeout(timeout, "--timeout")
+    if memory_limit is not None:
+        memory_limit = worker.check_memory_limit(memory_limit)
+    if isinstance(workers, str):
+        try:
+            workers = int(workers.strip())
+        except ValueError:
+            raise BadInput(f"--workers must be an integer >= 1, got {workers!r}") from None
+    if executor not in sweep.EXECUTORS:
+        raise BadInput(f"--executor must be one of {', '.join(sweep.EXECUTORS)}, got {executor!r}")
+    sweep.check_workers(workers)
+    return timeout, memory_limit, workers
 
 
 def guard_for(grid, isolate, timeout_s, memory_mb):
@@ -668,11 +679,12 @@ class Board:
         self.command = command or "python: decoderbench.Board(rows)"
         self.agg = aggregate(self.rows)
 
-    def files(self) -> dict[str, str]:
-        """{file name: text}: ``summary.md``, ``cells.md`` and ``rows.json``."""
+    def files(self, figure: bool = False) -> dict[str, str]:
+        """{file name: text}: ``summary.md``, ``cells.md`` and ``rows.json``; with ``figure`` the summary shows
+        the headline figure (written by :meth:`figures`)."""
         from . import leaderboard
 
-        out = leaderboard.render(self.rows, title=self.title, command=self.command, agg=self.agg)
+        out = leaderboard.render(self.rows, title=self.title, command=self.command, figure=figure, agg=self.agg)
         out[leaderboard.ROWS_FILE] = leaderboard.rows_json(self.rows)
         return out
 
@@ -729,7 +741,7 @@ class Board:
         from .site import SITE_DIR
 
         out_dir = Path(out_dir)
-        written = write_files(self.files(), out_dir)
+        written = write_files(self.files(figure=figures), out_dir)
         figs = self.figures(out_dir) if figures else []
         written += figs
         if html:

@@ -14,6 +14,7 @@ import click
 
 from .errors import BadInput
 from . import __version__
+from .api import BOARD_SUBDIR, DEFAULT_RESULTS, ROW_COLUMNS, default_board_dir, plugin_problems as _plugin_problems
 from ._validate import check_nd, check_ns, check_p, check_seed, nd_from_r
 
 
@@ -176,54 +177,7 @@ def plugins_cmd(as_json):
     return 1 if problems else 0  # something is broken: say so in the exit code
 
 
-def _select_decoders(spec: str) -> list[str]:
-    """Names from --plugins: 'all' or a comma-separated list. An unknown name is bad input, unless some
-    plugin failed to load (it may have been that plugin's): then it becomes an error row saying so."""
-    from . import plugins
-
-    registered = list(plugins.decoders())
-    broken = plugins.failures()
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise BadInput(f"--plugins must be 'all' or a comma-separated list of: {', '.join(registered)}")
-    if names == ["all"]:
-        # broken plugins are selected too, so their failure shows as an error row
-        return registered + [b for b in broken if b not in registered]
-    unknown = [n for n in names if n not in registered and n not in broken]
-    if unknown and not broken:
-        raise BadInput(f"--plugins: unknown decoder {unknown[0]!r}; registered: {', '.join(registered)}")
-    for n in unknown:
-        check_decoder_name(n)
-    return list(dict.fromkeys(names))
-
-
-def check_decoder_name(name: str) -> str:
-    """A --plugins name must look like a decoder name (it names rows and files)."""
-    if not name.replace("-", "_").replace(".", "_").isidentifier() or len(name) > 100:
-        raise BadInput(f"--plugins: {name!r} is not a decoder name (letters, digits, - _ .)")
-    return name
-
-
-def _plugin_problems() -> list[str]:
-    """One line per plugin that failed to load or register, and per refused (colliding) registration."""
-    from . import plugins
-
-    lines = [f"broken plugin: {m}" for m in plugins.failures().values()]
-    lines += [f"name collision: {m}" for msgs in plugins.collisions().values() for m in msgs]
-    return lines
-
-
-ROW_COLUMNS = ["decoder", "kind", "n_s", "n_d", "p", "seed", "loss", "loss_se", "ratio_e2", "ratio_mmse", "status"]
-DEFAULT_RESULTS = "results"
 DEFAULT_LEADERBOARDS = "leaderboards"  # where the committed boards live (written only when --out names it)
-BOARD_SUBDIR = "board"  # a store's own boards: <store>/board/<grid name, or "all">
-
-
-def default_board_dir(store_dir, grid_name: str | None = None):
-    """Where `leaderboard` writes without --out: inside the store's folder, never into the checkout."""
-    from pathlib import Path
-
-    return Path(store_dir) / BOARD_SUBDIR / (grid_name or "all")
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -244,35 +198,15 @@ def _command_line(ctx: click.Context) -> str:
 
 
 def _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples, max_samples):
-    """The grid a `run`/`leaderboard` invocation means, and whether it is an ad-hoc one."""
-    from .grids import adhoc_grid, load_grid
+    """The grid a `run`/`leaderboard` invocation means (api.build_grid), and whether it is an ad-hoc one."""
+    from .api import build_grid
 
-    ns_l = None if ns is None else _floats("--ns", ns)
-    r_l = None if r is None else [float(v) for v in _floats("--r", r)]
-    nd_l = None if nd is None else _floats("--nd", nd)
-    p_l = None if p is None else [float(v) for v in _floats("--p", p)]
-    if min_samples is not None and max_samples is not None and min_samples > max_samples:
-        raise BadInput(f"--min-samples must be at most --max-samples, got --min-samples {min_samples} > "
-                       f"--max-samples {max_samples}")
-    seeds = None if seed is None else [check_seed(s) for s in _floats("--seed", seed)]
-    if r_l is not None and nd_l is not None:
-        raise BadInput("--r and --nd: give one of them, not both")
-    adhoc = grid_spec is None and any(v is not None for v in (ns_l, r_l, nd_l, p_l))
-    if adhoc:
-        g = adhoc_grid(ns_l or [4096], r_l, nd_l, p_l or [0.045], seeds or [0],
-                       target_rel_se=0.01 if target_se is None else target_se,
-                       min_samples=min(2048, max_samples or 131072) if min_samples is None else min_samples,
-                       max_samples=131072 if max_samples is None else max_samples,
-                       encoder=encoder or "rug", dtype=dtype or "float32")
-        return g, True
-    g = load_grid(grid_spec or "default")
-    g = g.override(ns=ns_l, r=r_l, nd=nd_l, p=p_l, seeds=seeds, target_rel_se=target_se, max_samples=max_samples,
-                   min_samples=min_samples)
-    from dataclasses import replace
-
-    if encoder is not None or dtype is not None:
-        g = replace(g, encoder=encoder or g.encoder, dtype=dtype or g.dtype)
-    return g, False
+    return build_grid(grid_spec, n_s=None if ns is None else _floats("--ns", ns),
+                      r=None if r is None else [float(v) for v in _floats("--r", r)],
+                      n_d=None if nd is None else _floats("--nd", nd),
+                      p=None if p is None else [float(v) for v in _floats("--p", p)],
+                      seeds=None if seed is None else _floats("--seed", seed), encoder=encoder, dtype=dtype,
+                      target_se=target_se, min_samples=min_samples, max_samples=max_samples)
 
 
 def _cell_options(f):
@@ -339,54 +273,39 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     """
     from pathlib import Path
 
-    from . import leaderboard, plugins, sweep, worker
-    from .store import ResultsStore
+    from . import api, leaderboard, plugins
 
-    # the execution options first: a bad one is refused before anything runs
-    if timeout_s is not None:
-        timeout_s = worker.check_timeout(timeout_s, "--timeout")
-    if memory_mb is not None:
-        memory_mb = worker.check_memory_limit(memory_mb)
-    try:
-        workers = int(str(workers).strip())
-    except ValueError:
-        raise BadInput(f"--workers must be an integer >= 1, got {workers!r}") from None
-    if executor_kind not in sweep.EXECUTORS:
-        raise BadInput(f"--executor must be one of {', '.join(sweep.EXECUTORS)}, got {executor_kind!r}")
-    sweep.check_workers(workers)
+    api.check_execution(timeout_s, memory_mb, executor_kind, workers)  # a bad one is refused before anything runs
     grid, adhoc = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples,
                                      max_samples)
     plugins.get_encoder(grid.encoder)
     spec = plugin_spec if plugin_spec is not None else (grid.plugins if isinstance(grid.plugins, str)
                                                         else ",".join(grid.plugins))
-    names = _select_decoders(spec)
-    for line in _plugin_problems():  # broken plugins and refused names, on every run
-        click.echo(line, err=True)
-    dev = sweep.resolve_device(device)
-    units = sweep.units_for(grid, names, device=dev)
-    from .decoder import check_unit_options
-
-    check_unit_options(units)  # bad decoder options: one line, exit 2, before anything is fitted
-    guard = _guard_for(grid, isolate, timeout_s, memory_mb)
-    executor = sweep.make_executor(executor_kind, workers=workers, guard=guard, address=address)
+    regs = api.select_decoders(spec)
     store_dir = out if out is not None else (None if adhoc else DEFAULT_RESULTS)
-    store = ResultsStore(store_dir) if store_dir is not None else None
+    # every check (execution options, encoder, decoder options) before anything runs or a store is made
+    plan = api.prepare(regs, grid, adhoc=adhoc, device=device, isolate=isolate, timeout=timeout_s,
+                       memory_limit=memory_mb, executor=executor_kind, workers=workers, address=address,
+                       store=store_dir)
+    for line in plan.problems:  # broken plugins and refused names, on every run
+        click.echo(line, err=True)
+    names, dev, units = plan.names, plan.device, plan.units
     command = _command_line(ctx)
     n_cells = len(grid.cells())
     if not as_json:
         click.echo(f"grid {grid.name}: {n_cells} cells x {len(grid.seeds)} seeds x {len(names)} decoders = "
-                   f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store is not None else ""), err=True)
+                   f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store_dir is not None else ""),
+                   err=True)
     progress = False if as_json else (True if sys.stderr.isatty() else "lines")  # a log gets plain lines
-    bad_before = store.problems() if store is not None else {}
-    res = sweep.run_sweep(units, store=store, force=force, command=command, grid=grid.name, progress=progress,
-                          executor=executor)
+    result = api.execute(plan, command=command, force=force, progress=progress)
+    res, store = result.sweep, result.store
     rows = res.rows
     if store is not None:
-        _report_bad_rows(store, bad_before)
+        _report_bad_rows(result.bad_before, result.bad_after)
     board_files = None
     if store is not None and board_dir is not None:  # only where asked: a run writes rows to its store only
         # the grid's leaderboard: every stored row of its cells, not only the decoders of this run
-        files = leaderboard.render(_grid_rows(store, grid), title=f"decoderbench leaderboard: grid {grid.name}",
+        files = leaderboard.render(api.grid_rows(store, grid), title=f"decoderbench leaderboard: grid {grid.name}",
                                    command=command)
         board_files = leaderboard.write_files(files, Path(board_dir))
     if as_json:
@@ -425,9 +344,8 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     return 1 if any(row["status"] in ("error", "timeout") for row in rows) else 0
 
 
-def _report_bad_rows(store, bad_before: dict) -> None:
+def _report_bad_rows(bad_before: dict, bad_after: dict) -> None:
     """Say which row files failed validation: recomputed by this run, or still bad (not rows of this run)."""
-    bad_after = store.problems()
     fixed = sorted(set(bad_before) - set(bad_after))
     if fixed:
         click.echo(f"store: recomputed {len(fixed)} row file(s) that failed validation: "
@@ -439,26 +357,6 @@ def _report_bad_rows(store, bad_before: dict) -> None:
                    "leaderboard` refuses the store until they are recomputed (by the command that made them) or "
                    "deleted: " + "; ".join(f"{f}: {why}" for f, why in items[:5]) + (" ..." if len(items) > 5 else ""),
                    err=True)
-
-
-def _guard_for(grid, isolate, timeout_s, memory_mb):
-    """The worker.Guard of a run: --timeout replaces the grid's [timeout] for every decoder."""
-    from . import worker
-
-    timeouts = dict(getattr(grid, "timeouts", {}) or {})
-    default = timeouts.pop("default", worker.DEFAULT_TIMEOUT_S)
-    if timeout_s is not None:
-        default, timeouts = timeout_s, {}
-    return worker.Guard(isolate="auto" if isolate is None else bool(isolate), timeout_s=default,
-                        memory_limit_mb=memory_mb, timeouts=timeouts)
-
-
-def _grid_rows(store, grid) -> list[dict]:
-    """The store's rows of the grid's cells, seeds, encoder, dtype (and decoders, if the grid names them)."""
-    from .leaderboard import select_rows
-
-    return select_rows(store.rows(), cells=grid.cells(), seeds=set(grid.seeds), encoder=grid.encoder,
-                       dtype=grid.dtype, decoders=None if grid.plugins == "all" else set(grid.plugins))
 
 
 @cli.command("leaderboard")
@@ -485,57 +383,28 @@ def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, d
     """
     from pathlib import Path
 
-    from . import leaderboard
+    from . import api
 
-    store = _read_store(results)
+    store = api.read_store(results)
     rows = store.rows()
     title = f"decoderbench leaderboard: store {results} (all rows)"
     grid_name = None
     if grid_spec is not None or any(v is not None for v in (ns, r, nd, p, seed, encoder, dtype)):
         grid, _ = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, None, None, None)
-        rows = _grid_rows(store, grid)
+        rows = api.grid_rows(store, grid)
         title = f"decoderbench leaderboard: grid {grid.name}"
         grid_name = grid.name
     out_dir = Path(out) if out is not None else default_board_dir(results, grid_name)
     if not rows:
         raise BadInput(f"--results {results}: the store holds no rows for the cells asked for")
-    command = _command_line(ctx)
-    files = leaderboard.render(rows, title=title, command=command, figure=not no_figures)
-    files[leaderboard.ROWS_FILE] = leaderboard.rows_json(rows)
-    written = leaderboard.write_files(files, out_dir)
-    figures = []
-    if not no_figures:
-        from .plots import make_figures
-
-        figures = make_figures(rows, out_dir)
-        written += figures
-    if as_html:
-        from .site import SITE_DIR, write_site
-
-        pages = write_site(rows, out_dir / SITE_DIR, title=title, command=command, figures=figures)
-        written += [pg for pg in pages if pg.suffix == ".html"]
+    board = api.Board(rows, title=title, command=_command_line(ctx))
+    written = board.write(out_dir, figures=not no_figures, html=as_html)
     if not quiet:
+        files = board.files(figure=not no_figures)
         click.echo(files["cells.md"])
         click.echo(files["summary.md"])
     click.echo(f"wrote {', '.join(str(w) for w in written)}", err=True)
     return 0
-
-
-def _read_store(path):
-    """The results store at ``path``, for reading: anything else is bad input that says it cannot be read."""
-    from pathlib import Path
-
-    from .store import MARKER, ResultsStore, StoreError
-
-    p = Path(path)
-    if not p.exists():
-        raise StoreError(f"--results {path}: cannot read it: no such results store (no such folder)")
-    if not (p / MARKER).is_file():
-        raise StoreError(f"--results {path}: cannot read it: not a decoderbench results store (no {MARKER})")
-    try:
-        return ResultsStore(p, create=False)
-    except StoreError as exc:
-        raise StoreError(f"--results {path}: cannot read it: {str(exc).split(': ', 1)[-1]}") from None
 
 
 @cli.command("verify")
@@ -554,79 +423,16 @@ def verify_cmd(results, fraction, sample_seed, isolate, timeout_s, as_json):
     does not reproduce was computed elsewhere (another device, decoder version, backend) or edited.
     Exit 0 when every checked row reproduces, 1 otherwise.
     """
-    import math as _m
-    import random
+    from . import api
 
-    from . import plugins, worker
-    from .runner import WorkUnit, eval_batch_size, transform_backend_for
-
-    try:
-        frac = float(fraction)
-    except ValueError:
-        raise BadInput(f"--sample must be a fraction in (0, 1], got {fraction!r}") from None
-    if not (_m.isfinite(frac) and 0 < frac <= 1):
-        raise BadInput(f"--sample must be a fraction in (0, 1], got {fraction!r}")
+    api.check_fraction(fraction)
     seed_v = check_seed(_floats("--seed", sample_seed)[0]) if str(sample_seed).strip() else 0
     if timeout_s is not None:
-        timeout_s = worker.check_timeout(timeout_s, "--timeout")
-    guard = worker.Guard(isolate="auto" if isolate is None else bool(isolate),
-                         timeout_s=timeout_s or worker.DEFAULT_TIMEOUT_S)
-    store = _read_store(results)
-    keys = store.keys()
-    if not keys:
-        raise BadInput(f"--results {results}: the store holds no rows")
-    n = max(1, _m.ceil(frac * len(keys) - 1e-9))
-    chosen = sorted(random.Random(seed_v).sample(keys, n))
-    report = []
-    for key in chosen:
-        name = f"rows/{key}.parquet"
-        row, why = store.read_checked(key)
-        stored = row if row is not None else store.read_raw(key)
-        entry = {"file": name, "key": key, "verdict": None, "detail": why}
-        if stored is None:
-            entry.update(verdict="unreadable")
-            report.append(entry)
-            continue
-        entry.update({k: stored.get(k) for k in ("decoder", "n_s", "n_d", "p", "seed", "status")})
-        if stored.get("status") != "ok":
-            entry.update(verdict="bad" if why else "not-ok", detail=why or f"status {stored.get('status')}: "
-                         "nothing to reproduce")
-            report.append(entry)
-            continue
-        try:
-            unit = WorkUnit.from_row(stored)
-            reg = plugins.get_decoder(unit.decoder)
-        except (ValueError, KeyError, TypeError) as exc:
-            entry.update(verdict="bad" if why else "cannot", detail=(why + "; " if why else "") + f"cannot rebuild its unit: {exc}")
-            report.append(entry)
-            continue
-        env_diff = []
-        if str(stored.get("decoder_version")) != str(reg.version):
-            env_diff.append(f"decoder version {stored.get('decoder_version')} stored, {reg.version} installed")
-        here_backend = transform_backend_for(unit.device, unit.dtype, unit.n_s)
-        if stored.get("transform_backend") not in (None, here_backend):
-            env_diff.append(f"transform backend {stored.get('transform_backend')} stored, {here_backend} here")
-        from .evalkey import ENV as _KEY_ENV, eval_stream_id
+        from .worker import check_timeout
 
-        if stored.get("eval_stream") not in (None, eval_stream_id()):
-            env_diff.append(f"evaluation key {stored.get('eval_stream')} stored, {eval_stream_id()} here "
-                            f"(set {_KEY_ENV} as for the run)")
-        if stored.get("eval_batch") not in (None, eval_batch_size(unit.n_s)):
-            env_diff.append(f"eval batch {stored.get('eval_batch')} stored, {eval_batch_size(unit.n_s)} here")
-        new = worker.run_guarded(unit, guard)
-        same = new.get("status") == "ok" and all(new.get(c) == stored.get(c) for c in ("loss", "loss_se", "n_eval"))
-        entry["recomputed_loss"] = new.get("loss")
-        entry["stored_loss"] = stored.get("loss")
-        if same and not why:
-            entry["verdict"] = "reproduced"
-        else:
-            parts = [why] if why else []
-            if not same:
-                parts.append(f"loss stored {stored.get('loss')!r}, recomputed {new.get('loss')!r}" if new.get("status") == "ok"
-                             else f"recomputing it failed: {new.get('status')}: {new.get('error')}")
-            parts += env_diff
-            entry.update(verdict="bad" if why else "differs", detail="; ".join(parts))
-        report.append(entry)
+        timeout_s = check_timeout(timeout_s, "--timeout")
+    store = api.read_store(results)
+    report, n_keys = api.verify_rows(store, fraction, seed=seed_v, isolate=isolate, timeout=timeout_s)
     counts = {}
     for e in report:
         counts[e["verdict"]] = counts.get(e["verdict"], 0) + 1
@@ -637,7 +443,7 @@ def verify_cmd(results, fraction, sample_seed, isolate, timeout_s, as_json):
             cell = (f"{e.get('decoder')} n_s={e.get('n_s')} n_d={e.get('n_d')} p={e.get('p')} seed={e.get('seed')}"
                     if e.get("decoder") else "")
             click.echo(f"{e['verdict']:<10} {e['file']}  {cell}" + (f"  ({e['detail']})" if e.get("detail") else ""))
-    click.echo(f"verify: {len(report)} of {len(keys)} rows checked: "
+    click.echo(f"verify: {len(report)} of {n_keys} rows checked: "
                + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), err=True)
     return 0 if all(e["verdict"] in ("reproduced", "not-ok") for e in report) else 1
 
