@@ -150,3 +150,92 @@ def test_readme_plugin_example_works_when_copied(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = {r["decoder"]: r for r in json.loads(out.stdout)}
     assert rows[name]["status"] == "ok" and rows[name]["loss"] > 0 and rows["linear"]["status"] == "ok"
+
+
+# ----------------------------------------------------------------------------- notebook code = the same code installed
+
+NOTEBOOK_CODE = '''
+import torch
+
+from decoderbench import Decoder, hookimpl
+from decoderbench.activation import activation_decoder
+
+
+class Scaled(Decoder):
+    """c relu(z - t), t the 1 - p quantile of the training z, c by least squares."""
+
+    name = "scaled"
+    kind = "elementwise"
+
+    def fit(self, train):
+        z, x = train.pairs(64)
+        self.t = float(torch.quantile(z.reshape(-1)[:100000], 1 - self.ctx.p))
+        y = torch.relu(z - self.t)
+        self.c = float((x * y).sum() / (y * y).sum())
+        return {"t": self.t, "c": self.c}
+
+    def decode(self, z):
+        return self.c * torch.relu(z - self.t)
+
+
+def squash(y):
+    return torch.nn.functional.softplus(y, beta=8.0)
+
+
+@hookimpl
+def decoderbench_register_decoders(register):
+    register(Scaled)
+    register(activation_decoder(squash))
+'''
+
+NB_PYPROJECT = '''
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "decoderbench-nbcheck"
+version = "0.1.0"
+dependencies = ["decoderbench"]
+
+[project.entry-points.decoderbench]
+nbcheck = "decoderbench_nbcheck"
+
+[tool.setuptools]
+py-modules = ["decoderbench_nbcheck"]
+'''
+
+
+@pytest.mark.slow
+def test_notebook_decoder_row_equals_the_installed_plugin_row(tmp_path):
+    """A Decoder subclass and an activation defined in a session (no install step) give the rows that the
+    same code installed as a third-party plugin gives through `decoderbench run` (there: isolated in a worker
+    process), bit for bit: loss, SE, samples, fitted parameters (timings aside)."""
+    import decoderbench as db
+    from decoderbench import api
+
+    src = tmp_path / "decoderbench-nbcheck"
+    src.mkdir()
+    (src / "decoderbench_nbcheck.py").write_text(NOTEBOOK_CODE)
+    (src / "pyproject.toml").write_text(NB_PYPROJECT)
+    target = tmp_path / "site"
+    pip_install(src, target)
+    out = cli(["run", "--plugins", "scaled,squash", *CELL, "--json"], target, "rug,nbcheck", tmp_path)
+    assert out.returncode == 0, out.stderr
+    installed = {r["decoder"]: r for r in json.loads(out.stdout)}
+    assert {r["source"] for r in installed.values()} == {"decoderbench-nbcheck==0.1.0"}
+    assert all(r["isolated"] for r in installed.values())
+
+    notebook: dict = {"__name__": "notebook"}
+    exec(compile(NOTEBOOK_CODE, "<notebook cell>", "exec"), notebook)  # as a notebook cell defines them
+    df = db.evaluate([notebook["Scaled"], notebook["squash"]], n_s=256, r=0.25, p=0.05, max_samples=512,
+                     device="cpu", progress=False)
+    mine = {r["decoder"]: r for r in api.records(df)}
+    assert set(mine) == set(installed) == {"scaled", "squash"}
+    for name, row in mine.items():
+        assert row["source"].startswith("local:notebook.") and row["isolated"] is False
+        assert row["status"] == "ok", row["error"]
+        for col in ("loss", "loss_se", "n_eval", "ratio_e2", "status"):
+            assert row[col] == installed[name][col], (name, col)
+        drop = lambda d: {k: v for k, v in d.items() if not k.endswith("_s")}  # noqa: E731
+        assert drop(row["params"]) == drop(installed[name]["params"]), name
