@@ -448,6 +448,25 @@ def verify_cmd(results, fraction, sample_seed, isolate, timeout_s, as_json):
     return 0 if all(e["verdict"] in ("reproduced", "not-ok") for e in report) else 1
 
 
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--kind", default="elementwise", show_default=True,
+              help="elementwise, filtering, reference, iterative or learned.")
+@click.option("--dir", "parent", default=".", show_default=True, help="Where to write the distribution folder.")
+def new_plugin_cmd(name, kind, parent):
+    """Write a ready plugin distribution: pyproject.toml with the entry point, a working decoder of the kind
+    (its contract in comments) and a test; `pip install -e` it and it runs like a built-in."""
+    from .template import names_for, write_plugin
+
+    folder = write_plugin(name, kind, parent)
+    n = names_for(name)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        click.echo(str(f))
+    click.echo(f"next: pip install -e {folder} && decoderbench run --plugins {name},relu --ns 1024 "
+               f"&& python -m pytest {folder}/tests  (entry point {n['ep']} = {n['module']})", err=True)
+    return 0
+
+
 @cli.command("symmetry")
 @click.option("--ns", default="128,256,512", show_default=True, help="n_s list (powers of two, at most 8192).")
 @click.option("--r", "r", default="0.25", show_default=True, help="r = n_d/n_s in (0, 1).")
