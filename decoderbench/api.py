@@ -728,6 +728,18 @@ class Board:
 
         return make_figures(self.rows, Path(out_dir), agg=self.agg)
 
+    def figure(self, path, which: str = "loss_vs_r") -> Path | None:
+        """One figure into ``path`` (PNG, and SVG beside it): ``loss_vs_r`` (loss against r, per p and n_s, with
+        the theory curves) or ``loss_vs_p2_over_r``; None when no row is ranked."""
+        from . import plots
+
+        draw = {"loss_vs_r": plots.plot_loss_vs_r, "loss_vs_p2_over_r": plots.plot_loss_vs_p2_over_r}
+        if which not in draw:
+            raise BadInput(f"which must be one of {', '.join(draw)}, got {which!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return draw[which](self.rows, path, agg=self.agg)
+
     def site(self, out_dir, figures=()) -> list[Path]:
         """The static site into ``out_dir`` (needs the ``site`` extra); the paths written."""
         from .site import write_site

@@ -184,3 +184,26 @@ def test_records_turn_missing_values_back_into_none():
     (row,) = api.records(df)
     assert row["traceback"] is None and isinstance(row["n_s"], int) and isinstance(row["params"], dict)
     assert math.isfinite(row["loss"])
+
+
+@pytest.mark.slow
+def test_quickstart_runs_and_is_the_readme_first_python_block(tmp_path):
+    """examples/quickstart.py: under 30 lines, the README's first Python block, and it prints the table of
+    four decoders on two cells and saves its figure."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "examples" / "quickstart.py").read_text()
+    assert len(script.splitlines()) < 30
+    first = re.search(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
+    assert first == script
+    out = subprocess.run([sys.executable, str(root / "examples" / "quickstart.py")], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    for name in ("squareplus", "relu", "oracle", "vamp"):
+        assert sum(1 for ln in lines if ln.split()[:1] == [name]) == 2, out.stdout
+    assert (tmp_path / "quickstart" / "loss_vs_r.png").stat().st_size > 10_000
