@@ -64,7 +64,15 @@ class Cell:
 
 @dataclass
 class DecoderContext:
-    """Everything a decoder is told about its cell. Built by the harness, one per (cell, decoder, seed)."""
+    """Everything a decoder is told about its cell. Built by the harness, one per (cell, decoder, seed); a
+    decoder holds it as ``self.ctx``.
+
+    ``n_s``, ``n_d``, ``r``, ``p`` (the prior ``x_i = c_i u_i`` is known to every decoder), ``seed``, ``device``,
+    ``dtype``; ``options`` (the decoder's options: a grid's ``[options.NAME]`` or ``evaluate(options=...)``);
+    ``encoder`` (its operators: :class:`decoderbench.Encoder`; for kinds other than iterative, use it only
+    to know the cell); ``mu`` and ``sigma`` (mean and standard deviation of the interference ``nu_i``);
+    ``theory()`` (the cell's exact theory); ``eval_batch_size``; ``generator(purpose)``.
+    """
 
     cell: Cell
     seed: int
@@ -247,6 +255,14 @@ class Decoder:
     encoder without them the harness skips it with a reason. Bump ``version`` whenever a change
     alters the numbers, so stored results are recomputed. ``self.info`` may collect diagnostics during
     ``decode`` (iterations, stop reason); they are stored with the fitted parameters.
+
+    The harness builds one decoder per (cell, seed) with its :class:`DecoderContext`: the context is
+    ``self.ctx``, and a subclass that overrides ``__init__`` must call ``super().__init__(ctx)`` (which sets
+    ``self.ctx`` and ``self.info``). ``fit(train)`` draws from ``train`` (:class:`TrainingSet`): ``train.sample(B)``
+    and ``train.pairs(n)`` return ``(inp, x)``, float tensors on ``ctx.device`` of ``ctx.dtype`` (float32 unless a
+    grid says float64), ``x`` of shape (n, n_s) and ``inp`` what ``decode`` receives (z: (n, n_s); h: (n, n_d);
+    for a learned decoder, x itself). Randomness comes from ``ctx.generator(purpose)``, never global state.
+    ``decode`` must return a finite (B, n_s) tensor of its input's device and dtype and leave its input alone.
     """
 
     name: ClassVar[str] = ""

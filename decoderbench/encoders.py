@@ -29,7 +29,17 @@ DENSE_MAX_NS = 2**13
 
 
 class Encoder:
-    """Base class for encoders. Subclasses set ``name`` and ``capabilities``."""
+    """Base class for encoders. Subclasses set ``name`` and ``capabilities``.
+
+    The operators an ``iterative`` decoder may apply (``self.ctx.encoder``), each on a batch (rows are samples,
+    on the context's device and dtype): ``encode(x) = W_in x`` ((B, n_s) -> (B, n_d)); ``adjoint(h) = W_in^T h``
+    ((B, n_d) -> (B, n_s)); ``decode(h) = W_out h`` (= ``adjoint`` unless an encoder says otherwise);
+    ``apply(x) = R x = W_out W_in x``. Encoders with the capability ``orthogonal_rows`` (the rug:
+    ``W_in W_in^T = (n_s/n_d) I``) also give ``project(x) = P x``, the orthogonal projector onto the row space of
+    ``W_in`` (``P = (n_d/n_s) R``), and ``pinv(h) = W_in^T (W_in W_in^T)^{-1} h``, the least-squares
+    ``x``; ``fast_transform`` means every operator costs ``O(n_s log n_s)`` per sample. A decoder that needs a
+    capability lists it in its ``requires``.
+    """
 
     name: str = "encoder"
     capabilities: frozenset[str] = frozenset()

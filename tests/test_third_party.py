@@ -239,3 +239,23 @@ def test_notebook_decoder_row_equals_the_installed_plugin_row(tmp_path):
             assert row[col] == installed[name][col], (name, col)
         drop = lambda d: {k: v for k, v in d.items() if not k.endswith("_s")}  # noqa: E731
         assert drop(row["params"]) == drop(installed[name]["params"]), name
+
+
+@pytest.mark.slow
+def test_readme_fista_example_works_when_copied():
+    """The README's second example (an iterative decoder): it passes the contract checks from a session and
+    beats the best linear decoder by far at the test cell."""
+    import decoderbench as db
+    from decoderbench import api
+    from decoderbench.testing import check_decoder
+
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- fista-example:start -->\s*```python\n(.*?)```\s*<!-- fista-example:end -->", text, re.S)
+    assert m, "README.md lacks the fista-example block"
+    ns: dict = {"__name__": "readme_fista"}
+    exec(compile(m.group(1), "<README fista>", "exec"), ns)
+    row = check_decoder(ns["Fista"], options={"n_iter": 30})
+    assert row["kind"] == "iterative" and row["source"] == "local:readme_fista.Fista"
+    lin = api.records(db.evaluate(["linear"], n_s=256, r=0.25, p=0.05, max_samples=512, device="cpu",
+                                  progress=False))[0]
+    assert row["loss"] < 0.5 * lin["loss"]
