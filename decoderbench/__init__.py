@@ -7,8 +7,8 @@ From a notebook (``decoderbench.api``)::
     print(db.Board(df).markdown())
 
 ``evaluate``, ``theory``, ``load_results``, ``verify``, ``Board``, ``resolve`` (the API, loaded on first use),
-``activation_decoder``; the plugin contract ``Decoder``, ``DecoderContext``, ``TrainingSet``, ``Cell``,
-``Encoder``, ``PersianRug``, ``hookimpl``; and ``fwht``, ``SparseSampler``, ``cell_theory``,
+``activation_decoder``, ``Options`` (a decoder's declared options); the plugin contract ``Decoder``,
+``DecoderContext``, ``TrainingSet``, ``Cell``, ``Encoder``, ``PersianRug``, ``hookimpl``; and ``fwht``, ``SparseSampler``, ``cell_theory``,
 ``conditional_moments``, ``WorkUnit``, ``run_unit``, ``Skip`` (a decoder declines a unit, with
 its reason), ``BadInput``.
 """
@@ -42,6 +42,10 @@ def __getattr__(name):  # lazy: theory pulls in scipy
         import importlib
 
         return importlib.import_module(".theory", __name__)
+    if name == "Options":
+        from .options import Options
+
+        return Options
     if name == "activation_decoder":
         from .activation import activation_decoder
 
@@ -56,4 +60,4 @@ def __getattr__(name):  # lazy: theory pulls in scipy
 __all__ = ["__version__", "fwht", "SparseSampler", "derive_seed", "Encoder", "PersianRug", "Cell", "Decoder",
            "DecoderContext", "TrainingSet", "KINDS", "hookimpl", "cell_theory", "conditional_moments",
            "conditional_mean", "WorkUnit", "run_unit", "BadInput", "Skip", "evaluate", "theory", "load_results",
-           "verify", "Board", "resolve", "activation_decoder"]
+           "verify", "Board", "resolve", "activation_decoder", "Options"]

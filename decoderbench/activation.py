@@ -41,8 +41,10 @@ import math
 import re
 
 import torch
+from pydantic import Field
 
 from .decoder import Decoder
+from .options import Options, PosNumber
 
 DEFAULT_PAIRS = 2**19
 SLOPES = (0.5, 1.0, 2.0)
@@ -130,6 +132,10 @@ def code_digest(obj) -> str:
     return h.hexdigest()[:10]
 
 
+class ActivationOptions(Options):
+    fit_pairs: PosNumber = Field(DEFAULT_PAIRS, description="scalar pairs (z_i, x_i) the fit pools")
+
+
 class ActivationDecoder(Decoder):
     """``act(a z + b)`` with ``a``, ``b`` (and a module's parameters) fitted; see the module docstring.
 
@@ -139,10 +145,10 @@ class ActivationDecoder(Decoder):
     kind = "elementwise"
     _act: tuple = ()
     description = "act(a z + b), fitted by multi-start L-BFGS"
+    Options = ActivationOptions
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        ctx.check_options(("fit_pairs",))
         (act,) = type(self)._act
         self.module = copy.deepcopy(act) if isinstance(act, torch.nn.Module) else None
         self.fn = self.module if self.module is not None else act
@@ -150,10 +156,7 @@ class ActivationDecoder(Decoder):
 
     # -- fitting ----------------------------------------------------------------------------------
     def _pairs(self, train):
-        pairs = self.ctx.options.get("fit_pairs", DEFAULT_PAIRS)
-        if isinstance(pairs, bool) or not isinstance(pairs, (int, float)) or not math.isfinite(pairs) or pairs < 1:
-            raise ValueError(f"options['fit_pairs'] must be a positive number of scalar pairs, got {pairs!r}")
-        n = max(8, math.ceil(float(pairs) / self.ctx.n_s))
+        n = max(8, math.ceil(float(self.opts.fit_pairs) / self.ctx.n_s))
         z, x = train.pairs(n, batch=min(1024, n))
         return z.detach().to(torch.float64), x.detach().to(torch.float64)
 

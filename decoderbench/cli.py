@@ -150,9 +150,12 @@ def theory(ns, r, nd, p, as_json, exact, seed):
 def plugins_cmd(as_json):
     """List every registered decoder and encoder with its kind and source."""
     from . import plugins
+    from .options import describe, describe_text
 
     rows = [{"name": d.name, "kind": d.kind, "source": d.source, "plugin": d.plugin, "version": d.version,
-             "requires": sorted(d.cls.requires), "description": d.cls.description}
+             "requires": sorted(d.cls.requires), "description": d.cls.description,
+             "options": describe(d.cls) if getattr(d.cls, "Options", None) is not None else None,
+             "options_text": describe_text(d.cls)}
             for d in plugins.decoders().values()]
     enc = [{"name": e.name, "kind": "encoder", "source": e.source, "plugin": e.plugin, "version": e.version,
             "capabilities": sorted(e.cls.capabilities),
@@ -162,13 +165,15 @@ def plugins_cmd(as_json):
     clashes = plugins.collisions()
     problems = _plugin_problems()
     if as_json:
-        out = rows + enc + [{"name": k, "kind": "error", "source": None, "error": v} for k, v in errors.items()]
+        out = [{k: v for k, v in d.items() if k != "options_text"} for d in rows] + enc + [{"name": k, "kind": "error", "source": None, "error": v} for k, v in errors.items()]
         out += [{"name": k, "kind": "collision", "source": None, "error": m} for k, msgs in clashes.items() for m in msgs]
         click.echo(json.dumps(out))
     else:
         # a decoder's requirements (encoder capabilities it needs) and an encoder's capabilities, each named so
         shown = [{**d, "requires": ", ".join(d["requires"]) or "-"} for d in rows]
         click.echo(_table(shown, ["name", "kind", "source", "requires", "description"]))
+        click.echo("\noptions (name=default; ? = not declared, checked by the decoder itself):")
+        click.echo(_table(shown, ["name", "options_text"]).replace("options_text", "options     ", 1))
         click.echo("\nencoders:")
         click.echo(_table([{**e, "capabilities": ", ".join(e["capabilities"]) or "-"} for e in enc],
                           ["name", "source", "capabilities", "description"]))

@@ -109,8 +109,8 @@ class DecoderContext:
         return self.encoder.interference(self.p)[1]
 
     def check_options(self, allowed) -> None:
-        """ValueError if ``options`` names an option the decoder does not take (a decoder calls this in
-        ``__init__`` with the names it accepts)."""
+        """ValueError if ``options`` names an option the decoder does not take (the older protocol, for decoders
+        that declare no ``Options`` schema: such a decoder calls this in ``__init__`` with the names it accepts)."""
         unknown = sorted(set(self.options or {}) - set(allowed))
         if unknown:
             raise ValueError(f"options for {self.decoder_name or 'this decoder'} must be among "
@@ -223,8 +223,10 @@ def prepare_input(encoder, input_kind: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_unit_options(units) -> None:
-    """Bad decoder options in any of ``units`` (``runner.WorkUnit`` s) raise ValueError before anything runs:
-    each decoder class's ``validate_options(options, cell)`` (if it has one) checks its unit's options."""
+    """Bad decoder options in any of ``units`` (``runner.WorkUnit`` s) raise BadInput (one line
+    ``decoder.option: message``) before anything runs: a decoder's declared ``Options`` schema
+    (:mod:`decoderbench.options`) checks its unit's options; a decoder that declares none may still have a
+    ``validate_options(options, cell)`` classmethod (the older protocol)."""
     import json as _json
 
     from . import plugins
@@ -239,6 +241,11 @@ def check_unit_options(units) -> None:
             reg = plugins.get_decoder(u.decoder)
         except ValueError:
             continue  # a broken plugin becomes its row
+        if getattr(reg.cls, "Options", None) is not None:
+            from .options import check as check_declared
+
+            check_declared(reg.cls, _json.loads(u.options), Cell(u.n_s, u.n_d, u.p), name=u.decoder)
+            continue
         check = getattr(reg.cls, "validate_options", None)
         if callable(check):
             try:
@@ -270,10 +277,19 @@ class Decoder:
     requires: ClassVar[frozenset] = frozenset()
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
+    #: The decoder's declared options: a subclass of ``decoderbench.Options`` (a pydantic model, unknown keys
+    #: refused), checked before a sweep starts and read as ``self.opts``; None: undeclared (legacy decoders).
+    Options: ClassVar[type | None] = None
 
     def __init__(self, ctx: DecoderContext):
         self.ctx = ctx
         self.info: dict = {}
+        #: the validated options (an ``Options`` instance with defaults filled in), or None when undeclared
+        self.opts = None
+        if type(self).Options is not None:
+            from .options import check
+
+            self.opts = check(type(self), ctx.options or {}, ctx.cell, name=ctx.decoder_name or self.name)
 
     def fit(self, train: TrainingSet) -> dict | None:
         """Learn parameters from ``train`` (fresh samples of the cell); return them as a JSON-able dict."""
@@ -288,9 +304,9 @@ class Decoder:
 
     @classmethod
     def validate_options(cls, options: dict, cell: Cell) -> None:
-        """Raise ValueError (one line naming the option and what is allowed) for options this decoder cannot
-        take at ``cell``; called before a sweep starts, so bad input stops it before any fit. Default: no check
-        (the decoder's ``__init__`` still checks)."""
+        """The older protocol, for decoders that declare no ``Options``: raise ValueError (one line naming the
+        option and what is allowed) for options this decoder cannot take at ``cell``; called before a sweep
+        starts. Default: no check. A declared ``Options`` schema takes its place."""
 
 
 def check_decoder_class(cls) -> None:

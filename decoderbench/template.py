@@ -29,6 +29,9 @@ CONTRACT = '''\
 # - fit(train) draws fresh training samples (never the evaluation ones): train.sample(B) or train.pairs(n)
 #   return (inp, x), both (n, n_s) (inp is (n, n_d) for kinds that see h) float tensors on ctx.device with
 #   ctx.dtype (float32 by default); it returns its fitted parameters as a JSON-able dict (the row's params).
+# - Options: declared once in the nested class Options (a pydantic model: types, defaults, descriptions;
+#   unknown keys refused); checked before a sweep starts, listed by `decoderbench plugins`, and read as
+#   self.opts (validated, defaults filled in). Set them in a grid's [options.NAME] or evaluate(options=).
 # - decode(inp) maps a batch (B, ...) to x_hat, a finite (B, n_s) tensor of the input's dtype and device, and
 #   must not change its input. A decode that is costly per sample stays affordable with a sample cap:
 #   [sampling.NAME] max_samples = 256 in a grid, or evaluate(..., max_samples=256).
@@ -64,15 +67,12 @@ class {cls}(Decoder):
     kind = "elementwise"
     version = "1"
     description = "a relu(z - t), t from a few quantiles, a by least squares"
-    OPTIONS = ("fit_samples",)
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        ctx.check_options(self.OPTIONS)  # an unknown option is refused with its name
-        self.fit_samples = int(ctx.options.get("fit_samples", 64))
+    class Options(Options):  # declared once: checked before a sweep, listed by `decoderbench plugins`
+        fit_samples: PosInt = Field(64, description="training samples the fit draws")
 
     def fit(self, train):
-        z, x = train.pairs(self.fit_samples)  # (n, n_s) each, on ctx.device, ctx.dtype
+        z, x = train.pairs(self.opts.fit_samples)  # (n, n_s) each, on ctx.device, ctx.dtype
         z, x = z.reshape(-1).double(), x.reshape(-1).double()
         best = None
         for q in (0.5, 0.8, 0.9, 0.95, 0.98):
@@ -96,12 +96,12 @@ class {cls}(Decoder):
     kind = "filtering"
     version = "1"
     description = "top-k of a (z - mu), k = round(p n_s), a by least squares"
-    OPTIONS = ("fit_samples",)
+
+    class Options(Options):
+        fit_samples: PosInt = Field(64, description="training samples the fit draws")
 
     def __init__(self, ctx):
-        super().__init__(ctx)
-        ctx.check_options(self.OPTIONS)
-        self.fit_samples = int(ctx.options.get("fit_samples", 64))
+        super().__init__(ctx)  # sets self.ctx, self.info and self.opts (the validated options)
         self.k = max(1, round(ctx.p * ctx.n_s))
         self.a = 1.0
 
@@ -111,7 +111,7 @@ class {cls}(Decoder):
         return torch.zeros_like(y).scatter(1, idx, y.gather(1, idx)).clamp_min(0)
 
     def fit(self, train):
-        z, x = train.pairs(self.fit_samples)
+        z, x = train.pairs(self.opts.fit_samples)
         y = self._keep(z).double()
         self.a = float((x.double() * y).sum() / (y * y).sum().clamp_min(1e-30))
         self.info["k"] = self.k
@@ -129,9 +129,11 @@ class {cls}(Decoder):
     version = "1"
     description = "(z - mu) 1[z - mu > sigma Phi^-1(1 - p)], clipped to [0, 1]"
 
+    class Options(Options):  # no options: any option given is refused with its name
+        pass
+
     def __init__(self, ctx):
         super().__init__(ctx)
-        ctx.check_options(())  # no options
         # nu_i ~ (mu, sigma): a feature that is off gives z_i - mu > level with probability about p
         self.level = float(ctx.sigma) * float(torch.special.ndtri(torch.tensor(1.0 - ctx.p, dtype=torch.float64)))
 
@@ -151,13 +153,14 @@ class {cls}(Decoder):
     version = "1"
     description = "projected gradient through ctx.encoder, x in [0, 1], shrink lam"
     requires = frozenset({{"orthogonal_rows"}})  # uses pinv and the step 1/L with L = n_s/n_d
-    OPTIONS = ("steps", "fit_samples")
+
+    class Options(Options):
+        steps: PosInt = Field(10, description="projected-gradient steps per batch")
+        fit_samples: PosInt = Field(256, description="training samples lam is chosen on")
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        ctx.check_options(self.OPTIONS)
-        self.steps = int(ctx.options.get("steps", 10))
-        self.fit_samples = int(ctx.options.get("fit_samples", 256))
+        self.steps = self.opts.steps
         self.lam = 0.0
 
     def _run(self, h, lam):
@@ -170,7 +173,7 @@ class {cls}(Decoder):
         return x
 
     def fit(self, train):
-        h, x = train.pairs(self.fit_samples)  # h: (n, n_d), x: (n, n_s)
+        h, x = train.pairs(self.opts.fit_samples)  # h: (n, n_d), x: (n, n_s)
         losses = {{lam: float(((self._run(h, lam) - x) ** 2).mean()) for lam in (0.0, 0.01, 0.03, 0.1, 0.3)}}
         self.lam = min(losses, key=losses.get)
         return {{"lam": self.lam, "steps": self.steps, "train_loss": losses[self.lam]}}
@@ -187,14 +190,15 @@ class {cls}(Decoder):
     kind = "learned"
     version = "1"
     description = "tied ReLU autoencoder, a few hundred Adam steps"
-    OPTIONS = ("steps", "batch", "lr")
+
+    class Options(Options):
+        steps: PosInt = Field(300, description="Adam steps")
+        batch: PosInt = Field(256, description="fresh samples per step")
+        lr: PosNumber = Field(3e-3, description="Adam's learning rate")
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        ctx.check_options(self.OPTIONS)
-        self.steps = int(ctx.options.get("steps", 300))
-        self.batch = int(ctx.options.get("batch", 256))
-        self.lr = float(ctx.options.get("lr", 3e-3))
+        self.steps, self.batch, self.lr = self.opts.steps, self.opts.batch, self.opts.lr
 
     def fit(self, train):
         gen = self.ctx.generator("init")  # the decoder's own randomness, derived from the cell and seed
@@ -226,8 +230,10 @@ A decoderbench plugin of kind {kind!r}, made by `decoderbench new-plugin`.
 """
 
 import torch
+from pydantic import Field
 
-from decoderbench import Decoder, hookimpl
+from decoderbench import Decoder, Options, hookimpl
+from decoderbench.options import PosInt, PosNumber  # noqa: F401 (types for declared options)
 
 {contract}
 {kind_note}

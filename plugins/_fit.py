@@ -25,7 +25,10 @@ import math
 
 import numpy as np
 import torch
+from pydantic import Field
 from scipy.optimize import minimize_scalar
+
+from decoderbench.options import Options, PosNumber
 
 #: Default number of pooled scalar pairs (z_i, x_i) a fit uses.
 DEFAULT_PAIRS = 2**21
@@ -36,6 +39,12 @@ MIN_SAMPLES = 32
 MAX_PAIRS = 2**24
 #: Fewest active pairs a candidate threshold may leave (a fit on fewer is noise).
 MIN_ACTIVE = 16
+
+
+class FitOptions(Options):
+    """The option of the decoders fitted on pooled scalar pairs."""
+
+    fit_pairs: PosNumber = Field(DEFAULT_PAIRS, description="scalar pairs (z_i, x_i) the fit pools")
 
 
 def gaussian_predictions(ctx) -> dict:

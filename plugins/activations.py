@@ -39,10 +39,7 @@ from . import _fit
 
 class _ScalarFitted(Decoder):
     kind = "elementwise"
-
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        ctx.check_options(("fit_pairs",))
+    Options = _fit.FitOptions
 
     def _solve(self, train, method: str) -> dict:
         z, x = _fit.training_matrix(train, _fit.n_fit_samples(self.ctx))

@@ -20,10 +20,7 @@ class Linear(Decoder):
     name = "linear"
     kind = "elementwise"
     description = "a z + b, least squares"
-
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        ctx.check_options(("fit_pairs",))
+    Options = _fit.FitOptions
 
     def fit(self, train):
         t0 = time.perf_counter()

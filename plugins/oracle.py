@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from pydantic import Field
+
 from decoderbench import Decoder, hookimpl
+from decoderbench.options import Flag, Options
 from decoderbench.channel import conditional_mean
 
 from . import _fit
@@ -37,9 +40,8 @@ class Oracle(Decoder):
     kind = "reference"
     description = "E[x | z] for Gaussian interference with the cell's p, mu, sigma (nothing fitted)"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        ctx.check_options(("exact",))
+    class Options(Options):
+        exact: Flag = Field(False, description="compute every entry exactly (no interpolation table)")
 
     def fit(self, train):
         self.p, self.mu, self.sigma = self.ctx.p, float(self.ctx.mu), float(self.ctx.sigma)
@@ -47,10 +49,7 @@ class Oracle(Decoder):
         info = {"p": self.p, "mu": self.mu, "sigma": self.sigma}
         if train is not None:  # its loss under Gaussian interference is the elementwise MMSE
             info["predicted"], info["predicted_by"] = _fit.gaussian_predictions(self.ctx)["mmse"], "mmse_elementwise"
-        exact = self.ctx.options.get("exact", False)
-        if not isinstance(exact, bool):
-            raise ValueError(f"options['exact'] must be true or false, got {exact!r}")
-        if not exact:
+        if not self.opts.exact:
             lo, hi = self.mu - TABLE_SIGMAS * self.sigma, 1 + self.mu + TABLE_SIGMAS * self.sigma
             for n in TABLE_POINTS:
                 grid = torch.linspace(lo, hi, n, dtype=torch.float64)

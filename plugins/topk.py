@@ -27,15 +27,12 @@ import time
 import numpy as np
 import torch
 
+from pydantic import Field, model_validator
+
 from decoderbench import Decoder, hookimpl
+from decoderbench.options import PosInt, PosNumber
 
 from . import _fit
-
-
-def _check_k(k, n_s: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or not 1 <= int(k) <= n_s:
-        raise ValueError(f"options['k'] must be an integer in [1, n_s={n_s}], got {k!r}")
-    return int(k)
 
 
 #: Losses within this relative tolerance of the best are ties (a non-binding k gives the relu's loss).
@@ -90,14 +87,22 @@ def search_k(loss_of, k0: int, k_max: int) -> tuple[int, dict, int]:
     return best, cache[best], len(cache)
 
 
+class TopKOptions(_fit.FitOptions):
+    fit_pairs: PosNumber = Field(TOPK_PAIRS, description="scalar pairs (z_i, x_i) the fit pools")
+    k: PosInt | None = Field(None, description="entries kept per sample (per unit of the batch for batchtopk), "
+                                               "1..n_s; default: searched on the training pairs")
+
+    @model_validator(mode="after")
+    def _k_at_most_n_s(self, info):
+        cell = (info.context or {}).get("cell")
+        if self.k is not None and cell is not None and self.k > cell.n_s:
+            raise ValueError(f"k must be an integer in [1, n_s={cell.n_s}], got {self.k}")
+        return self
+
+
 class _TopKBase(Decoder):
     kind = "filtering"
-
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        ctx.check_options(("fit_pairs", "k"))
-        if "k" in ctx.options:
-            _check_k(ctx.options["k"], ctx.n_s)
+    Options = TopKOptions
 
     def _ranks(self, z: np.ndarray) -> tuple[np.ndarray, int, int]:
         """``(rank, unit, rows)``: each pair's rank (0 = largest z) within its group, how many ``k``
@@ -126,8 +131,8 @@ class _TopKBase(Decoder):
                                       presorted=True)
                 return f.relu(t_min=z[c - 1] if c > 0 else -np.inf)
 
-            if "k" in self.ctx.options:
-                k = _check_k(self.ctx.options["k"], n_s)
+            if self.opts.k is not None:
+                k = self.opts.k
                 res, tried = loss_of(k), 1
             else:
                 k, res, tried = search_k(loss_of, max(1, int(round(self.ctx.p * n_s))), n_s)

@@ -1,0 +1,78 @@
+"""Declared option schemas (decoderbench.options): checked before a sweep, listed, one line per bad option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import Field
+
+import decoderbench as db
+from decoderbench import cli, options, plugins
+from decoderbench.decoder import Cell
+from decoderbench.options import PosInt
+
+CELL = Cell(256, 64, 0.05)
+
+
+@pytest.mark.parametrize("name, opts, line", [
+    ("relu", {"fit_pair": 10}, "relu.fit_pair: unknown option, got 10; relu takes: fit_pairs"),
+    ("relu", {"fit_pairs": "many"}, "relu.fit_pairs: Input should be a valid number"),
+    ("relu", {"fit_pairs": True}, "relu.fit_pairs: must be a number, not true/false"),
+    ("relu", {"fit_pairs": -1}, "relu.fit_pairs: Input should be greater than 0"),
+    ("linear", {"fit_pairs": float("inf")}, "linear.fit_pairs:"),
+    ("oracle", {"exact": 1}, "oracle.exact: Input should be a valid boolean, got 1"),
+    ("topk", {"k": 0}, "topk.k: Input should be greater than 0"),
+    ("topk", {"k": 2.5}, "topk.k:"),
+    ("batchtopk", {"k": 257}, "batchtopk: k must be an integer in [1, n_s=256], got 257"),
+])
+def test_bad_options_are_one_line_naming_decoder_and_option(name, opts, line):
+    with pytest.raises(ValueError) as err:
+        options.check(plugins.get_decoder(name).cls, opts, CELL)
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
+
+
+def test_good_options_are_validated_with_defaults():
+    o = options.check(plugins.get_decoder("topk").cls, {"k": 12}, CELL)
+    assert o.k == 12 and o.fit_pairs == 2**20
+    assert options.check(plugins.get_decoder("oracle").cls, {}, CELL).exact is False
+    assert options.check(plugins.get_decoder("vamp").cls, {"anything": 1}, CELL) is None  # undeclared: its own checks
+
+
+def test_cli_refuses_a_bad_option_before_anything_runs(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text("[cells]\nn_s = [256]\nr = [0.25]\np = [0.05]\n[options.oracle]\nexact = \"yes\"\n")
+    assert cli.main(["run", "--grid", str(grid), "--plugins", "oracle,linear", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: oracle.exact: Input should be a valid boolean, got 'yes'"]
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_session_decoder_declares_its_options_and_reads_them(tmp_path):
+    class Scaled(db.Decoder):
+        name = "scaled_opts"
+        kind = "elementwise"
+
+        class Options(db.Options):
+            scale: PosInt = Field(2, description="the factor")
+
+        def decode(self, z):
+            return z.clamp(min=0) / self.opts.scale
+
+    with pytest.raises(ValueError, match="scaled_opts.scale: Input should be greater than 0"):
+        db.evaluate([Scaled], n_s=256, r=0.25, p=0.05, options={"scaled_opts": {"scale": 0}},
+                    store=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+    df = db.evaluate([Scaled], n_s=256, r=0.25, p=0.05, max_samples=256, options={"scaled_opts": {"scale": 3}},
+                     progress=False)
+    assert df.status[0] == "ok" and json.loads(df.options[0]) == {"scale": 3}
+
+
+def test_plugins_lists_declared_options(capsys):
+    assert cli.main(["plugins", "--json"]) in (0, 1)
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    topk = {o["name"]: o for o in listed["topk"]["options"]}
+    assert set(topk) == {"fit_pairs", "k"} and topk["fit_pairs"]["default"] == 2**20
+    assert "searched" in topk["k"]["description"]
+    assert listed["oracle"]["options"][0]["name"] == "exact"
+    assert listed["vamp"]["options"] is None  # not declared (checked by the decoder itself)
