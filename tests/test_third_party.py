@@ -227,7 +227,7 @@ def test_notebook_decoder_row_equals_the_installed_plugin_row(tmp_path):
     assert all(r["isolated"] for r in installed.values())
 
     notebook: dict = {"__name__": "notebook"}
-    exec(compile(NOTEBOOK_CODE, "<notebook cell>", "exec"), notebook)  # as a notebook cell defines them
+    exec(compile(NOTEBOOK_CODE, "<notebook cell>", "exec", dont_inherit=True), notebook)  # as a notebook cell defines them
     df = db.evaluate([notebook["Scaled"], notebook["squash"]], n_s=256, r=0.25, p=0.05, max_samples=512,
                      device="cpu", progress=False)
     mine = {r["decoder"]: r for r in api.records(df)}
@@ -253,7 +253,7 @@ def test_readme_fista_example_works_when_copied():
     m = re.search(r"<!-- fista-example:start -->\s*```python\n(.*?)```\s*<!-- fista-example:end -->", text, re.S)
     assert m, "README.md lacks the fista-example block"
     ns: dict = {"__name__": "readme_fista"}
-    exec(compile(m.group(1), "<README fista>", "exec"), ns)
+    exec(compile(m.group(1), "<README fista>", "exec", dont_inherit=True), ns)  # as a fresh session would
     row = check_decoder(ns["Fista"], options={"n_iter": 30})
     assert row["kind"] == "iterative" and row["source"] == "local:readme_fista.Fista"
     lin = api.records(db.evaluate(["linear"], n_s=256, r=0.25, p=0.05, max_samples=512, device="cpu",
