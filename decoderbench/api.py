@@ -427,6 +427,25 @@ def execute(plan: RunPlan, *, command: str = "", force: bool = False, progress=F
                      bad_after=store.problems() if store is not None else {})
 
 
+def with_sampling(grid, sampling: dict):
+    """``grid`` with per-decoder sampling overrides ``{name: {target_rel_se|min_samples|max_samples: value}}``."""
+    from .grids import SAMPLING_KEYS, _check_count, _check_target
+
+    if not isinstance(sampling, dict) or not all(isinstance(v, dict) for v in sampling.values()):
+        raise TypeError("sampling must map decoder names to dicts, e.g. {'vamp': {'max_samples': 256}}")
+    over = {k: dict(v) for k, v in grid.sampling_overrides.items()}
+    for name, d in sampling.items():
+        for key, v in d.items():
+            if key not in SAMPLING_KEYS:
+                raise BadInput(f"sampling.{name}: unknown key {key!r}; allowed: {', '.join(SAMPLING_KEYS)}")
+            over.setdefault(name, {})[key] = (_check_target(v, f"sampling.{name}.{key}") if key == "target_rel_se"
+                                              else _check_count(v, f"sampling.{name}.{key}"))
+        target, lo, hi = dataclasses.replace(grid, sampling_overrides=over).sampling_for(name)
+        if lo > hi:
+            raise BadInput(f"sampling.{name}: min_samples {lo} > max_samples {hi}")
+    return dataclasses.replace(grid, sampling_overrides=over)
+
+
 def _call_text(decoders, kwargs) -> str:
     def show(v):
         if isinstance(v, str):
@@ -445,7 +464,7 @@ def _call_text(decoders, kwargs) -> str:
 def evaluate(decoders, cells=None, *, n_s=None, r=None, n_d=None, p=None, seeds=None, grid=None, options=None,
              store=None, device: str = "auto", progress=True, force: bool = False, isolate=None, timeout=None,
              memory_limit=None, executor: str = "local", workers: int = 1, address=None, encoder=None, dtype=None,
-             target_se=None, min_samples=None, max_samples=None):
+             target_se=None, min_samples=None, max_samples=None, sampling=None):
     """Score ``decoders`` on cells; one row per (cell, seed, decoder) as a pandas DataFrame (the store's columns).
 
     ``decoders``: a registered name (or ``"all"``, or a comma-separated list), a ``Decoder`` subclass, a
@@ -455,7 +474,8 @@ def evaluate(decoders, cells=None, *, n_s=None, r=None, n_d=None, p=None, seeds=
     ``--ns/--r/--nd/--p/--seed`` (with ``grid``: replacing the grid's). With none of them, the default grid.
     ``options``: ``{decoder name: {option: value}}``. Sampling: ``target_se`` (relative standard error that
     stops sampling, default 1%), ``min_samples``, ``max_samples`` (a cap that keeps a costly decoder
-    affordable). ``store``: a results folder to reuse rows from and write new rows to (as ``run --out``);
+    affordable); ``sampling``: per-decoder overrides, ``{"vamp": {"max_samples": 256}}``, as a grid's
+    ``[sampling.NAME]``. ``store``: a results folder to reuse rows from and write new rows to (as ``run --out``);
     None: nothing is written. ``isolate``, ``timeout``, ``memory_limit``, ``executor``, ``workers``,
     ``address``, ``force``: as ``decoderbench run``'s options.
     """
@@ -464,7 +484,7 @@ def evaluate(decoders, cells=None, *, n_s=None, r=None, n_d=None, p=None, seeds=
     kwargs = dict(cells=cells if isinstance(cells, (str, Path)) else None, n_s=n_s, r=r, n_d=n_d, p=p, seeds=seeds,
                   grid=grid if isinstance(grid, (str, Path)) else None, options=options, store=store and str(store),
                   device=device if device != "auto" else None, encoder=encoder, dtype=dtype, target_se=target_se,
-                  min_samples=min_samples, max_samples=max_samples)
+                  min_samples=min_samples, max_samples=max_samples, sampling=sampling)
     samp = dict(seeds=seeds, encoder=encoder, dtype=dtype, target_se=target_se, min_samples=min_samples,
                 max_samples=max_samples)
     if cells is not None and isinstance(cells, (str, Path, Grid)):
@@ -477,6 +497,8 @@ def evaluate(decoders, cells=None, *, n_s=None, r=None, n_d=None, p=None, seeds=
         g, adhoc = cells_grid(cells, **samp), True
     else:
         g, adhoc = build_grid(grid, n_s=n_s, r=r, n_d=n_d, p=p, **samp)
+    if sampling:
+        g = with_sampling(g, sampling)
     regs = resolve_all(decoders)
     with session(regs):
         plan = prepare(regs, g, adhoc=adhoc, options=options, device=device, isolate=isolate, timeout=timeout,

@@ -207,3 +207,12 @@ def test_quickstart_runs_and_is_the_readme_first_python_block(tmp_path):
     for name in ("squareplus", "relu", "oracle", "vamp"):
         assert sum(1 for ln in lines if ln.split()[:1] == [name]) == 2, out.stdout
     assert (tmp_path / "quickstart" / "loss_vs_r.png").stat().st_size > 10_000
+
+
+def test_per_decoder_sampling_keeps_a_costly_decoder_affordable():
+    df = db.evaluate(["linear", "relu"], n_s=256, r=0.25, p=0.05, max_samples=1024, target_se=0.001,
+                     sampling={"relu": {"max_samples": 256}}, device="cpu", progress=False)
+    n = dict(zip(df.decoder, df.n_eval))
+    assert n["relu"] <= 256 < n["linear"] <= 1024
+    with pytest.raises(ValueError, match="sampling.relu: unknown key 'max'"):
+        db.evaluate(["relu"], **CELL, sampling={"relu": {"max": 1}}, progress=False)
