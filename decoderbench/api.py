@@ -712,8 +712,12 @@ class Board:
 
     def markdown(self) -> str:
         """The summary and the per-cell tables, with their provenance header."""
+        from .leaderboard import header
+
         f = self.files()
-        return f["summary.md"] + "\n\n" + f["cells.md"].split("\n\n", 1)[-1]
+        head = header(self.title, self.command, self.rows) + "\n\n"
+        cells = f["cells.md"][len(head):] if f["cells.md"].startswith(head) else f["cells.md"]
+        return f["summary.md"] + "\n\n" + cells
 
     def summary(self) -> str:
         """The summary alone, without the header (what ``run`` prints at its end)."""

@@ -172,7 +172,7 @@ def test_board_aggregates_once_and_writes_tables_figures(tmp_path, monkeypatch):
     tables = board.tables()
     figs = board.figures(tmp_path / "figs")
     assert len(calls) == 1
-    assert "relu" in md and set(tables) == {"cells", "summary"}
+    assert "relu" in md and md.count("Made by") == 1 and set(tables) == {"cells", "summary"}
     assert set(tables["cells"].decoder) <= {"linear", "relu"} and len(tables["summary"]) == 2
     assert figs and all(f.exists() for f in figs)
     # the same files as `decoderbench leaderboard` makes from the same rows
