@@ -295,12 +295,9 @@ def session(regs):
         for reg in regs:
             if not is_local(reg) or plugins.decoders().get(reg.name) is not None:
                 continue
-            cls = reg.cls
-            if cls.version != reg.version:  # the version with the code digest is the one keys are made of
-                cls = type(cls.__name__, (cls,), {"version": reg.version, "__module__": cls.__module__,
-                                                  "__qualname__": cls.__qualname__})
-            pname = f"decoderbench-session:{reg.plugin}"
-            mine.append(plugins.register_plugin(_SessionPlugin(cls), name=pname, source=reg.source))
+            pname = f"decoderbench-session:{reg.plugin}"  # the version with the code digest makes the keys
+            mine.append(plugins.register_plugin(_SessionPlugin(reg.cls), name=pname, source=reg.source,
+                                                version=reg.version))
         yield
     finally:
         for pname in mine:

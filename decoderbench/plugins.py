@@ -49,6 +49,7 @@ class Registered:
 
 _pm: pluggy.PluginManager | None = None
 _sources: dict[str, str] = {}
+_versions: dict[str, str] = {}  # plugin name -> version replacing its decoders' own (register_plugin)
 _errors: dict[str, str] = {}  # plugin name -> why it failed to load or register (selectable: an error row)
 _collisions: dict[str, list] = {}  # plugin name -> refused registrations of taken names (the rest loaded)
 _ep_refused: dict[str, list] = {}  # third-party entry points named like a built-in plugin (never imported)
@@ -101,12 +102,16 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def register_plugin(plugin, name: str | None = None, source: str | None = None) -> str:
+def register_plugin(plugin, name: str | None = None, source: str | None = None, version: str | None = None) -> str:
     """Register a plugin object or module by hand (tests, notebooks); returns its pluggy name. Its decoders'
-    source is ``source`` (default ``local:<name>``; it must start with ``local:``: code of this session)."""
+    source is ``source`` (default ``local:<name>``; it must start with ``local:``: code of this session);
+    ``version``, when given, replaces the version of the decoders it registers (session code: the API adds a
+    digest of the code, so that a store never reuses a row of edited code)."""
     pm = get_plugin_manager()
     name = pm.register(plugin, name=name)
     _sources[name] = source if source is not None and str(source).startswith("local:") else f"local:{name}"
+    if version is not None:
+        _versions[name] = str(version)
     _reset_registries()
     return name
 
@@ -115,6 +120,7 @@ def unregister_plugin(name: str) -> None:
     pm = get_plugin_manager()
     pm.unregister(name=name)
     _sources.pop(name, None)
+    _versions.pop(name, None)
     _reset_registries()
 
 
@@ -123,6 +129,7 @@ def reset() -> None:
     global _pm
     _pm = None
     _sources.clear()
+    _versions.clear()
     _errors.clear()
     _collisions.clear()
     _ep_refused.clear()
@@ -161,7 +168,7 @@ def _collect(hookname: str, check, kind_of) -> dict[str, Registered]:
                     f"{first.source} (plugin {first.plugin!r}); the rest of both plugins loaded")
                 return
             found[cls.name] = Registered(cls.name, cls, kind_of(cls), _source, _pname,
-                                         str(getattr(cls, "version", "1")))
+                                         _versions.get(_pname) or str(getattr(cls, "version", "1")))
 
         try:
             impl.function(register=register)

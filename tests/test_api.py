@@ -216,3 +216,12 @@ def test_per_decoder_sampling_keeps_a_costly_decoder_affordable():
     assert n["relu"] <= 256 < n["linear"] <= 1024
     with pytest.raises(ValueError, match="sampling.relu: unknown key 'max'"):
         db.evaluate(["relu"], **CELL, sampling={"relu": {"max": 1}}, progress=False)
+
+
+def test_a_session_class_is_isolated_on_request_with_the_same_numbers():
+    """isolate=True sends an importable session class to a worker process: the same row, marked isolated."""
+    here = api.records(db.evaluate([Half], **CELL, device="cpu", progress=False))[0]
+    there = api.records(db.evaluate([Half], **CELL, device="cpu", progress=False, isolate=True))[0]
+    assert there["isolated"] is True and here["isolated"] is False
+    for col in ("loss", "loss_se", "n_eval", "params", "key"):
+        assert numbers(there, col) == numbers(here, col), col
