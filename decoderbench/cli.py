@@ -165,7 +165,8 @@ def plugins_cmd(as_json):
     clashes = plugins.collisions()
     problems = _plugin_problems()
     if as_json:
-        out = [{k: v for k, v in d.items() if k != "options_text"} for d in rows] + enc + [{"name": k, "kind": "error", "source": None, "error": v} for k, v in errors.items()]
+        out = [{k: v for k, v in d.items() if k != "options_text"} for d in rows] + enc
+        out += [{"name": k, "kind": "error", "source": None, "error": v} for k, v in errors.items()]
         out += [{"name": k, "kind": "collision", "source": None, "error": m} for k, msgs in clashes.items() for m in msgs]
         click.echo(json.dumps(out))
     else:
