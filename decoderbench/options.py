@@ -58,14 +58,12 @@ def _message(name: str, err: pydantic.ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(x) for x in e.get("loc", ()) if x != "__root__")
     msg = e.get("msg", "invalid")
-    if e.get("type") == "extra_forbidden":
-        msg = "unknown option"
     msg = msg.removeprefix("Value error, ")
-    got = e.get("input")
-    where = f"{name}.{loc}" if loc else name
-    if e.get("type") == "extra_forbidden" or loc:
-        return f"{where}: {msg}, got {got!r}"
-    return f"{where}: {msg}"
+    if e.get("type") == "extra_forbidden":
+        return f"{name}.{loc}: unknown option {loc!r}"
+    if loc:
+        return f"{name}.{loc}: {msg}, got {e.get('input')!r}"
+    return msg if msg.startswith(name) else f"{name}: {msg}"  # a check across options names its decoder itself
 
 
 def check(decoder_cls, options: dict | None, cell=None, name: str | None = None):
@@ -108,8 +106,10 @@ def describe(decoder_cls) -> list[dict]:
 
 
 def describe_text(decoder_cls) -> str:
-    """One line: ``name=default, ...`` (or ``-`` when none are declared; ``?`` for an undeclared legacy decoder)."""
+    """One line: ``name=default, ...`` (names alone when that is long; ``-`` when none are declared; ``?`` for a
+    decoder that declares no schema)."""
     if getattr(decoder_cls, "Options", None) is None:
         return "?"
     items = describe(decoder_cls)
-    return ", ".join(f"{o['name']}={o['default']!r}" for o in items) or "-"
+    full = ", ".join(f"{o['name']}={o['default']!r}" for o in items)
+    return (full if len(full) <= 60 else ", ".join(o["name"] for o in items)) or "-"

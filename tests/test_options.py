@@ -16,7 +16,7 @@ CELL = Cell(256, 64, 0.05)
 
 
 @pytest.mark.parametrize("name, opts, line", [
-    ("relu", {"fit_pair": 10}, "relu.fit_pair: unknown option, got 10; relu takes: fit_pairs"),
+    ("relu", {"fit_pair": 10}, "relu.fit_pair: unknown option 'fit_pair'; relu takes: fit_pairs"),
     ("relu", {"fit_pairs": "many"}, "relu.fit_pairs: Input should be a valid number"),
     ("relu", {"fit_pairs": True}, "relu.fit_pairs: must be a number, not true/false"),
     ("relu", {"fit_pairs": -1}, "relu.fit_pairs: Input should be greater than 0"),
@@ -25,6 +25,8 @@ CELL = Cell(256, 64, 0.05)
     ("topk", {"k": 0}, "topk.k: Input should be greater than 0"),
     ("topk", {"k": 2.5}, "topk.k:"),
     ("batchtopk", {"k": 257}, "batchtopk: k must be an integer in [1, n_s=256], got 257"),
+    ("trained-relu", {"k": 3}, "trained-relu: unknown option 'k' for activation relu; allowed: max_steps"),
+    ("trained", {"lr": -1}, "trained option lr must be a finite number > 0, got -1"),
 ])
 def test_bad_options_are_one_line_naming_decoder_and_option(name, opts, line):
     with pytest.raises(ValueError) as err:
@@ -76,3 +78,6 @@ def test_plugins_lists_declared_options(capsys):
     assert "searched" in topk["k"]["description"]
     assert listed["oracle"]["options"][0]["name"] == "exact"
     assert listed["vamp"]["options"] is None  # not declared (checked by the decoder itself)
+    trained = {o["name"]: o for o in listed["trained-topk"]["options"]}
+    assert {"max_steps", "lr", "k"} <= set(trained) and "activation" not in trained
+    assert "bandwidth" in {o["name"] for o in listed["trained"]["options"]}

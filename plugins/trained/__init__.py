@@ -86,7 +86,7 @@ from .cache import load_cached
 from .fileformat import MODEL_FORMAT, ModelFileError, content_hash, load_model, read_model_file, save_model
 from .model import TrainedModel
 from .rule import PlateauRule, plateau_reached
-from .settings import KNOWN_OPTIONS, VERSION, Settings, cache_key, default_cache_dir, parse_options
+from .settings import KNOWN_OPTIONS, VERSION, Settings, cache_key, default_cache_dir, options_schema, parse_options
 from .trainer import _Trainer
 
 __all__ = ["Trained", "TrainedModel", "save_model", "load_model", "read_model_file", "plateau_reached",
@@ -116,10 +116,6 @@ class Trained(Decoder):
     def _parse(cls, options, n_s: int, p: float, device) -> tuple[Settings, dict]:
         return parse_options(options, n_s, device, p=p, fixed=cls.activation, who=cls.name)
 
-    @classmethod
-    def validate_options(cls, options: dict, cell) -> None:
-        """Bad options raise ValueError (one line naming the option and what is allowed); nothing is trained."""
-        cls._parse(options, cell.n_s, cell.p, torch.device("cpu"))
 
     def encoder_weight(self) -> torch.Tensor:
         """The trained model's ``W_in`` (``n_d x n_s``): the harness encodes ``h = x W_in^T`` with it."""
@@ -232,9 +228,13 @@ def _diagnostics(model: TrainedModel, p: float) -> dict:
     return {**diagnostics(W, model.b, p, n_d=model.n_d), **out}
 
 
+Trained.Options = options_schema(None, "trained")  # declared options: listed, checked before a sweep
+
+
 def _alias(act: str, desc: str) -> type:
     return type(f"Trained_{act}", (Trained,), {
         "name": f"trained-{act}", "activation": act, "description": desc,
+        "Options": options_schema(act, f"trained-{act}"),
         "__doc__": f"``trained`` with activation {act}: {desc}.", "__module__": __name__})
 
 

@@ -75,6 +75,60 @@ KNOWN_OPTIONS = ("max_steps", "max_time_s", "lr", "warm_lr_mult", "warm_steps", 
                  "check_every", "diverge_factor", "cache", "cache_dir", "threads", "only_cached")
 
 
+#: Each option's default (None: chosen at the cell or device, said in the text) and meaning, for the schema.
+OPTION_DOCS = {
+    "max_steps": (200_000, "cap on Adam steps"),
+    "max_time_s": (120.0, "cap on training seconds (0 or null: none)"),
+    "lr": (None, "Adam's learning rate [3e-3 / sqrt(n_s)]"),
+    "warm_lr_mult": (1.0, "learning-rate multiplier during the first warm_steps"),
+    "warm_steps": (2000, "steps at warm_lr_mult x lr"),
+    "autocast": (None, f"one of {', '.join(AUTOCAST)} [bf16 on CUDA, else none]"),
+    "batch": (1024, "fresh samples per Adam step"),
+    "window": (200, "steps per window of the stopping rule"),
+    "check_every": (30, "steps between checks of the stopping rule"),
+    "diverge_factor": (1e6, "stop as diverged when the loss exceeds this factor of the trivial loss"),
+    "cache": (True, "reuse and store trained models in the cache"),
+    "cache_dir": (None, "the model cache [$DECODERBENCH_CACHE or ~/.cache/decoderbench/trained]"),
+    "threads": (None, "CPU threads while training [torch's setting]"),
+}
+ARCH_OPTION_DOCS = {"k": (None, "latents kept (per sample; per unit of the batch for batchtopk), 1..n_s "
+                                "[round(p n_s)]"),
+                    "bandwidth": (None, "straight-through estimator's bandwidth [arch.BANDWIDTH]")}
+
+
+def options_schema(fixed: str | None, who: str):
+    """The declared ``Options`` of ``trained`` (``fixed`` None) or ``trained-<fixed>``: every option listed with
+    its default and meaning; the checks themselves are :func:`parse_options`' (cross-option and cell-dependent:
+    which options an activation takes, ``k <= n_s``), run by a validator with the unit's cell, so every message
+    is the one ``parse_options`` gives."""
+    from typing import Any
+
+    from pydantic import ConfigDict, Field, create_model, model_validator
+
+    from decoderbench.options import Options
+
+    archs = [ARCHS[fixed]] if fixed else list(ARCHS.values())
+    fields = {k: (Any, Field(d, description=t)) for k, (d, t) in OPTION_DOCS.items()}
+    if fixed is None:
+        fields["activation"] = (Any, Field("relu", description=f"the architecture: one of {', '.join(ARCHS)}"))
+    for o in sorted({o for a in archs for o in a.options}):
+        d, t = ARCH_OPTION_DOCS.get(o, (None, "an architecture option"))
+        fields[o] = (Any, Field(d, description=t))
+
+    def protocol(self, info):
+        cell = (info.context or {}).get("cell")
+        given = {**self.model_dump(exclude_unset=True), **(self.model_extra or {})}
+        if cell is not None:
+            parse_options(given, cell.n_s, torch.device("cpu"), p=cell.p, fixed=fixed, who=who)
+        return self
+
+    # unknown keys reach parse_options, which refuses them naming the activation's allowed options
+    base = type("TrainedOptionsBase", (Options,), {"model_config": ConfigDict(extra="allow", frozen=True),
+                                                   "__module__": __name__})
+    return create_model(f"TrainedOptions_{fixed or 'any'}", __base__=base, __module__=__name__,
+                        __validators__={"protocol": model_validator(mode="after")(protocol)}, **fields)
+
+
 def resolve_arch(options: dict, fixed: str | None, who: str) -> Arch:
     """The architecture: ``fixed`` (a ``trained-<act>`` decoder) or the ``activation`` option (``trained``)."""
     act = options.get("activation", fixed or "relu")
