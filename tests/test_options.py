@@ -81,3 +81,11 @@ def test_plugins_lists_declared_options(capsys):
     trained = {o["name"]: o for o in listed["trained-topk"]["options"]}
     assert {"max_steps", "lr", "k"} <= set(trained) and "activation" not in trained
     assert "bandwidth" in {o["name"] for o in listed["trained"]["options"]}
+
+
+def test_every_trained_option_is_documented_in_its_schema():
+    from decoderbench_plugins.trained.settings import KNOWN_OPTIONS, OPTION_DOCS
+
+    assert set(OPTION_DOCS) == set(KNOWN_OPTIONS)
+    fields = plugins.get_decoder("trained").cls.Options.model_fields
+    assert set(KNOWN_OPTIONS) | {"activation"} <= set(fields)

@@ -90,6 +90,7 @@ OPTION_DOCS = {
     "cache": (True, "reuse and store trained models in the cache"),
     "cache_dir": (None, "the model cache [$DECODERBENCH_CACHE or ~/.cache/decoderbench/trained]"),
     "threads": (None, "CPU threads while training [torch's setting]"),
+    "only_cached": (False, "train nothing: score only a converged cached model, else skip the row"),
 }
 ARCH_OPTION_DOCS = {"k": (None, "latents kept (per sample; per unit of the batch for batchtopk), 1..n_s "
                                 "[round(p n_s)]"),
@@ -108,7 +109,8 @@ def options_schema(fixed: str | None, who: str):
     from decoderbench.options import Options
 
     archs = [ARCHS[fixed]] if fixed else list(ARCHS.values())
-    fields = {k: (Any, Field(d, description=t)) for k, (d, t) in OPTION_DOCS.items()}
+    fields = {k: (Any, Field(OPTION_DOCS.get(k, (None, ""))[0], description=OPTION_DOCS.get(k, (None, ""))[1]))
+              for k in KNOWN_OPTIONS}
     if fixed is None:
         fields["activation"] = (Any, Field("relu", description=f"the architecture: one of {', '.join(ARCHS)}"))
     for o in sorted({o for a in archs for o in a.options}):
