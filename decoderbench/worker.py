@@ -119,11 +119,16 @@ def is_third_party(reg) -> bool:
 
 
 def child_env() -> dict:
-    """What a child process needs to find the same plugins as this one (sys.path, the plugin switch, threads)."""
+    """What a child process needs to find the same plugins as this one (sys.path, the plugin switch, threads),
+    and this process's other ``DECODERBENCH_*`` settings as they are now (e.g. ``DECODERBENCH_CACHE``): children
+    fork from a server started earlier, whose environment may be older (a notebook that sets a variable after
+    its first isolated run)."""
     from .evalkey import ENV
 
+    settings = {k: v for k, v in os.environ.items()
+                if k.startswith("DECODERBENCH_") and k not in (ENV, "DECODERBENCH_PLUGINS")}
     return {"sys_path": list(sys.path), "plugins_env": os.environ.get("DECODERBENCH_PLUGINS"),
-            "threads": torch.get_num_threads(), "eval_key": os.environ.get(ENV)}
+            "threads": torch.get_num_threads(), "eval_key": os.environ.get(ENV), "settings": settings}
 
 
 def apply_child_env(env: dict) -> None:
@@ -142,6 +147,11 @@ def apply_child_env(env: dict) -> None:
         os.environ.pop(ENV, None)
     if env.get("threads"):
         torch.set_num_threads(int(env["threads"]))
+    if "settings" in env:  # the parent's DECODERBENCH_* settings, exactly (the key and plugin switch above)
+        for k in [k for k in os.environ if k.startswith("DECODERBENCH_") and k not in (ENV, "DECODERBENCH_PLUGINS")]:
+            if k not in env["settings"]:
+                os.environ.pop(k, None)
+        os.environ.update(env["settings"])
     from . import plugins
 
     plugins.reset()

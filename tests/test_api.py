@@ -37,6 +37,21 @@ class Half(db.Decoder):
         return self.c * 0.5 * z.clamp(min=0)
 
 
+class EnvProbe(db.Decoder):
+    """Reports a DECODERBENCH_* setting as its worker process sees it."""
+
+    name = "envprobe"
+    kind = "elementwise"
+
+    def fit(self, train):
+        import os
+
+        return {"setting": os.environ.get("DECODERBENCH_TEST_SETTING")}
+
+    def decode(self, z):
+        return z.clamp(0, 1)
+
+
 def numbers(row: dict, col: str):
     """A column of a row, with the timings (params ending in _s) left out of params."""
     v = row[col]
@@ -225,3 +240,12 @@ def test_a_session_class_is_isolated_on_request_with_the_same_numbers():
     assert there["isolated"] is True and here["isolated"] is False
     for col in ("loss", "loss_se", "n_eval", "params", "key"):
         assert numbers(there, col) == numbers(here, col), col
+
+
+def test_isolated_workers_see_the_settings_of_now(monkeypatch):
+    """Worker processes fork from a server started by an earlier run: DECODERBENCH_* settings made since (as a
+    notebook does between runs) still reach them."""
+    db.evaluate([Half], **CELL, device="cpu", progress=False, isolate=True)  # the server is running
+    monkeypatch.setenv("DECODERBENCH_TEST_SETTING", "now")
+    (row,) = api.records(db.evaluate([EnvProbe], **CELL, device="cpu", progress=False, isolate=True))
+    assert row["isolated"] is True and row["params"]["setting"] == "now"
