@@ -533,17 +533,23 @@ def records(rows) -> list[dict]:
     return out
 
 
-def theory(n_s, r=None, n_d=None, p=0.045) -> dict:
+def theory(n_s, r=None, n_d=None, p=0.045, exact: bool = False, seed: int = 0) -> dict:
     """The exact per-cell theory (``decoderbench theory --json``): sigma, trivial, linear, elementwise MMSE,
-    E.2 bound, ReLU theory, VAMP/AMP state evolution. ``r`` (default 0.25) or ``n_d``."""
-    from ._validate import check_nd, check_ns, check_p, nd_from_r
+    E.2 bound, ReLU theory, VAMP/AMP state evolution. ``r`` (default 0.25) or ``n_d``. With ``exact`` also the
+    finite-size references of the rug of ``seed`` with no Gaussian assumption (``theory --exact --seed``)."""
+    from ._validate import check_nd, check_ns, check_p, check_seed, nd_from_r
     from .theory import cell_theory
 
     if r is not None and n_d is not None:
         raise BadInput("r and n_d: give one of them, not both")
     ns = check_ns(n_s)
     nd = check_nd(n_d, ns) if n_d is not None else nd_from_r(ns, 0.25 if r is None else r)
-    return cell_theory(ns, nd, check_p(p))
+    t = cell_theory(ns, nd, check_p(p))
+    if exact:
+        from .exact import exact_references
+
+        t = {**t, **exact_references(ns, nd, t["p"], seed=check_seed(seed))}
+    return t
 
 
 def read_store(path, what: str = "--results"):

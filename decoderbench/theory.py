@@ -376,10 +376,10 @@ class _CallableModule(type(sys.modules[__name__])):
     """``decoderbench.theory`` is this module and also the API's ``theory(n_s, r=, p=)`` (a function cannot share
     the package attribute with the submodule of the same name: importing the submodule replaces it)."""
 
-    def __call__(self, n_s, r=None, n_d=None, p=0.045) -> dict:
+    def __call__(self, n_s, r=None, n_d=None, p=0.045, exact: bool = False, seed: int = 0) -> dict:
         from .api import theory
 
-        return theory(n_s, r=r, n_d=n_d, p=p)
+        return theory(n_s, r=r, n_d=n_d, p=p, exact=exact, seed=seed)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from decoderbench import Decoder, Skip, hookimpl
+from decoderbench.options import Options
 
 
 class OracleExact(Decoder):
@@ -25,9 +26,8 @@ class OracleExact(Decoder):
     kind = "reference"
     description = "E[x | z] under the exact interference law of the cell's rug (characteristic function + FFT)"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        ctx.check_options(())
+    class Options(Options):  # no options: any option given is refused before a sweep starts
+        pass
 
     def fit(self, train):
         from decoderbench import exact

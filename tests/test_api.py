@@ -169,6 +169,10 @@ def test_theory_is_the_cli_json(capsys):
     assert module(1024, r=0.25, p=0.045) == t and callable(module.cell_theory)
     with pytest.raises(ValueError, match="not both"):
         db.theory(1024, r=0.25, n_d=256)
+    capsys.readouterr()
+    assert cli.main(["theory", "--ns", "256", "--r", "0.25", "--p", "0.05", "--exact", "--seed", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(db.theory(256, r=0.25, p=0.05, exact=True,
+                                                                                  seed=1)))
 
 
 def test_board_aggregates_once_and_writes_tables_figures(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ CELL = Cell(256, 64, 0.05)
     ("batchtopk", {"k": 257}, "batchtopk: k must be an integer in [1, n_s=256], got 257"),
     ("trained-relu", {"k": 3}, "trained-relu: unknown option 'k' for activation relu; allowed: max_steps"),
     ("trained", {"lr": -1}, "trained option lr must be a finite number > 0, got -1"),
+    ("oracle-exact", {"exact": True}, "oracle-exact.exact: unknown option 'exact'; oracle-exact takes: (no options)"),
 ])
 def test_bad_options_are_one_line_naming_decoder_and_option(name, opts, line):
     with pytest.raises(ValueError) as err:
