@@ -225,7 +225,27 @@ def _diagnostics(model: TrainedModel, p: float) -> dict:
         return {**out, "diagnostics": f"skipped: n_s > {DENSE_MAX_NS} (dense W)"}
     # W formed in float32 (one GEMM, 64 MB at n_s = 4096); the row sums are taken in float64
     W = model.W_out.detach().cpu().float() @ model.W_in.detach().cpu().float()
-    return {**diagnostics(W, model.b, p, n_d=model.n_d), **out}
+    return {**diagnostics(W, model.b, p, n_d=model.n_d), **out, **_own_exact(W, p)}
+
+
+#: Rows of the trained W whose exact interference law is computed (evenly spaced), and the law's grid.
+EXACT_ROWS = 16
+EXACT_M = 256
+
+
+def _own_exact(W: torch.Tensor, p: float) -> dict:
+    """The exact elementwise MMSE and E.2 bound of the trained ``W`` itself (no Gaussian assumption), averaged
+    over ``EXACT_ROWS`` evenly spaced rows: the least loss any elementwise decoder of ``W x`` can reach, which the
+    Gaussian elementwise MMSE is not for a trained W (its interference is skewed). ``own_exact_se``: the
+    standard error of that mean over rows."""
+    from decoderbench.exact import references_for_weights
+
+    n = W.shape[0]
+    rows = sorted({int(i * n / EXACT_ROWS) for i in range(min(EXACT_ROWS, n))})
+    ref = references_for_weights(W.double().numpy(), p, rows=rows, M=EXACT_M)
+    return {"own_mmse_elementwise_exact": ref["mmse_elementwise_exact"], "own_e2_bound_exact": ref["e2_bound_exact"],
+            "own_exact_se": ref["mmse_row_sd"] / math.sqrt(ref["rows"]), "own_exact_rows": ref["rows"],
+            "own_exact_rows_not_encoded": ref["rows_not_encoded"]}
 
 
 Trained.Options = options_schema(None, "trained")  # declared options: listed, checked before a sweep
