@@ -217,11 +217,30 @@ def test_amp_breakdown_stops_at_best_iterate(shifted_encoder):
 
 @pytest.mark.parametrize("options,word", [({"max_iter": 0}, "max_iter"), ({"max_iter": 2.5}, "max_iter"),
                                           ({"tol": -1}, "tol"), ({"tol": float("nan")}, "tol"),
-                                          ({"damping": 0.5}, "max_iter, tol")])
+                                          ({"tol": float("inf")}, "tol"), ({"damping": 0}, "damping"),
+                                          ({"damping": 1.5}, "damping"), ({"damping": float("nan")}, "damping"),
+                                          ({"damping": "x"}, "damping"), ({"dampng": 0.5}, "dampng")])
 def test_bad_options(options, word):
     ctx = DecoderContext(cell=Cell(64, 16, 0.1), seed=0, encoder=rug(64, 16), options=options)
     with pytest.raises(ValueError, match=word):
         VAMP(ctx)
+    with pytest.raises(ValueError, match=word):  # the check the harness runs before any unit
+        AMP.validate_options(options, Cell(64, 16, 0.1))
+
+
+@pytest.mark.parametrize("line,word", [("damping = 0", "damping"), ("damping = 1.5", "damping"),
+                                       ("max_iter = 0", "max_iter"), ("tol = -1e-3", "tol")])
+def test_bad_options_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys, line, word):
+    """`decoderbench run` with a bad option: one line naming it, exit 2, no store."""
+    from decoderbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.toml").write_text(f'name = "g"\nseeds = [0]\n[cells]\nn_s = [64]\nr = [0.25]\np = [0.1]\n'
+                                     f"[options.vamp]\n{line}\n")
+    assert main(["run", "--grid", "g.toml", "--plugins", "vamp", "--out", "res"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and word in err and "Traceback" not in err, err
+    assert not (tmp_path / "res").exists()
 
 
 def test_bad_options_become_an_error_row():
