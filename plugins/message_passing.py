@@ -268,15 +268,22 @@ class _MessagePassing(Decoder):
             code[conv] = 0
             collapse = ok & (e64 <= floor) & ~conv
             need_restart = live & ~ok
+            src = torch.zeros_like(rows)  # what a stopping row returns: 0 its estimate, 1 the previous, 2 fallback
             if bool(collapse.any()):
                 idx = collapse.nonzero().flatten()
-                good = self._residual(st, idx).cpu() <= reproduce
+                good = self._residual(st, idx, "x").cpu() <= reproduce
                 code[idx[good]] = 1
                 need_restart[idx[~good]] = True
+            if bool((live & ~ok).any()):
+                # a breakdown right after an exact estimate (e.g. AMP's z = 0) is a collapse of the previous one
+                idx = (live & ~ok).nonzero().flatten()
+                good = self._residual(st, idx, "xp").cpu() <= reproduce
+                code[idx[good]], src[idx[good]] = 1, 1
+                need_restart[idx[good]] = False
             if bool(need_restart.any()):
                 idx = need_restart.nonzero().flatten()
                 spent = n_rst[idx] >= _MAX_RESTARTS
-                code[idx[spent]] = 2
+                code[idx[spent]], src[idx[spent]] = 2, 2
                 again = idx[~spent]
                 if again.numel():
                     self._restart(st, again.to(dev), finite=ok[again].to(dev))
@@ -290,10 +297,10 @@ class _MessagePassing(Decoder):
             if bool(done.any()):
                 idx = done.nonzero().flatten()
                 reason[rows[idx]] = code[idx]
-                use_fb = (code[idx] == 2).to(dev)
-                x_done = st["x"].index_select(0, idx.to(dev))
-                fb = self._fallback(st, idx.to(dev))
-                out[rows[idx].to(dev)] = torch.where(use_fb[:, None], fb, x_done)
+                s_i = src[idx].to(dev)[:, None]
+                idd = idx.to(dev)
+                x_done = torch.where(s_i == 1, st["xp"].index_select(0, idd), st["x"].index_select(0, idd))
+                out[rows[idx].to(dev)] = torch.where(s_i == 2, self._fallback(st, idd), x_done)
                 live[idx] = False
                 self._freeze(st, idx.to(dev))
             n_live = int(live.sum())
@@ -311,6 +318,13 @@ class _MessagePassing(Decoder):
 
     def _keep_first(self, st) -> None:
         pass
+
+    def _residual(self, st, idx, key: str):
+        """``|h - W_in x|^2 / |h|^2`` for rows ``idx`` of ``st[key]`` (non-finite: inf)."""
+        h = st["h"].index_select(0, idx)
+        res = (h - self.ctx.encoder.encode(st[key].index_select(0, idx))).square().sum(-1)
+        res = res / h.square().sum(-1).clamp(min=torch.finfo(h.dtype).tiny)
+        return torch.nan_to_num(res, nan=math.inf)
 
     def _fallback(self, st, idx):
         return st["fallback"].index_select(0, idx)
@@ -401,11 +415,6 @@ class VAMP(_MessagePassing):
         st["g1"] = (self._r / (1.0 - self._r)) / st["v2"]
         return e1[:, 0], ok, dx, nx  # (norms: the loop compares dx <= tol nx)
 
-    def _residual(self, st, idx):
-        h = st["h"].index_select(0, idx)
-        res = (h - self.ctx.encoder.encode(st["x"].index_select(0, idx))).square().sum(-1)
-        return res / h.square().sum(-1).clamp(min=torch.finfo(h.dtype).tiny)
-
     def _restart(self, st, idx, finite):
         """Rows idx: uninformative message centred on the estimate reached (the previous one if the current
         is not finite): r2 = x1, 1/gamma2 = v; the sample's damping halves."""
@@ -473,10 +482,6 @@ class AMP(_MessagePassing):
         dx = torch.linalg.vector_norm(x - xp, dim=-1)
         nx = torch.linalg.vector_norm(x, dim=-1)
         return e[:, 0], ok & torch.isfinite(res), dx, nx
-
-    def _residual(self, st, idx):
-        return st["res"].index_select(0, idx) / st["h"].index_select(0, idx).square().sum(-1).clamp(
-            min=torch.finfo(st["h"].dtype).tiny)
 
     def _restart(self, st, idx, finite):
         """Rows idx: restart from the estimate reached (the previous one if the current is not finite) with

@@ -254,3 +254,91 @@ def test_max_iter_caps_the_iterations():
     assert dec.info["iterations_max"] == 3
     assert dec.info["stop_reasons"] == {"max_iter": 4}
     assert bool(torch.isfinite(x_hat).all())
+
+
+# ----------------------------------------------------------------------------- robustness (collapse, restarts)
+
+
+def test_false_collapse_restarts_instead_of_being_accepted():
+    """n_s 256, r 0.1, p 0.01 (2.6 active features per sample): the posterior variance collapses on wrong
+    estimates too; accepting every collapse gave a loss 5x the trivial p/3. Only estimates that reproduce h
+    end a sample; the rest restart, and the row counts them."""
+    p = 0.01
+    enc = rug(256, 26, torch.float32)
+    loss, _, x_hat, dec = decode(VAMP, enc, p, 512, dtype=torch.float32)
+    assert bool(torch.isfinite(x_hat).all())
+    info = dec.info
+    assert info["restarts"] > 0 and 0 < info["restarted_samples"] <= 512
+    assert float(loss.mean()) < 0.1 * p / 3  # measured 7.9e-5 at 2048 samples (p/3 = 3.3e-3)
+    assert float((loss < 1e-3 * p / 3).double().mean()) > 0.9  # measured 0.98
+    # every sample that stopped on a collapse reproduces h
+    assert set(info["stop_reasons"]) <= set(REASONS)
+
+
+def test_amp_false_collapse_restarts():
+    p = 0.01
+    loss, _, x_hat, dec = decode(AMP, rug(256, 26, torch.float32), p, 512, dtype=torch.float32)
+    assert float(loss.mean()) < 0.2 * p / 3  # measured 1.8e-4
+    assert dec.info["restarts"] > 0
+
+
+@pytest.mark.parametrize("cls", [VAMP, AMP])
+def test_per_sample_bit_identical_with_restarts(cls):
+    """Restarts, per-sample damping and the compaction of stopped rows keep x_hat[i] a function of h[i]."""
+    p = 0.01
+    enc = rug(256, 26, torch.float32)
+    ctx = DecoderContext(cell=Cell(256, 26, p), seed=0, encoder=enc, dtype=torch.float32)
+    x = SparseSampler(256, p, 3, "eval", dtype=torch.float32).sample(48)
+    h = enc.encode(x)
+    dec = cls(ctx)
+    full = dec.decode(h)
+    assert dec.info["restarts"] > 0  # the batch does exercise the restarts
+    perm = torch.randperm(48, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(cls(ctx).decode(h[perm]), full[perm])
+    for i in (0, 7, 31):
+        assert torch.equal(cls(ctx).decode(h[i:i + 1])[0], full[i])
+
+
+def test_damping_keeps_the_fixed_point():
+    """Damping changes the path, not the fixed point: a stall still sits on state evolution."""
+    n_s, n_d, p = 4096, 410, 0.05
+    pred = vamp_se(p, n_d / n_s).mse
+    loss, x, _, dec = decode(VAMP, rug(n_s, n_d), p, 32, {"tol": 1e-3, "max_iter": 200, "damping": 0.7})
+    assert dec.info["damping"] == 0.7
+    mean, se = cv_mean(loss, x, p)
+    assert abs(mean - pred) <= 0.06 * pred
+
+
+def test_predicted_t_is_state_evolution_after_the_iterations_run():
+    from decoderbench.theory import vamp_se_t
+
+    n_s, n_d, p = 1024, 256, 0.045
+    _, _, _, dec = decode(VAMP, rug(n_s, n_d), p, 4, {"max_iter": 3, "tol": 0})
+    assert dec.info["predicted_t"] == vamp_se_t(p, n_d / n_s, 3)
+    # one step is the elementwise conditional mean: state evolution says the elementwise MMSE
+    t1 = vamp_se_t(p, n_d / n_s, 1)
+    sigma = cell_theory(n_s, n_d, p)["sigma"]
+    from decoderbench.theory import scalar_mmse
+
+    assert t1 == pytest.approx(scalar_mmse(p, sigma), rel=1e-9)
+    loss, x, _, one = decode(VAMP, rug(4096, 1024), p, 64, {"max_iter": 1})
+    mean, se = cv_mean(loss, x, p)
+    assert abs(mean - one.info["predicted_t"]) <= 0.05 * one.info["predicted_t"]
+
+
+def test_recovery_threshold_matches_the_state_evolution_brackets():
+    """r_c(p) lies in the brackets found by scanning vamp_se on a grid of r."""
+    from decoderbench.theory import recovery_threshold
+
+    for p, lo, hi in [(0.01, 0.03, 0.05), (0.045, 0.10, 0.125), (0.1, 0.175, 0.2), (0.2, 0.30, 0.35)]:
+        rc = recovery_threshold(p)
+        assert lo < rc < hi
+        assert vamp_se(p, rc).mse == 0.0 and vamp_se(p, rc - 2e-3).mse > 0.0
+
+
+def test_runner_row_records_recovery_and_restarts():
+    row = run_unit(WorkUnit(256, 26, 0.01, "vamp", min_samples=256, max_samples=256))
+    assert row["status"] == "ok", row["error"]
+    assert 0.9 < row["recovered_frac"] <= 1.0 and row["recovered_frac_se"] > 0
+    assert row["loss"] < row["trivial"] / 10
+    assert row["params"]["restarts"] >= row["params"]["restarted_samples"] > 0
