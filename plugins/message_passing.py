@@ -246,12 +246,12 @@ class _MessagePassing(Decoder):
             raise ValueError(f"h must be a tensor of shape (B, {self.ctx.n_d}), got {shape}")
 
     # ------------------------------------------------------------------ the shared per-sample loop
-    # A subclass provides: _init(h) -> state dict of per-row tensors (dim 0 = row) holding at least "x"
-    # (current estimate, written by _step), "xp" (previous estimate), "h", "damp" (k, 1) and "fallback";
-    # _step(st) -> (e, ok): one iteration of every row in place, e (k,) the estimated MSE, ok (k,) False
-    # on a breakdown; _residual(st, idx) -> |h - W_in x|^2 / |h|^2 for rows idx; _restart(st, idx, center)
-    # -> send rows idx the uninformative message centred on `center` (rows of x or xp); _freeze(st, idx)
-    # -> make stopped rows benign (finite, cheap).
+    # A subclass provides: _init(h) -> state dict of per-row tensors (dim 0 = row; entries named in _SHARED
+    # are shared by all rows) holding at least "x" (current estimate, written by _step), "xp" (the previous
+    # one), "h" and "damp" (k, 1); _step(st) -> (e, ok, dx, nx): one iteration of every row in place, with
+    # e (k,) the estimated MSE, ok (k,) False on a breakdown, dx = |x - xp| and nx = |x|;
+    # _restart(st, idx, finite) -> send rows idx the uninformative message centred on their x (xp where
+    # not finite); _freeze(st, idx) -> make stopped rows benign (finite, cheap); _fallback(st, idx).
 
     def _run(self, h: torch.Tensor) -> torch.Tensor:
         B = h.shape[0]
