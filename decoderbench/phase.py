@@ -60,7 +60,7 @@ def plot_phase_diagram(rows: list[dict], path, threshold=None) -> Path | None:
     ns = sorted({n for d in decs for (n, _) in pts[d]})
     colours = dict(zip(ps, sns.color_palette("viridis", len(ps)) if len(ps) > 1 else ["C0"]))
     styles = {n: NS_STYLES[i % len(NS_STYLES)] for i, n in enumerate(ns)}
-    fig, axes = plt.subplots(1, len(decs), figsize=(6.0 * len(decs), 4.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(decs), figsize=(5.2 * len(decs) + 2.2, 4.6), squeeze=False, sharey=True)
     rc = {p: threshold(p) for p in ps}
     for ax, dec in zip(axes[0], decs):
         for p in ps:
@@ -70,7 +70,7 @@ def plot_phase_diagram(rows: list[dict], path, threshold=None) -> Path | None:
             marker, line = styles[n_s]
             ax.errorbar(r, f, yerr=se, color=colours[p], marker=marker, linestyle=line, markersize=5, capsize=2,
                         label=f"p = {p:g}, n_s = {n_s}")
-        ax.set_xscale("log")
+        ax.set_xlim(0.0, 1.04 * max(r for ser in pts[dec].values() for r, _, _ in ser))
         ax.set_xlabel("compression ratio r = n_d / n_s")
         ax.set_title(f"{dec}: samples recovered (loss < 1e-3 p/3)")
         ax.set_ylim(-0.03, 1.03)
@@ -80,7 +80,8 @@ def plot_phase_diagram(rows: list[dict], path, threshold=None) -> Path | None:
 
     handles.append(Line2D([], [], color="0.3", linestyle=(0, (1, 2))))
     labels.append("r_c(p), state evolution")
-    axes[0][-1].legend(handles, labels, fontsize="x-small", loc="lower right")
+    axes[0][-1].legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       borderaxespad=0.0)
     fig.suptitle("Recovery phase diagram: fraction of samples recovered against r; dotted: VAMP state-evolution "
                  "threshold r_c(p)", fontsize="small")
     fig.tight_layout()
