@@ -75,9 +75,13 @@ def plot_phase_diagram(rows: list[dict], path, threshold=None) -> Path | None:
         ax.set_title(f"{dec}: samples recovered (loss < 1e-3 p/3)")
         ax.set_ylim(-0.03, 1.03)
     axes[0][0].set_ylabel("fraction of samples recovered")
-    handles, labels = axes[0][-1].get_legend_handles_labels()
     from matplotlib.lines import Line2D
 
+    # the legend says colour = p and marker / line = n_s separately (every panel shares them)
+    handles = [Line2D([], [], color=colours[p], linewidth=2) for p in ps]
+    labels = [f"p = {p:g}" for p in ps]
+    handles += [Line2D([], [], color="0.35", marker=styles[n][0], linestyle=styles[n][1]) for n in ns]
+    labels += [f"n_s = {n}" for n in ns]
     handles.append(Line2D([], [], color="0.3", linestyle=(0, (1, 2))))
     labels.append("r_c(p), state evolution")
     axes[0][-1].legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
