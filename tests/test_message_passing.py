@@ -1,6 +1,6 @@
 """AMP and VAMP (plugins/message_passing.py) against their state evolution (decoderbench.theory).
 
-Reference numbers (SCIENCE.md, checked there by a direct VAMP run on the rug at n_s = 4096):
+Reference numbers (state evolution, checked against a direct VAMP run on the rug at n_s = 4096):
 vamp_se(p=0.05, r=0.1) = 0.00972, vamp_se(0.08, 0.1) = 0.0195 (stalls below the recovery
 threshold), vamp_se(0.045, 0.25) = 0 (exact recovery). At n_s = 4096, r = 0.1 means n_d = 410.
 
@@ -9,7 +9,7 @@ near a stall (about 23% at p = 0.05), most of it explained by the sample's own |
 n_s p / 3 is known exactly: the tests use it as a control variate (regression estimator), which cuts
 the standard error 2-3x, so 64 samples resolve a 5% departure at about 2.5-10 standard errors.
 
-The denoiser (exact posterior moments in float64) dominates the cost; on an oversubscribed CPU,
+The denoiser (the posterior moments) dominates the cost; on an oversubscribed CPU,
 torch's intra-op threads spin against each other (a denoiser call measured 8x slower with 2 threads
 than with 1 on a busy 2-core box), so the module runs single-threaded and restores the setting.
 """
@@ -102,7 +102,7 @@ def test_vamp_recovers_exactly_float32():
 def test_vamp_stall_matches_state_evolution(p, expected):
     n_s, n_d = 4096, 410
     pred = vamp_se(p, n_d / n_s).mse
-    assert pred == pytest.approx(expected, rel=3e-3)  # the SCIENCE.md values (r = 0.1001 here)
+    assert pred == pytest.approx(expected, rel=3e-3)  # the reference values above (r = 0.1001 here)
     loss, x, x_hat, dec = decode(VAMP, rug(n_s, n_d), p, 64, {"tol": 1e-3, "max_iter": 100})
     assert bool(torch.isfinite(x_hat).all())
     assert dec.info["predicted"] == pred
