@@ -130,3 +130,21 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     if b == "cuda-kernel":
         return _fwht_cuda_kernel(x)
     return _fwht_torch(x)
+
+
+def fwht_(x: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`fwht`: overwrites ``x`` with ``x @ H`` and returns it.
+
+    With the ``fht_cpu`` backend on a contiguous CPU tensor the transform runs in ``x``'s own memory
+    (no copy: an iterative decoder keeps its buffers); otherwise it is ``x.copy_(fwht(x))``.
+    """
+    if (isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[-1] > 1 and x.numel() > 0
+            and x.is_contiguous() and x.is_floating_point() and backend(x) == "fht_cpu"
+            and not (x.shape[-1] & (x.shape[-1] - 1))):
+        arr = x.detach().view(-1, x.shape[-1]).numpy()
+        if arr.shape[0] == 1:
+            _fht_cpu.fht(arr[0], inplace=True)
+        else:
+            _fht_cpu.fht(arr, axis=1, inplace=True, num_threads=torch.get_num_threads())
+        return x
+    return x.copy_(fwht(x))

@@ -25,6 +25,7 @@ series, and listed in its own section with its stop reason and samples, when (:f
   plateau, or one whose plateau cannot be judged, is a result: it is ranked and marked ``capped``. So a
   decoder that reports its caps honestly is placed no worse than one that reports nothing (an iterative
   row without ``stop_reasons`` is ranked too, marked ``stop not reported``);
+* its loss is above the trivial loss ``p/3`` (the loss of ``x_hat = 0``): worse than outputting nothing;
 * it missed its precision target: ``precision_met`` is False, or, in rows that lack that column,
   ``loss_se > target_rel_se * loss`` while above the absolute floor ``1e-9 p / 3`` of the sampler.
 
@@ -59,6 +60,8 @@ FILES = ("summary.md", "cells.md")
 ROWS_FILE = "rows.json"
 EXACT_REL = 1e-6  # loss <= EXACT_REL * trivial loss: exact recovery to working precision
 CAP_STOPS = ("time_cap", "step_cap", "diverged")
+#: Kinds of decoder that see h: the per-cell table shows their fraction of samples recovered (``recovered_frac``).
+RECOVERY_KINDS = ("iterative", "learned")
 PLATEAU_SE = 3.0  # within this many standard errors (or PLATEAU_REL) of its state evolution: at its plateau
 PLATEAU_REL = 0.05
 REGIMES = ("recovery", "other")
@@ -175,6 +178,9 @@ def row_flags(row: dict) -> list[str]:
         cap = params.get("max_iter")
         out.append(f"{hits} of {counted} samples hit the iteration cap" + (f" ({cap})" if cap is not None else "")
                    + ", not at its plateau")
+    loss, p = _num(row.get("loss")), _num(row.get("p"))
+    if loss is not None and p is not None and loss > p / 3.0:
+        out.append(f"worse than trivial: loss {fmt(loss, 3)} > p/3 = {fmt(p / 3.0, 3)} (the loss of x_hat = 0)")
     if precision_missed(row):
         loss, se, target = row.get("loss"), row.get("loss_se"), row.get("target_rel_se")
         rel = f"SE {100 * se / loss:.2g}% of loss" if loss else "SE"
@@ -288,7 +294,20 @@ def _pool(name: str, kind: str, rows: list[dict], t: dict) -> dict:
             "mmse_exact": mm_exact, "ratio_mmse_exact": loss / mm_exact if mm_exact else None,
             "exact": is_exact(loss, t.get("trivial")), "version": _version_label(rows[0]),
             "stop": "; ".join(sorted({s for s in (stop_text(r) for r in rows) if s})), "note": "; ".join(notes),
-            "keys": [r.get("key") for r in rows]}
+            "keys": [r.get("key") for r in rows], "recovered": _recovered(kind, rows)}
+
+
+def _recovered(kind: str, rows: list[dict]):
+    """(fraction of samples recovered, its SE) pooled over ``rows`` (weighted by samples), for the decoders
+    that see h (kinds iterative and learned); None for the others or rows without the column."""
+    if kind not in RECOVERY_KINDS:
+        return None
+    pairs = [(_num(r.get("recovered_frac")), int(r.get("n_eval") or 0)) for r in rows]
+    if not pairs or any(f is None or n <= 0 for f, n in pairs):
+        return None
+    n = sum(k for _, k in pairs)
+    f = math.fsum(fr * k for fr, k in pairs) / n
+    return f, math.sqrt(f * (1.0 - f) / n)
 
 
 def _version_label(row: dict) -> str:
@@ -426,7 +445,13 @@ def cells_markdown(agg: dict) -> str:
                  fmt(e.get("ratio_mmse_exact"), 3), str(e["n_eval"]),
                  "; ".join(x for x in (e["stop"], e["note"]) if x)]
                 for i, e in enumerate(a["scored"])]
-        if body:
+        if any(e.get("recovered") for e in a["scored"]):  # decoders that see h: fraction of samples recovered
+            for row_, e in zip(body, a["scored"]):
+                rec = e.get("recovered")
+                row_.insert(7, f"{rec[0]:.3f} ± {rec[1]:.2g}" if rec else "-")
+            parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound",
+                                   "/ elementwise MMSE", "recovered", "samples", "stop"], body, "rlllrrrrrl"))
+        elif body:
             parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound",
                                    "/ elementwise MMSE", "/ exact MMSE", "samples", "stop"], body, "rlllrrrrrl"))
         else:

@@ -10,6 +10,8 @@
   differ.
 * ``loss_vs_p2_over_r`` (Figure 15): the z-decoders' losses against p^2/r, log-log, one colour per p,
   the elementwise MMSE and E.2 bound of each p as lines, and a slope-1 guide for the claimed scaling.
+* ``phase_diagram`` (when the rows hold vamp or amp with ``recovered_frac``): the fraction of samples
+  recovered against r per p, with the state-evolution threshold r_c(p) (:mod:`decoderbench.phase`).
 * ``ratio_e2_ns<n_s>``: per decoder, a heatmap of loss / E.2 bound over (r, p); cells whose row is
   ranked nowhere are hatched and marked "n/c", exact recoveries are marked "exact".
 
@@ -508,4 +510,7 @@ def make_figures(rows: list[dict], out_dir, agg: dict | None = None) -> list[Pat
              plot_loss_vs_r(rows, out_dir / "loss_vs_r.png", agg=agg),
              plot_loss_vs_p2_over_r(rows, out_dir / "loss_vs_p2_over_r.png", agg=agg)]
     paths += plot_ratio_heatmaps(rows, out_dir, agg=agg)
+    from .phase import plot_phase_diagram  # vamp/amp rows with recovered_frac: the recovery phase diagram
+
+    paths.append(plot_phase_diagram(rows, out_dir / "phase_diagram.png"))
     return [p for p in paths if p is not None]

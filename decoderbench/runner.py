@@ -181,6 +181,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         "seed": unit.seed, "device": unit.device, "dtype": unit.dtype,
         "target_rel_se": unit.target_rel_se, "n_eval": 0, "loss": None, "loss_se": None,
         "sampling_stop": None, "precision_met": None, "se_floor_abs": None,
+        "recovered_frac": None, "recovered_frac_se": None,
         "ratio_e2": None, "ratio_mmse": None, "ratio_mmse_exact": None, "params": {}, "status": "error", "error": None,
         "predicted": None, "ratio_predicted": None,
         "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,

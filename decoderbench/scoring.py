@@ -11,7 +11,12 @@ does not grow with the number of samples nor, beyond one batch, with ``n_s``) un
   instead of chasing a relative target it cannot reach; or
 * ``max_samples``: the cap; the row then says whether its precision was met anyway.
 
-(at least ``min_samples`` in every case). The first batches hold ``min_samples``, then each doubles
+(at least ``min_samples`` in every case).
+
+Recovery, per sample: a sample is *recovered* when its loss is below ``RECOVERED_REL = 1e-3`` of the trivial
+loss ``p/3``. Near a recovery threshold the per-sample losses are bimodal (some samples recovered exactly,
+others stalled), which a mean loss hides; every row therefore records ``recovered_frac`` (the fraction of its
+samples recovered) and ``recovered_frac_se`` (its binomial standard error ``sqrt(f (1 - f) / n)``). The first batches hold ``min_samples``, then each doubles
 the total drawn (never more than ``batch`` samples at once), so a costly decoder draws at most about
 twice what its precision needs. A row records ``sampling_stop`` (which of the three) and
 ``precision_met`` (the target or the floor reached).
@@ -29,6 +34,8 @@ SE_FLOOR = 1e-3
 #: Entries per evaluation batch (float32: 16 MB per (B, n_s) tensor).
 BATCH_ENTRIES = 2**22
 SAMPLING_STOPS = ("target", "floor", "max_samples")
+#: A sample is recovered when its loss is below this fraction of the trivial loss p/3.
+RECOVERED_REL = 1e-3
 
 
 def eval_batch_size(n_s: int, device=None) -> int:
@@ -113,11 +120,13 @@ def score(decode, make_input, sampler, *, p: float, target_rel_se: float, min_sa
     ``make_input(x)`` builds what the decoder's kind sees (z, h, ...) from a batch; the loss is computed
     against ``x`` itself, which the decoder never receives. Returns the row's sampling columns:
     ``n_eval``, ``loss``, ``loss_se``, ``sampling_stop``, ``precision_met``, ``se_floor_abs``,
-    ``eval_time_s``.
+    ``recovered_frac``, ``recovered_frac_se``, ``eval_time_s``.
     """
     t0 = time.perf_counter()
     acc = Accumulator()
     floor = se_floor * trivial_loss(p)
+    recovered_below = RECOVERED_REL * trivial_loss(p)
+    n_rec = 0
     reason = None
     while reason is None:
         # first min_samples, then double the total: a costly decoder overshoots what it needs by
@@ -126,10 +135,14 @@ def score(decode, make_input, sampler, *, p: float, target_rel_se: float, min_sa
         x = sampler.sample(b)
         with torch.no_grad():
             x_hat = decode(make_input(x))
-        acc.add(sample_losses(x, x_hat))
+        losses = sample_losses(x, x_hat)
+        acc.add(losses)
+        n_rec += int((losses < recovered_below).sum())
         del x_hat
         reason = stop_reason(acc, target_rel_se=target_rel_se, min_samples=min_samples,
                              max_samples=max_samples, floor=floor)
     met = reason in ("target", "floor") or bool(acc.se <= target_rel_se * acc.mean or acc.se <= floor)
+    frac = n_rec / acc.n
     return {"n_eval": acc.n, "loss": acc.mean, "loss_se": acc.se, "sampling_stop": reason,
-            "precision_met": met, "se_floor_abs": floor, "eval_time_s": time.perf_counter() - t0}
+            "precision_met": met, "se_floor_abs": floor, "recovered_frac": frac,
+            "recovered_frac_se": math.sqrt(frac * (1.0 - frac) / acc.n), "eval_time_s": time.perf_counter() - t0}

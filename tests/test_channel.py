@@ -373,3 +373,18 @@ def test_fast_path_declines_what_it_does_not_cover():
     assert channel._fast_moments(y, 1.0, 0.0, 0.2) is None
     assert channel._fast_moments(y, 0.1, torch.zeros(101), 0.2) is None
     assert channel._fast_moments(y, 0.1, 0.0, 0.2) is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_out_buffers_give_the_same_numbers(dtype):
+    """``out=`` writes into the caller's buffers: bit-identical to the allocating call."""
+    g = torch.Generator().manual_seed(5)
+    y = (torch.rand(7, 300, generator=g, dtype=torch.float64) * 1.6 - 0.3).to(dtype)
+    sigma = torch.rand(7, 1, generator=g, dtype=torch.float64).mul(0.2).add(1e-3).to(dtype)
+    m, v = conditional_moments(y, 0.05, 0.0, sigma)
+    bufs = (torch.full_like(y, float("nan")), torch.full_like(y, float("nan")))
+    m2, v2 = conditional_moments(y, 0.05, 0.0, sigma, out=bufs)
+    assert m2 is bufs[0] and v2 is bufs[1]
+    assert torch.equal(m, m2) and torch.equal(v, v2)
+    with pytest.raises(ValueError, match="out"):
+        conditional_moments(y, 0.05, 0.0, sigma, out=(torch.empty(3), torch.empty(3)))

@@ -81,3 +81,12 @@ def test_bad_input(bad):
 def test_fwht_cuda_matches_cpu(dtype):
     x = torch.randn(16, 4096, dtype=dtype)
     assert torch.allclose(fwht(x.cuda()).cpu(), fwht(x), atol=TOL[dtype] * 64, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fwht_in_place_matches_fwht(dtype):
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    want = fwht(x)
+    y = x.clone()
+    assert hadamard.fwht_(y) is y
+    assert torch.equal(y, want)

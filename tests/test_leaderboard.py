@@ -348,3 +348,32 @@ def test_readme_first_commands_leave_a_fresh_clone_clean(tmp_path):
                             capture_output=True, text=True, check=True).stdout
     assert status == "", status
     assert (clone / "results" / "board").is_dir()  # the board went into the store's folder
+
+
+def test_a_row_worse_than_trivial_is_flagged_and_ranked_nowhere():
+    """A row whose loss is above p/3 (the loss of x_hat = 0) is flagged, whatever its decoder."""
+    from decoderbench.leaderboard import row_flags
+
+    bad = _row("vamp", "iterative", 1024, 1.2 * P / 3, 1e-5)
+    good = _row("vamp", "iterative", 1024, 0.8 * P / 3, 1e-5)
+    assert any("worse than trivial" in f for f in row_flags(bad))
+    assert not any("worse than trivial" in f for f in row_flags(good))
+    agg = aggregate(select_rows([bad, _row("relu", "elementwise", 1024, 0.01, 1e-5)]))
+    a = agg[("rug", "float32", N_S, 1024, P)]
+    assert [e["decoder"] for e in a["scored"]] == ["relu"]
+    assert "worse than trivial" in a["unconverged"][0]["why"]
+
+
+def test_recovered_fraction_is_shown_for_decoders_that_see_h():
+    rows = [_row("vamp", "iterative", 1024, 1e-5, 1e-6), _row("relu", "elementwise", 1024, 0.004, 1e-5)]
+    rows[0]["recovered_frac"], rows[1]["recovered_frac"] = 0.75, 0.0
+    cells = render(rows, title="t", command="c")["cells.md"]
+    assert "| recovered |" in cells.replace("recovered |", "recovered |")
+    assert "0.750 ± 0.014" in cells  # sqrt(0.75 * 0.25 / 1024)
+    vamp_line = next(line for line in cells.splitlines() if "| vamp" in line)
+    relu_line = next(line for line in cells.splitlines() if "| relu" in line)
+    assert "0.750" in vamp_line and "| - |" in relu_line
+    # rows without the column (older stores) keep the old table
+    for r in rows:
+        del r["recovered_frac"]
+    assert "recovered" not in render(rows, title="t", command="c")["cells.md"]

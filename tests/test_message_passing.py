@@ -1,6 +1,6 @@
 """AMP and VAMP (plugins/message_passing.py) against their state evolution (decoderbench.theory).
 
-Reference numbers (SCIENCE.md, checked there by a direct VAMP run on the rug at n_s = 4096):
+Reference numbers (state evolution, checked against a direct VAMP run on the rug at n_s = 4096):
 vamp_se(p=0.05, r=0.1) = 0.00972, vamp_se(0.08, 0.1) = 0.0195 (stalls below the recovery
 threshold), vamp_se(0.045, 0.25) = 0 (exact recovery). At n_s = 4096, r = 0.1 means n_d = 410.
 
@@ -9,7 +9,7 @@ near a stall (about 23% at p = 0.05), most of it explained by the sample's own |
 n_s p / 3 is known exactly: the tests use it as a control variate (regression estimator), which cuts
 the standard error 2-3x, so 64 samples resolve a 5% departure at about 2.5-10 standard errors.
 
-The denoiser (exact posterior moments in float64) dominates the cost; on an oversubscribed CPU,
+The denoiser (the posterior moments) dominates the cost; on an oversubscribed CPU,
 torch's intra-op threads spin against each other (a denoiser call measured 8x slower with 2 threads
 than with 1 on a busy 2-core box), so the module runs single-threaded and restores the setting.
 """
@@ -102,7 +102,7 @@ def test_vamp_recovers_exactly_float32():
 def test_vamp_stall_matches_state_evolution(p, expected):
     n_s, n_d = 4096, 410
     pred = vamp_se(p, n_d / n_s).mse
-    assert pred == pytest.approx(expected, rel=3e-3)  # the SCIENCE.md values (r = 0.1001 here)
+    assert pred == pytest.approx(expected, rel=3e-3)  # the reference values above (r = 0.1001 here)
     loss, x, x_hat, dec = decode(VAMP, rug(n_s, n_d), p, 64, {"tol": 1e-3, "max_iter": 100})
     assert bool(torch.isfinite(x_hat).all())
     assert dec.info["predicted"] == pred
@@ -217,11 +217,30 @@ def test_amp_breakdown_stops_at_best_iterate(shifted_encoder):
 
 @pytest.mark.parametrize("options,word", [({"max_iter": 0}, "max_iter"), ({"max_iter": 2.5}, "max_iter"),
                                           ({"tol": -1}, "tol"), ({"tol": float("nan")}, "tol"),
-                                          ({"damping": 0.5}, "max_iter, tol")])
+                                          ({"tol": float("inf")}, "tol"), ({"damping": 0}, "damping"),
+                                          ({"damping": 1.5}, "damping"), ({"damping": float("nan")}, "damping"),
+                                          ({"damping": "x"}, "damping"), ({"dampng": 0.5}, "dampng")])
 def test_bad_options(options, word):
     ctx = DecoderContext(cell=Cell(64, 16, 0.1), seed=0, encoder=rug(64, 16), options=options)
     with pytest.raises(ValueError, match=word):
         VAMP(ctx)
+    with pytest.raises(ValueError, match=word):  # the check the harness runs before any unit
+        AMP.validate_options(options, Cell(64, 16, 0.1))
+
+
+@pytest.mark.parametrize("line,word", [("damping = 0", "damping"), ("damping = 1.5", "damping"),
+                                       ("max_iter = 0", "max_iter"), ("tol = -1e-3", "tol")])
+def test_bad_options_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys, line, word):
+    """`decoderbench run` with a bad option: one line naming it, exit 2, no store."""
+    from decoderbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.toml").write_text(f'name = "g"\nseeds = [0]\n[cells]\nn_s = [64]\nr = [0.25]\np = [0.1]\n'
+                                     f"[options.vamp]\n{line}\n")
+    assert main(["run", "--grid", "g.toml", "--plugins", "vamp", "--out", "res"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and word in err and "Traceback" not in err, err
+    assert not (tmp_path / "res").exists()
 
 
 def test_bad_options_become_an_error_row():
@@ -235,3 +254,91 @@ def test_max_iter_caps_the_iterations():
     assert dec.info["iterations_max"] == 3
     assert dec.info["stop_reasons"] == {"max_iter": 4}
     assert bool(torch.isfinite(x_hat).all())
+
+
+# ----------------------------------------------------------------------------- robustness (collapse, restarts)
+
+
+def test_false_collapse_restarts_instead_of_being_accepted():
+    """n_s 256, r 0.1, p 0.01 (2.6 active features per sample): the posterior variance collapses on wrong
+    estimates too; accepting every collapse gave a loss 5x the trivial p/3. Only estimates that reproduce h
+    end a sample; the rest restart, and the row counts them."""
+    p = 0.01
+    enc = rug(256, 26, torch.float32)
+    loss, _, x_hat, dec = decode(VAMP, enc, p, 512, dtype=torch.float32)
+    assert bool(torch.isfinite(x_hat).all())
+    info = dec.info
+    assert info["restarts"] > 0 and 0 < info["restarted_samples"] <= 512
+    assert float(loss.mean()) < 0.1 * p / 3  # measured 7.9e-5 at 2048 samples (p/3 = 3.3e-3)
+    assert float((loss < 1e-3 * p / 3).double().mean()) > 0.9  # measured 0.98
+    # every sample that stopped on a collapse reproduces h
+    assert set(info["stop_reasons"]) <= set(REASONS)
+
+
+def test_amp_false_collapse_restarts():
+    p = 0.01
+    loss, _, x_hat, dec = decode(AMP, rug(256, 26, torch.float32), p, 512, dtype=torch.float32)
+    assert float(loss.mean()) < 0.2 * p / 3  # measured 1.8e-4
+    assert dec.info["restarts"] > 0
+
+
+@pytest.mark.parametrize("cls", [VAMP, AMP])
+def test_per_sample_bit_identical_with_restarts(cls):
+    """Restarts, per-sample damping and the compaction of stopped rows keep x_hat[i] a function of h[i]."""
+    p = 0.01
+    enc = rug(256, 26, torch.float32)
+    ctx = DecoderContext(cell=Cell(256, 26, p), seed=0, encoder=enc, dtype=torch.float32)
+    x = SparseSampler(256, p, 3, "eval", dtype=torch.float32).sample(48)
+    h = enc.encode(x)
+    dec = cls(ctx)
+    full = dec.decode(h)
+    assert dec.info["restarts"] > 0  # the batch does exercise the restarts
+    perm = torch.randperm(48, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(cls(ctx).decode(h[perm]), full[perm])
+    for i in (0, 7, 31):
+        assert torch.equal(cls(ctx).decode(h[i:i + 1])[0], full[i])
+
+
+def test_damping_keeps_the_fixed_point():
+    """Damping changes the path, not the fixed point: a stall still sits on state evolution."""
+    n_s, n_d, p = 4096, 410, 0.05
+    pred = vamp_se(p, n_d / n_s).mse
+    loss, x, _, dec = decode(VAMP, rug(n_s, n_d), p, 32, {"tol": 1e-3, "max_iter": 200, "damping": 0.7})
+    assert dec.info["damping"] == 0.7
+    mean, se = cv_mean(loss, x, p)
+    assert abs(mean - pred) <= 0.06 * pred
+
+
+def test_predicted_t_is_state_evolution_after_the_iterations_run():
+    from decoderbench.theory import vamp_se_t
+
+    n_s, n_d, p = 1024, 256, 0.045
+    _, _, _, dec = decode(VAMP, rug(n_s, n_d), p, 4, {"max_iter": 3, "tol": 0})
+    assert dec.info["predicted_t"] == vamp_se_t(p, n_d / n_s, 3)
+    # one step is the elementwise conditional mean: state evolution says the elementwise MMSE
+    t1 = vamp_se_t(p, n_d / n_s, 1)
+    sigma = cell_theory(n_s, n_d, p)["sigma"]
+    from decoderbench.theory import scalar_mmse
+
+    assert t1 == pytest.approx(scalar_mmse(p, sigma), rel=1e-9)
+    loss, x, _, one = decode(VAMP, rug(4096, 1024), p, 64, {"max_iter": 1})
+    mean, se = cv_mean(loss, x, p)
+    assert abs(mean - one.info["predicted_t"]) <= 0.05 * one.info["predicted_t"]
+
+
+def test_recovery_threshold_matches_the_state_evolution_brackets():
+    """r_c(p) lies in the brackets found by scanning vamp_se on a grid of r."""
+    from decoderbench.theory import recovery_threshold
+
+    for p, lo, hi in [(0.01, 0.03, 0.05), (0.045, 0.10, 0.125), (0.1, 0.175, 0.2), (0.2, 0.30, 0.35)]:
+        rc = recovery_threshold(p)
+        assert lo < rc < hi
+        assert vamp_se(p, rc).mse == 0.0 and vamp_se(p, rc - 2e-3).mse > 0.0
+
+
+def test_runner_row_records_recovery_and_restarts():
+    row = run_unit(WorkUnit(256, 26, 0.01, "vamp", min_samples=256, max_samples=256))
+    assert row["status"] == "ok", row["error"]
+    assert 0.9 < row["recovered_frac"] <= 1.0 and row["recovered_frac_se"] > 0
+    assert row["loss"] < row["trivial"] / 10
+    assert row["params"]["restarts"] >= row["params"]["restarted_samples"] > 0

@@ -70,3 +70,29 @@ def test_capped_row_says_its_precision_was_missed():
 def test_se_floor_is_validated():
     with pytest.raises(ValueError, match="se_floor"):
         WorkUnit(n_s=256, n_d=64, p=0.1, decoder="relu", se_floor=-1.0)
+
+
+def test_recovered_fraction_counts_samples_below_a_thousandth_of_trivial():
+    """Half the samples decoded exactly, half as zero: recovered_frac = 1/2 with its binomial SE."""
+    p, n_s = 0.1, 64
+
+    class Alternating:
+        def __init__(self):
+            self.g = torch.Generator().manual_seed(0)
+
+        def sample(self, b):
+            return (torch.rand(b, n_s, generator=self.g) < p) * torch.rand(b, n_s, generator=self.g)
+
+    def decode(x):
+        out = x.clone()
+        out[1::2] = 0.0
+        return out
+
+    sampler = Alternating()
+    res = scoring.score(decode, lambda x: x, sampler, p=p, target_rel_se=1e-9, min_samples=256, max_samples=256,
+                        batch=256)
+    assert res["n_eval"] == 256
+    # the zeroed half is recovered only where x itself is 0 (probability 0.9^64 ~ 0.1%)
+    assert 0.5 <= res["recovered_frac"] <= 0.51
+    assert res["recovered_frac_se"] == pytest.approx(math.sqrt(res["recovered_frac"] * (1 - res["recovered_frac"]) / 256))
+    assert scoring.RECOVERED_REL == 1e-3
