@@ -12,8 +12,8 @@ iteration (``max_iter = K``, ``tol = 0``; it includes the set-up, a few transfor
 iteration) and the time per decode is about ``iterations x (that time / K)``, with the iteration
 count measured at the same cell on four samples (``extra_info["iterations_full_decode"]``; samples
 that stop early drop out of later iterations, so this slightly overestimates). The number of fast
-transforms per iteration is counted (``extra_info["fwht_per_iteration"]``) by wrapping the transforms the encoder calls
-(``fwht`` and the in-place ``fwht_``, ``fwht_owned``).
+transforms per iteration is counted (``extra_info["fwht_per_iteration"]``) by wrapping the transforms the encoder and the decoder call
+(``fwht``, the in-place ``fwht_`` and ``fwht_owned``).
 
 ``test_iteration_over_apply[vamp|amp]`` records the ratio the target is stated in: one iteration (the
 difference of decodes capped at 3 and 1 iterations, halved, so the set-up cancels) over one
@@ -25,7 +25,14 @@ transform domain, rare compaction, the posterior into preallocated outputs witho
 of sigma), measured by ``python benchmarks/vamp_cost.py`` (threads 1, n_s 65536, B 256, on a shared 2-core
 machine, load average 5.6-6.2 in both runs):
 
-=====================  ========  """
+=====================  ========  =======
+one iteration / apply  before    after
+=====================  ========  =======
+vamp                   25.9x     3.5x
+amp                    11.3x     6.7x
+one VAMP decode        0.960 s   0.246 s  (n_s 4096, B 64, 14.7 iterations)
+=====================  ========  =======
+"""
 
 from __future__ import annotations
 
@@ -63,18 +70,20 @@ def _ctx(rug, options):
 def _fwht_per_iteration(cls, monkeypatch) -> float:
     """Fast transforms per iteration: count them in runs of 1 and 3 iterations on a small rug."""
     calls = [0]
-    real, real_ = encoders_mod.fwht, encoders_mod.fwht_
+    import decoderbench_plugins.message_passing as mp_mod
 
-    def counting(x):
-        calls[0] += 1
-        return real(x)
+    # every transform name the encoder and the decoder call (out of place, in place, on an owned buffer)
+    targets = [(mod, n) for mod in (encoders_mod, mp_mod) for n in ("fwht", "fwht_", "fwht_owned") if hasattr(mod, n)]
+    real = {(mod, n): getattr(mod, n) for mod, n in targets}
 
-    def counting_(x):
-        calls[0] += 1
-        return real_(x)
+    def counting(fn):
+        def wrapped(x):
+            calls[0] += 1
+            return fn(x)
+        return wrapped
 
-    monkeypatch.setattr(encoders_mod, "fwht", counting)
-    monkeypatch.setattr(encoders_mod, "fwht_", counting_)
+    for mod, n in targets:
+        monkeypatch.setattr(mod, n, counting(real[(mod, n)]))
     small = PersianRug(1024, 256, seed=0)
     h = small.encode(SparseSampler(1024, P, 0, "bench").sample(4))
     counts = []
@@ -82,8 +91,8 @@ def _fwht_per_iteration(cls, monkeypatch) -> float:
         calls[0] = 0
         cls(_ctx(small, {"max_iter": k, "tol": 0})).decode(h)
         counts.append(calls[0])
-    monkeypatch.setattr(encoders_mod, "fwht", real)
-    monkeypatch.setattr(encoders_mod, "fwht_", real_)
+    for mod, n in targets:
+        monkeypatch.setattr(mod, n, real[(mod, n)])
     return (counts[1] - counts[0]) / 2
 
 

@@ -30,7 +30,7 @@ import torch
 
 from ._validate import check_nd, check_ns, check_p, check_seed
 from .data import derive_seed, make_generator, variance
-from .hadamard import fwht, fwht_, hadamard_matrix
+from .hadamard import fwht, fwht_, fwht_owned, hadamard_matrix
 
 DENSE_MAX_NS = 2**13
 
@@ -133,7 +133,7 @@ class PersianRug(Encoder):
         if not self._owns(h):  # autograd: the same arithmetic out of place
             return fwht(full.index_copy(-1, S, h * self._scale))
         full.index_copy_(-1, S, h * self._scale)  # the scale on the n_d kept entries, not the n_s outputs
-        return fwht_(full)
+        return fwht_owned(full)
 
     def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """R x = n_d^{-1} H (m * (H x)); ``inplace=True`` overwrites and returns ``x`` when it is contiguous
@@ -142,8 +142,9 @@ class PersianRug(Encoder):
         _, scaled_mask = self._bufs(x)
         if not self._owns(x):
             return fwht(fwht(x) * scaled_mask)
-        y = fwht_(x) if inplace else fwht(x)
-        return fwht_(y.mul_(scaled_mask))
+        if inplace:  # no copy with fht-cpu; another backend copies its results back into x
+            return fwht_(fwht_(x).mul_(scaled_mask))
+        return fwht_owned(fwht(x).mul_(scaled_mask))
 
     def project(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """P x with P = (n_d/n_s) R, the orthogonal projector onto the row space of W_in."""

@@ -162,6 +162,14 @@ def fwht_(x: torch.Tensor) -> torch.Tensor:
     return x.copy_(fwht(x))
 
 
+def fwht_owned(x: torch.Tensor) -> torch.Tensor:
+    """``fwht`` of a buffer the caller owns and no longer needs: in place where the backend transforms in
+    place (``fht_cpu``: no copy), else out of place (no copy back either). Use the returned tensor."""
+    if backend(x) == "fht_cpu" and x.is_contiguous():
+        return fwht_(x)
+    return fwht(x)
+
+
 def fwht(x: torch.Tensor) -> torch.Tensor:
     """Unnormalised Walsh-Hadamard transform along the last axis (Sylvester order), ``x @ H``.
 

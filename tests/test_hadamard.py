@@ -132,3 +132,15 @@ def test_torch_backend_every_factorisation(n):
         assert torch.allclose(y, x @ H, atol=1e-9 * n**0.5, rtol=0)
     else:  # row 0 of H is all ones, column j of x @ H at j = 0 is the row sum
         assert torch.allclose(y[:, 0], x.sum(1), atol=1e-9 * n)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+def test_fwht_owned_transforms_in_place_only_where_free(simd, monkeypatch):
+    if not simd:
+        monkeypatch.setattr(hadamard, "_DISABLED", {"fht_cpu"})
+    x = torch.randn(4, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    want = fwht(x)
+    y = x.clone()
+    got = hadamard.fwht_owned(y)
+    assert torch.equal(got, want)
+    assert (got.data_ptr() == y.data_ptr()) == (backend(y) == "fht_cpu")  # no copy back on the torch path
