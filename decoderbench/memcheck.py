@@ -5,25 +5,25 @@ is computed) estimates the peak resident memory of the largest unit, compares it
 (RAM on CPU, free device memory on CUDA) and raises :class:`~decoderbench.errors.BadInput` with one line
 naming ``n_s``, the memory it needs and the memory it found (the CLI: exit 2).
 
-The estimate is a model of what a unit really allocates, its constants measured with ``/usr/bin/time -v``
-(maximum resident set size) on ``decoderbench run --plugins relu,linear,topk,oracle,vamp --r 0.01
---p 0.001 --device cpu`` at ``n_s = 2^16, 2^18, 2^20`` (709 MB, 839 MB and the figure in
-:data:`MEASURED`), float32:
+The estimate is a model of what a unit really allocates, its constants fitted to the maximum resident set
+size (``/usr/bin/time -v``) of ``decoderbench run --plugins relu,linear,topk,oracle,vamp --r 0.01 --p 0.001
+--device cpu`` at ``n_s = 2^16, 2^18, 2^20`` (float32; :data:`MEASURED`). The decoders of a unit run one
+after another, so the peak is the imports plus the larger of two terms:
 
 * :data:`BASE_BYTES`: the interpreter with torch, numpy, scipy, pandas, pyarrow and the built-in plugins
   imported (326 MB measured);
-* :data:`BATCH_TENSORS` tensors of one evaluation batch, ``eval_batch_size(n_s) x n_s`` entries (about
-  ``2^22`` entries up to ``n_s = 2^22``, one sample of ``n_s`` entries beyond) in the cell's dtype: the
-  batch, its code, the decoder's output and the message-passing decoders' per-iteration buffers;
-* :data:`BYTES_PER_PAIR` per scalar pair ``(z_i, x_i)`` pooled by the built-in least-squares fits: the
-  training matrices in float64, the sort, the tail sums; ``fit_pairs(n_s)`` restates their rule (at
-  least ``2^21`` pairs and 32 training samples unless that would pool more than ``2^24`` pairs);
-* :data:`BYTES_PER_NS` per feature, whatever the batch (the rug's index and mask buffers, the eval key
-  stream, the reference theory).
+* evaluation: :data:`BATCH_TENSORS` tensors of one evaluation batch, ``eval_batch_size(n_s) x n_s``
+  entries (about ``2^22`` up to ``n_s = 2^22``, one sample of ``n_s`` entries beyond) in the cell's dtype:
+  the batch, its code, the decoder's output and the message-passing decoders' per-iteration buffers
+  (this term sets the peak at ``n_s = 2^16``: 693 MB);
+* fitting: :data:`BYTES_PER_PAIR` per scalar pair ``(z_i, x_i)`` pooled by the built-in least-squares fits
+  (the training batch, its float64 copies, the sort and the tail sums); ``fit_pairs(n_s)`` restates their
+  rule: at least ``2^21`` pairs and 32 training samples unless that would pool more than ``2^24`` pairs
+  (this term sets the peak at ``2^18``, 820 MB, and ``2^20``, 1282 MB).
 
-The estimate is multiplied by :data:`MARGIN` before it is compared. On CUDA the batch and per-feature
-terms are compared with the device's free memory and the rest with the host's RAM. With ``workers > 1``
-the units run at once, each in its own process: the host need is that many times one unit's.
+The estimate is multiplied by :data:`MARGIN` before it is compared. On CUDA the evaluation term is
+compared with the device's free memory and the rest with the host's RAM. With ``workers > 1`` the units
+run at once, each in its own process: the host need is that many times one unit's.
 
 ``DECODERBENCH_MEMORY_CHECK=0`` switches the check off (for a machine whose free memory is not what
 ``/proc/meminfo`` or the cgroup says).
@@ -40,14 +40,13 @@ MB = 2**20
 GB = 2**30
 
 BASE_BYTES = 326 * MB
-BATCH_TENSORS = 22
-BYTES_PER_PAIR = 21.2
-BYTES_PER_NS = 120
+BATCH_TENSORS = 23
+BYTES_PER_PAIR = 60
 MARGIN = 1.25
 
 #: (n_s, peak RSS in bytes) of ``decoderbench run --plugins relu,linear,topk,oracle,vamp --r 0.01 --p 0.001``
 #: (float32, CPU, 2 threads), the points the constants above were fitted to.
-MEASURED = {2**16: 709436 * 1024, 2**18: 839476 * 1024}
+MEASURED = {2**16: 709436 * 1024, 2**18: 839476 * 1024, 2**20: 1312584 * 1024}
 
 # the built-in fits' pooling rule (plugins/_fit.py: DEFAULT_PAIRS, MIN_SAMPLES, MAX_PAIRS)
 _FIT_DEFAULT_PAIRS = 2**21
@@ -74,11 +73,11 @@ def need_bytes(n_s: int, dtype: str = "float32", device: str = "cpu") -> dict:
     """Estimated peak memory of one unit at ``n_s``: ``{"host": bytes, "device": bytes}`` (device 0 on CPU),
     without the margin."""
     item = _ITEMSIZE.get(str(dtype).replace("torch.", ""), 4)
-    on_device = BATCH_TENSORS * eval_entries(n_s) * item + BYTES_PER_NS * n_s * item / 4
-    host = BASE_BYTES + BYTES_PER_PAIR * fit_pairs(n_s)
+    evaluation = BATCH_TENSORS * eval_entries(n_s) * item
+    fitting = BYTES_PER_PAIR * fit_pairs(n_s)
     if str(device).startswith("cuda"):
-        return {"host": host, "device": on_device}
-    return {"host": host + on_device, "device": 0.0}
+        return {"host": BASE_BYTES + fitting, "device": evaluation}
+    return {"host": BASE_BYTES + max(evaluation, fitting), "device": 0.0}
 
 
 def _cgroup_free() -> float | None:
