@@ -156,6 +156,9 @@ def render(rows: list[dict], command: str, grid_ns: list[int] | None = None) -> 
         for d in decs:
             if d == "vamp":
                 continue
+            if d not in THEORY_NAME:  # divided by the elementwise MMSE, which it need not reach
+                within.append("- (no theory of its own)")
+                continue
             w = within_from(sdata[d])
             within.append(_pow2(w) if w is not None else "not yet")
         if "vamp" in decs:
