@@ -221,7 +221,10 @@ def plot(rows: list[dict], path, command: str = "") -> Path | None:
             y = [e["recovered_frac"] if e["recovered_frac"] is not None else math.nan for e in pts]
         else:
             y = [max(e["loss"] / e["trivial"], 1e-12) for e in pts]
-        ax.plot([e["n_s"] for e in pts], y, marker="^", label=f"r = {s[0]:g}, p = {s[1]:g}")
+        line, = ax.plot([e["n_s"] for e in pts], y, marker="^", label=f"r = {s[0]:g}, p = {s[1]:g}")
+        hollow = [(e["n_s"], yi) for e, yi in zip(pts, y) if not e["ranked"]]
+        if hollow:
+            ax.plot(*zip(*hollow), ls="none", marker="^", ms=7, mfc="white", mec=line.get_color(), zorder=3)
     _ns_axis(ax, ns_all)
     if has_rec:
         ax.set_ylabel("VAMP: fraction of samples recovered")
