@@ -10,8 +10,10 @@ figures). It prints, per (n_s, B) and float32 on CPU with 2 torch threads:
 
 next to the figures measured before the encoder and the torch transform were reworked (``BEFORE`` below,
 measured with this script on the parent commit, load average beside them). Each time is the least of
-several repeats; every ratio divides two times taken in the same process moments apart, and the load
-average (``uptime``) is printed beside them: on a shared machine only the ratios mean anything.
+15 rounds, the operations taken in turn within each round; a ratio is the median over rounds of the two
+times of one round (moments apart), so a change of load between rounds cancels. The load average is
+printed beside them: on a shared machine only the ratios mean anything, and those only roughly.
+The ``BEFORE`` figures were the least time of each operation over the rounds, divided (min / min).
 """
 
 from __future__ import annotations
@@ -111,17 +113,23 @@ P = 0.01
 
 
 def _interleaved(fns: dict, rounds: int = 15) -> dict:
-    """Least time of each function over ``rounds`` rounds, the functions taken in turn within a round, so a
-    change in the machine's load touches every one of them alike."""
+    """Times of each function over ``rounds`` rounds, the functions taken in turn within a round, so a
+    change in the machine's load touches every one of them alike: ``{name: [seconds per round]}``."""
     for fn in fns.values():
         fn()  # warm up (caches, lazily built buffers)
-    best = {k: float("inf") for k in fns}
+    times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _ratio(times: dict, a: str, b: str, scale: float = 1.0) -> float:
+    """Median over rounds of time(a) / (scale * time(b)), both from the same round (moments apart)."""
+    rs = sorted(x / (scale * y) for x, y in zip(times[a], times[b]))
+    return rs[len(rs) // 2]
 
 
 def load() -> str:
@@ -141,19 +149,20 @@ def measure(sizes=SIZES, threads: int = 2) -> dict:
         x = SparseSampler(n_s, P, seed=0).sample(batch)
         rug = PersianRug(n_s, n_s // 4, seed=0)
         h = rug.encode(x)
-        t = _interleaved({
+        times = _interleaved({
             "clone": x.clone, "fwht": lambda: fwht(x), "fwht_torch": lambda: _fwht_torch(x),
             "encode": lambda: rug.encode(x), "decode": lambda: rug.decode(h), "adjoint": lambda: rug.adjoint(h),
             "apply": lambda: rug.apply(x),
         })
+        t = {k: min(v) for k, v in times.items()}
         ratios = {
-            "fwht/clone": t["fwht"] / t["clone"],
-            "fwht_torch/clone": t["fwht_torch"] / t["clone"],
-            "encode/fwht": t["encode"] / t["fwht"],
-            "decode/fwht": t["decode"] / t["fwht"],
-            "adjoint/fwht": t["adjoint"] / t["fwht"],
-            "apply/2fwht": t["apply"] / (2 * t["fwht"]),
-            "apply/clone": t["apply"] / t["clone"],
+            "fwht/clone": _ratio(times, "fwht", "clone"),
+            "fwht_torch/clone": _ratio(times, "fwht_torch", "clone"),
+            "encode/fwht": _ratio(times, "encode", "fwht"),
+            "decode/fwht": _ratio(times, "decode", "fwht"),
+            "adjoint/fwht": _ratio(times, "adjoint", "fwht"),
+            "apply/2fwht": _ratio(times, "apply", "fwht", 2.0),
+            "apply/clone": _ratio(times, "apply", "clone"),
         }
         out["sizes"][f"{n_s}x{batch}"] = {"seconds": t, "ratios": ratios}
     out["load_after"] = load()
@@ -166,7 +175,7 @@ def show(res: dict, before: dict | None) -> None:
     if before:
         print(f"before: load {before.get('load_before')} -> {before.get('load_after')}")
     for key, v in res["sizes"].items():
-        print(f"n_s x B = {key}  (clone {v['seconds']['clone'] * 1e3:.2f} ms, fwht {v['seconds']['fwht'] * 1e3:.2f} ms)")
+        print(f"n_s x B = {key}  (least clone {v['seconds']['clone'] * 1e3:.2f} ms, fwht {v['seconds']['fwht'] * 1e3:.2f} ms)")
         for name, ratio in v["ratios"].items():
             b = (before or {}).get("sizes", {}).get(key, {}).get("ratios", {}).get(name)
             was = f"   before {b:6.2f}" if b is not None else ""

@@ -16,8 +16,8 @@ applied as ``W_in x = n_d^{-1/2} (H x)[S]``, ``W_out h = n_d^{-1/2} H (scatter h
 
 Cost: each operation does the transforms it needs and O(n_s) work per sample besides, at most one pass
 over the batch: ``encode`` one out-of-place transform and a gather of the ``n_d`` kept columns;
-``decode``/``adjoint`` a zeroed (B, n_s) buffer, a scatter of the pre-scaled ``h`` and one in-place
-transform; ``apply`` one out-of-place transform, one multiply by the cached scaled mask ``m / n_d`` and
+``decode``/``adjoint`` one gather of the pre-scaled ``h`` (padded with a zero) into a (B, n_s) buffer
+and one in-place transform; ``apply`` one out-of-place transform, one multiply by the cached scaled mask ``m / n_d`` and
 one in-place transform (``apply(x, inplace=True)`` transforms ``x`` itself). The index and mask buffers
 are built once per device and dtype. Tensors that require grad take the same arithmetic out of place.
 """
@@ -101,14 +101,17 @@ class PersianRug(Encoder):
         self._scale = 1.0 / math.sqrt(self.n_d)
         self._buffers: dict = {}
 
-    def _bufs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S, m / n_d) on ``t``'s device, the mask in ``t``'s dtype: built once per device and dtype."""
+    def _bufs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(S, m / n_d, slot) on ``t``'s device, the mask in ``t``'s dtype: built once per device and dtype.
+        ``slot[i]`` is the position of column i in S, or n_d (a zero appended to h) when i is not in S."""
         key = (t.device, t.dtype)
         b = self._buffers.get(key)
         if b is None:
             S = self.S.to(t.device)
             scaled_mask = self.mask.to(device=t.device, dtype=t.dtype) * (1.0 / self.n_d)
-            b = self._buffers[key] = (S, scaled_mask)
+            slot = torch.full((self.n_s,), self.n_d, dtype=torch.long)
+            slot[self.S.cpu()] = torch.arange(self.n_d)
+            b = self._buffers[key] = (S, scaled_mask, slot.to(t.device))
         return b
 
     @staticmethod
@@ -122,24 +125,24 @@ class PersianRug(Encoder):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.n_s, "x")
-        S, _ = self._bufs(x)
+        S = self._bufs(x)[0]
         h = torch.index_select(fwht(x), -1, S)
         return h.mul_(self._scale) if self._owns(h) else h * self._scale
 
     def adjoint(self, h: torch.Tensor) -> torch.Tensor:
         self._check(h, self.n_d, "h")
-        S, _ = self._bufs(h)
-        full = h.new_zeros(*h.shape[:-1], self.n_s)
-        if not self._owns(h):  # autograd: the same arithmetic out of place
-            return fwht(full.index_copy(-1, S, h * self._scale))
-        full.index_copy_(-1, S, h * self._scale)  # the scale on the n_d kept entries, not the n_s outputs
-        return fwht_owned(full)
+        slot = self._bufs(h)[2]
+        # scale the n_d kept entries (not the n_s outputs), append a zero, and gather every output column in
+        # one pass (zeroing a (B, n_s) buffer and scattering into it are two)
+        padded = torch.cat([h * self._scale, h.new_zeros(*h.shape[:-1], 1)], dim=-1)
+        full = torch.index_select(padded, -1, slot)
+        return fwht_owned(full) if self._owns(full) else fwht(full)
 
     def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """R x = n_d^{-1} H (m * (H x)); ``inplace=True`` overwrites and returns ``x`` when it is contiguous
         and outside autograd."""
         self._check(x, self.n_s, "x")
-        _, scaled_mask = self._bufs(x)
+        scaled_mask = self._bufs(x)[1]
         if not self._owns(x):
             return fwht(fwht(x) * scaled_mask)
         if inplace:  # no copy with fht-cpu; another backend copies its results back into x
