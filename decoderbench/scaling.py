@@ -161,7 +161,10 @@ def render(rows: list[dict], command: str, grid_ns: list[int] | None = None) -> 
                 continue
             w = within_from(sdata[d])
             within.append(_pow2(w) if w is not None else "not yet")
-        if "vamp" in decs:
+        if "vamp" in decs and any(e["theory"] > 0 for e in sdata["vamp"]):  # a stall: its state evolution
+            w = within_from(sdata["vamp"])
+            within.append(f"state evolution from {_pow2(w)}" if w is not None else "not yet")
+        elif "vamp" in decs:
             ex = [e["n_s"] for e in sdata["vamp"] if e["exact"]]
             within.append(f"exact from {_pow2(min(ex))}" if ex and all(
                 e["exact"] for e in sdata["vamp"] if e["n_s"] >= min(ex)) else ("exact at some n_s" if ex else "-"))
