@@ -1,8 +1,9 @@
 """Memory check before a sweep: a cell too large for the memory it can get is refused before anything runs.
 
-:func:`check_units` (called once by ``decoderbench run``, after the units are built and before the first
-is computed) estimates the peak resident memory of the largest unit, compares it with the memory found
-(RAM on CPU, free device memory on CUDA) and raises :class:`~decoderbench.errors.BadInput` with one line
+:func:`check_units` (called once in the run path, ``decoderbench.api.prepare``, which ``decoderbench run``
+and the Python API both go through, after the units are built and before anything runs or a store is made)
+estimates the peak resident memory of the largest unit, compares it with the memory found (RAM on CPU,
+free device memory on CUDA) and raises :class:`~decoderbench.errors.BadInput` with one line
 naming ``n_s``, the memory it needs and the memory it found (the CLI: exit 2).
 
 The estimate is a model of what a unit really allocates, its constants fitted to the maximum resident set
