@@ -14,7 +14,6 @@ import sys
 import pytest
 
 
-
 @pytest.mark.slow
 def test_cell_at_2_16_streams(tmp_path):
     n_s = 2**16
