@@ -12,7 +12,8 @@ iteration (``max_iter = K``, ``tol = 0``; it includes the set-up, a few transfor
 iteration) and the time per decode is about ``iterations x (that time / K)``, with the iteration
 count measured at the same cell on four samples (``extra_info["iterations_full_decode"]``; samples
 that stop early drop out of later iterations, so this slightly overestimates). The number of fast
-transforms per iteration is counted (``extra_info["fwht_per_iteration"]``) by wrapping the transform the encoder calls.
+transforms per iteration is counted (``extra_info["fwht_per_iteration"]``) by wrapping the transforms the encoder and the decoder call
+(``fwht``, the in-place ``fwht_`` and ``fwht_owned``).
 
 ``test_iteration_over_apply[vamp|amp]`` records the ratio the target is stated in: one iteration (the
 difference of decodes capped at 3 and 1 iterations, halved, so the set-up cancels) over one
@@ -69,13 +70,20 @@ def _ctx(rug, options):
 def _fwht_per_iteration(cls, monkeypatch) -> float:
     """Fast transforms per iteration: count them in runs of 1 and 3 iterations on a small rug."""
     calls = [0]
-    real = encoders_mod.fwht
+    import decoderbench_plugins.message_passing as mp_mod
 
-    def counting(x):
-        calls[0] += 1
-        return real(x)
+    # every transform name the encoder and the decoder call (out of place, in place, on an owned buffer)
+    targets = [(mod, n) for mod in (encoders_mod, mp_mod) for n in ("fwht", "fwht_", "fwht_owned") if hasattr(mod, n)]
+    real = {(mod, n): getattr(mod, n) for mod, n in targets}
 
-    monkeypatch.setattr(encoders_mod, "fwht", counting)
+    def counting(fn):
+        def wrapped(x):
+            calls[0] += 1
+            return fn(x)
+        return wrapped
+
+    for mod, n in targets:
+        monkeypatch.setattr(mod, n, counting(real[(mod, n)]))
     small = PersianRug(1024, 256, seed=0)
     h = small.encode(SparseSampler(1024, P, 0, "bench").sample(4))
     counts = []
@@ -83,7 +91,8 @@ def _fwht_per_iteration(cls, monkeypatch) -> float:
         calls[0] = 0
         cls(_ctx(small, {"max_iter": k, "tol": 0})).decode(h)
         counts.append(calls[0])
-    monkeypatch.setattr(encoders_mod, "fwht", real)
+    for mod, n in targets:
+        monkeypatch.setattr(mod, n, real[(mod, n)])
     return (counts[1] - counts[0]) / 2
 
 

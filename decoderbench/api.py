@@ -355,6 +355,9 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
     from .decoder import check_unit_options
 
     check_unit_options(units)  # bad decoder options: one line, before anything is fitted
+    from .memcheck import check_units
+
+    check_units(units, workers if executor == "local" else 1)  # a cell too large for this machine's memory
     guard = guard_for(grid, isolate, timeout, memory_limit)
     ex = sweep.make_executor(executor, workers=workers, guard=guard, address=address)
     return RunPlan(grid=grid, adhoc=adhoc, regs=list(regs), units=units, guard=guard, executor=ex, device=dev,

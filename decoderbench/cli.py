@@ -405,6 +405,9 @@ def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, d
         raise BadInput(f"--results {results}: the store holds no rows for the cells asked for")
     board = api.Board(rows, title=title, command=_command_line(ctx))
     written = board.write(out_dir, figures=not no_figures, html=as_html)
+    if grid_name == "scaling":  # the thermodynamic-limit table and figure beside the board
+        from . import scaling
+        written += scaling.write_board(rows, out_dir, _command_line(ctx), grid, figures=not no_figures)
     if not quiet:
         files = board.files(figure=not no_figures)
         click.echo(files["cells.md"])

@@ -13,6 +13,13 @@ The Persian Rug (paper 4.2.2, appendix F): ``H`` the Sylvester Hadamard matrix o
 ``W_in = n_d^{-1/2} H[:, S]^T``, ``W_out = n_d^{-1/2} H[:, S]``, ``R = n_d^{-1} H[:, S] H[:, S]^T``,
 applied as ``W_in x = n_d^{-1/2} (H x)[S]``, ``W_out h = n_d^{-1/2} H (scatter h into S)``,
 ``R x = n_d^{-1} H (m * (H x))``. Memory besides the batch is O(n_s).
+
+Cost: each operation does the transforms it needs and O(n_s) work per sample besides, at most one pass
+over the batch: ``encode`` one out-of-place transform and a gather of the ``n_d`` kept columns;
+``decode``/``adjoint`` one gather of the pre-scaled ``h`` (padded with a zero) into a (B, n_s) buffer
+and one in-place transform; ``apply`` one out-of-place transform, one multiply by the cached scaled mask ``m / n_d`` and
+one in-place transform (``apply(x, inplace=True)`` transforms ``x`` itself). The index and mask buffers
+are built once per device and dtype. Tensors that require grad take the same arithmetic out of place.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 
 from ._validate import check_nd, check_ns, check_p, check_seed
 from .data import derive_seed, make_generator, variance
-from .hadamard import fwht, hadamard_matrix
+from .hadamard import fwht, fwht_, fwht_owned, hadamard_matrix
 
 DENSE_MAX_NS = 2**13
 
@@ -61,8 +68,8 @@ class Encoder:
         """W_out h; W_out = W_in^T unless a subclass says otherwise."""
         return self.adjoint(h)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """R x = W_out W_in x."""
+    def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """R x = W_out W_in x. ``inplace=True`` allows (does not oblige) an encoder to overwrite ``x``."""
         return self.decode(self.encode(x))
 
     def interference(self, p: float) -> tuple[float, float]:
@@ -92,6 +99,25 @@ class PersianRug(Encoder):
         self.mask[self.S] = True
         self.col0 = bool(self.mask[0])
         self._scale = 1.0 / math.sqrt(self.n_d)
+        self._buffers: dict = {}
+
+    def _bufs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(S, m / n_d, slot) on ``t``'s device, the mask in ``t``'s dtype: built once per device and dtype.
+        ``slot[i]`` is the position of column i in S, or n_d (a zero appended to h) when i is not in S."""
+        key = (t.device, t.dtype)
+        b = self._buffers.get(key)
+        if b is None:
+            S = self.S.to(t.device)
+            scaled_mask = self.mask.to(device=t.device, dtype=t.dtype) * (1.0 / self.n_d)
+            slot = torch.full((self.n_s,), self.n_d, dtype=torch.long)
+            slot[self.S.cpu()] = torch.arange(self.n_d)
+            b = self._buffers[key] = (S, scaled_mask, slot.to(t.device))
+        return b
+
+    @staticmethod
+    def _owns(t: torch.Tensor) -> bool:
+        """May t be transformed in place (contiguous, outside autograd)?"""
+        return t.is_contiguous() and not t.requires_grad
 
     def _check(self, t: torch.Tensor, n: int, name: str) -> None:
         if t.shape[-1] != n:
@@ -99,27 +125,39 @@ class PersianRug(Encoder):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.n_s, "x")
-        return fwht(x)[..., self.S] * self._scale
+        S = self._bufs(x)[0]
+        h = torch.index_select(fwht(x), -1, S)
+        return h.mul_(self._scale) if self._owns(h) else h * self._scale
 
     def adjoint(self, h: torch.Tensor) -> torch.Tensor:
         self._check(h, self.n_d, "h")
-        full = h.new_zeros(*h.shape[:-1], self.n_s)
-        full[..., self.S] = h
-        return fwht(full).mul_(self._scale)
+        slot = self._bufs(h)[2]
+        # scale the n_d kept entries (not the n_s outputs), append a zero, and gather every output column in
+        # one pass (zeroing a (B, n_s) buffer and scattering into it are two)
+        padded = torch.cat([h * self._scale, h.new_zeros(*h.shape[:-1], 1)], dim=-1)
+        full = torch.index_select(padded, -1, slot)
+        return fwht_owned(full) if self._owns(full) else fwht(full)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """R x = n_d^{-1} H (m * (H x)); ``inplace=True`` overwrites and returns ``x`` when it is contiguous
+        and outside autograd."""
         self._check(x, self.n_s, "x")
-        y = fwht(x)
-        y.mul_(self.mask.to(y.dtype))
-        return fwht(y).mul_(1.0 / self.n_d)
+        scaled_mask = self._bufs(x)[1]
+        if not self._owns(x):
+            return fwht(fwht(x) * scaled_mask)
+        if inplace:  # no copy with fht-cpu; another backend copies its results back into x
+            return fwht_(fwht_(x).mul_(scaled_mask))
+        return fwht_owned(fwht(x).mul_(scaled_mask))
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """P x with P = (n_d/n_s) R, the orthogonal projector onto the row space of W_in."""
-        return self.apply(x).mul_(self.n_d / self.n_s)
+        y = self.apply(x, inplace=inplace)
+        return y.mul_(self.n_d / self.n_s) if self._owns(y) else y * (self.n_d / self.n_s)
 
     def pinv(self, h: torch.Tensor) -> torch.Tensor:
         """x_ls = W_in^T (W_in W_in^T)^{-1} h = (n_d/n_s) W_in^T h."""
-        return self.adjoint(h).mul_(self.n_d / self.n_s)
+        y = self.adjoint(h)
+        return y.mul_(self.n_d / self.n_s) if self._owns(y) else y * (self.n_d / self.n_s)
 
     def rowsum(self) -> float:
         """Every row of R sums to n_s/n_d if column 0 is in S, otherwise to 0."""

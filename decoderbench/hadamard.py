@@ -11,8 +11,18 @@ Backends, chosen per call by device and dtype (``backend()`` says which one a te
 - ``cuda-kernel``: Dao-AILab's ``fast-hadamard-transform`` CUDA kernel, when installed, for CUDA tensors
   in float32 (called with scale 1, Sylvester order as in its reference implementation).
 - ``torch``: a Kronecker factorisation ``H_n = H_a (x) H_b (x) ...`` into dense blocks of at most
-  ``_BLOCK`` entries applied by batched GEMMs: O(n log n) work in a few large matrix products, every
-  device and dtype, autograd-friendly. Never forms a dense ``n x n`` matrix.
+  ``_BLOCK`` entries applied by GEMMs: O(n log n) work in a few large matrix products, every
+  device and dtype, autograd-friendly. Never forms a dense ``n x n`` matrix. The block acting on the
+  contiguous (last) axis is one flat GEMM ``(B n / k, k) @ H_k``; the others are batched GEMMs whose
+  right-hand side has ``n / (pre k) >= k`` columns. On 2 CPU threads this is 2-4x a ``clone()`` of the
+  batch at n = 4096..65536 (the earlier all-batched form, whose last block was a batch of
+  matrix-vector products, was 10-14x). Measured and not kept (benchmarks/encoder_cost.py,
+  benchmarks/test_bench_hadamard.py): blocks of 128 or 256 (no faster, slower at n = 65536), a
+  transpose-and-GEMM cycle (as fast at 4096, 2x slower at 65536), radix-2 butterflies in torch ops
+  (13x at 4096, 44x at 65536) and ``torch.compile`` of either form (5 s to compile per shape, no faster).
+
+``fwht(x)`` returns a new tensor; ``fwht_(x)`` transforms a contiguous tensor in place (no copy with
+``fht_cpu``; the other backends compute out of place and copy back) for callers that own their buffer.
 """
 
 from __future__ import annotations
@@ -74,20 +84,36 @@ def _fwht_torch(x: torch.Tensor) -> torch.Tensor:
         post = n // (pre * k)
         hk = hadamard_matrix(k, y.dtype, str(y.device)) if y.device.type != "cuda" else hadamard_matrix(k, y.dtype, "cpu").to(y.device)
         # axis of size k sits between `pre` and `post` (row-major index i = (i_pre, i_k, i_post))
-        y = torch.matmul(hk, y.reshape(batch * pre, k, post))
+        if post == 1:  # the contiguous axis: one flat GEMM (B n / k, k) @ H_k (H_k is symmetric)
+            y = torch.mm(y.reshape(-1, k), hk)
+        else:
+            y = torch.matmul(hk, y.reshape(batch * pre, k, post))
         pre *= k
     return y.reshape(*lead, n)
 
 
-def _fwht_fht_cpu(x: torch.Tensor) -> torch.Tensor:
-    n = x.shape[-1]
-    out = x.detach().reshape(-1, n).clone(memory_format=torch.contiguous_format)
-    arr = out.numpy()
+#: below this many entries fht-cpu runs on one thread: an OpenMP team costs more than it saves, and on a busy
+#: machine each parallel region can wait a scheduler time slice for its second thread (measured: 18 ms per
+#: call on a (16, 1024) batch at load 8 on 2 cores, against well under 1 ms on one thread)
+PARALLEL_MIN_ENTRIES = 2**18
+
+
+def _fht_cpu_inplace(y: torch.Tensor) -> None:
+    """Transform the rows of a contiguous 2-D CPU tensor in place with fht-cpu."""
+    arr = y.numpy()
     if arr.shape[0] == 1:
         _fht_cpu.fht(arr[0], inplace=True)
     else:
-        _fht_cpu.fht(arr, axis=1, inplace=True, num_threads=torch.get_num_threads())
-    return out.reshape(x.shape)
+        threads = torch.get_num_threads() if arr.size >= PARALLEL_MIN_ENTRIES else 1
+        _fht_cpu.fht(arr, axis=1, inplace=True, num_threads=threads)
+
+
+def _fwht_fht_cpu(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[-1]
+    # one copy into a fresh contiguous buffer (the output), then the transform in place
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x.detach())
+    _fht_cpu_inplace(out.view(-1, n))
+    return out
 
 
 def _fwht_cuda_kernel(x: torch.Tensor) -> torch.Tensor:
@@ -107,12 +133,7 @@ def backend(x: torch.Tensor) -> str:
     return "torch"
 
 
-def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised Walsh-Hadamard transform along the last axis (Sylvester order), ``x @ H``.
-
-    Works for any leading shape, float32/float64 (and other float dtypes through the torch
-    backend), on CPU or CUDA. Returns a new tensor; ``x`` is not modified.
-    """
+def _check(x) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim == 0:
@@ -122,6 +143,41 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"x.shape[-1] must be a power of two, got {n}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def fwht_(x: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`fwht`: overwrites ``x`` with ``x @ H`` and returns it.
+
+    With the ``fht_cpu`` backend on a contiguous CPU tensor the transform runs in ``x``'s own memory (no
+    copy, nothing allocated: an iterative decoder keeps its buffers); otherwise it is ``x.copy_(fwht(x))``
+    (a leaf that requires grad cannot be overwritten: torch refuses).
+    """
+    _check(x)
+    n = x.shape[-1]
+    if n == 1 or x.numel() == 0:
+        return x
+    if x.is_contiguous() and backend(x) == "fht_cpu":
+        _fht_cpu_inplace(x.detach().view(-1, n))
+        return x
+    return x.copy_(fwht(x))
+
+
+def fwht_owned(x: torch.Tensor) -> torch.Tensor:
+    """``fwht`` of a buffer the caller owns and no longer needs: in place where the backend transforms in
+    place (``fht_cpu``: no copy), else out of place (no copy back either). Use the returned tensor."""
+    if backend(x) == "fht_cpu" and x.is_contiguous():
+        return fwht_(x)
+    return fwht(x)
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh-Hadamard transform along the last axis (Sylvester order), ``x @ H``.
+
+    Works for any leading shape, float32/float64 (and other float dtypes through the torch
+    backend), on CPU or CUDA. Returns a new tensor; ``x`` is not modified.
+    """
+    _check(x)
+    n = x.shape[-1]
     if n == 1 or x.numel() == 0:
         return x.clone()
     b = backend(x)
@@ -131,20 +187,3 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
         return _fwht_cuda_kernel(x)
     return _fwht_torch(x)
 
-
-def fwht_(x: torch.Tensor) -> torch.Tensor:
-    """In-place :func:`fwht`: overwrites ``x`` with ``x @ H`` and returns it.
-
-    With the ``fht_cpu`` backend on a contiguous CPU tensor the transform runs in ``x``'s own memory
-    (no copy: an iterative decoder keeps its buffers); otherwise it is ``x.copy_(fwht(x))``.
-    """
-    if (isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[-1] > 1 and x.numel() > 0
-            and x.is_contiguous() and x.is_floating_point() and backend(x) == "fht_cpu"
-            and not (x.shape[-1] & (x.shape[-1] - 1))):
-        arr = x.detach().view(-1, x.shape[-1]).numpy()
-        if arr.shape[0] == 1:
-            _fht_cpu.fht(arr[0], inplace=True)
-        else:
-            _fht_cpu.fht(arr, axis=1, inplace=True, num_threads=torch.get_num_threads())
-        return x
-    return x.copy_(fwht(x))

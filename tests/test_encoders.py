@@ -121,3 +121,57 @@ def test_interference_mean_with_column0():
         rug = rug_with(n_s, n_d, col0)
         mu, _ = rug.interference(p)
         assert mu == pytest.approx(0.5 * p * ((n_s / n_d if col0 else 0.0) - 1.0), rel=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inplace_apply_and_cached_buffers(dtype):
+    """apply(x, inplace=True) overwrites x with R x (same numbers as out of place); the index and mask
+    buffers are built once per (device, dtype) and reused."""
+    rug = PersianRug(1024, 256, seed=2)
+    x = SparseSampler(1024, 0.05, seed=3, dtype=dtype).sample(6)
+    want = rug.apply(x)
+    assert want.dtype == dtype
+    y = x.clone()
+    got = rug.apply(y, inplace=True)
+    assert got.data_ptr() == y.data_ptr()
+    assert torch.equal(got, want)
+    assert torch.equal(rug.project(x.clone(), inplace=True), rug.project(x))
+    assert not torch.equal(rug.apply(x), x)  # the default leaves x alone
+    keys = set(rug._buffers)
+    rug.encode(x), rug.decode(rug.encode(x)), rug.apply(x)
+    assert set(rug._buffers) == keys and (torch.device("cpu"), dtype) in keys
+    other = torch.float64 if dtype == torch.float32 else torch.float32
+    rug.apply(x.to(other))
+    assert (torch.device("cpu"), other) in rug._buffers and len(rug._buffers) == len(keys) + 1
+
+
+def test_ops_against_dense_in_both_dtypes_and_noncontiguous():
+    """Non-contiguous inputs and leading dimensions take the same path to the same numbers."""
+    n_s, n_d = 256, 64
+    rug = PersianRug(n_s, n_d, seed=4)
+    x = SparseSampler(n_s, 0.1, seed=5, dtype=torch.float64).sample(8)
+    xt = x.T.contiguous().T  # same values, column-major
+    assert not xt.is_contiguous()
+    for op in (rug.encode, rug.apply, rug.project):
+        assert torch.allclose(op(xt), op(x), atol=1e-12, rtol=0)
+    h = rug.encode(x)
+    assert torch.allclose(rug.decode(h.T.contiguous().T), rug.decode(h), atol=1e-12, rtol=0)
+    assert rug.apply(x.view(2, 4, n_s)).shape == (2, 4, n_s)
+    assert torch.allclose(rug.apply(x.view(2, 4, n_s)).view(8, n_s), rug.apply(x), atol=1e-12, rtol=0)
+    assert torch.allclose(rug.pinv(h), rug.adjoint(h) * (n_d / n_s), atol=1e-12, rtol=0)
+
+
+def test_autograd_through_the_rug():
+    """Tensors that require grad take the out-of-place path; gradients are the transposes."""
+    n_s, n_d = 128, 32
+    rug = PersianRug(n_s, n_d, seed=1, dtype=torch.float64)
+    W = rug.w_in().double()
+    x = torch.randn(3, n_s, dtype=torch.float64, requires_grad=True)
+    (rug.encode(x) ** 2).sum().backward()
+    assert torch.allclose(x.grad, 2 * (x @ W.T) @ W, atol=1e-10)
+    h = torch.randn(3, n_d, dtype=torch.float64, requires_grad=True)
+    rug.decode(h).sum().backward()
+    assert torch.allclose(h.grad, torch.ones(3, n_s, dtype=torch.float64) @ W.T, atol=1e-10)
+    x.grad = None
+    rug.apply(x, inplace=True).sum().backward()  # inplace is only allowed, never forced on a grad tensor
+    assert torch.allclose(x.grad, torch.ones(3, n_s, dtype=torch.float64) @ (W.T @ W), atol=1e-10)

@@ -90,3 +90,57 @@ def test_fwht_in_place_matches_fwht(dtype):
     y = x.clone()
     assert hadamard.fwht_(y) is y
     assert torch.equal(y, want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 64, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("simd", [True, False])
+def test_fwht_inplace_matches_out_of_place(n, dtype, simd, monkeypatch):
+    if not simd:
+        monkeypatch.setattr(hadamard, "_DISABLED", {"fht_cpu"})
+    x = torch.randn(5, n, dtype=dtype, generator=torch.Generator().manual_seed(n))
+    want = fwht(x)
+    y = x.clone()
+    ptr = y.data_ptr()
+    out = hadamard.fwht_(y)
+    assert out is y and y.data_ptr() == ptr
+    assert torch.equal(y, want)  # same backend, same arithmetic: bit-identical
+    # a 1-D vector too (a GEMM of one row may sum in another order: equal to rounding)
+    v = x[0].clone()
+    assert torch.allclose(hadamard.fwht_(v), want[0], atol=TOL[dtype] * n**0.5, rtol=0)
+
+
+def test_fwht_inplace_noncontiguous_and_bad_input():
+    xt = torch.randn(64, 4, dtype=torch.float64).T  # not contiguous: transformed out of place, copied back
+    want = fwht(xt)
+    assert torch.equal(hadamard.fwht_(xt), want)
+    with pytest.raises(RuntimeError):  # torch refuses to overwrite a leaf that requires grad
+        hadamard.fwht_(torch.randn(2, 64, requires_grad=True))
+    with pytest.raises(ValueError, match="power of two"):
+        hadamard.fwht_(torch.zeros(2, 12))
+
+
+@pytest.mark.parametrize("n", [2**6, 2**11, 2**13, 2**16])
+def test_torch_backend_every_factorisation(n):
+    """The flat-GEMM last block and the batched inner blocks agree with fht-cpu / the definition at sizes
+    with one, two and three Kronecker factors."""
+    x = torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = _fwht_torch(x)
+    assert torch.allclose(_fwht_torch(y), n * x, atol=1e-9 * n)  # H H = n I
+    if n <= 2**13:
+        H = torch.from_numpy(scipy.linalg.hadamard(n).astype(np.float64))
+        assert torch.allclose(y, x @ H, atol=1e-9 * n**0.5, rtol=0)
+    else:  # row 0 of H is all ones, column j of x @ H at j = 0 is the row sum
+        assert torch.allclose(y[:, 0], x.sum(1), atol=1e-9 * n)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+def test_fwht_owned_transforms_in_place_only_where_free(simd, monkeypatch):
+    if not simd:
+        monkeypatch.setattr(hadamard, "_DISABLED", {"fht_cpu"})
+    x = torch.randn(4, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    want = fwht(x)
+    y = x.clone()
+    got = hadamard.fwht_owned(y)
+    assert torch.equal(got, want)
+    assert (got.data_ptr() == y.data_ptr()) == (backend(y) == "fht_cpu")  # no copy back on the torch path
