@@ -561,12 +561,13 @@ def headline_rows(agg: dict) -> list[dict]:
         out.append({"cell": cell, "n_s": n_s, "r": nominal_r(n_s, n_d), "p": p, "regime": a["regime"], "theory": a["theory"],
                     "n_ef": len(ef), "ef_min": ef[0] if ef else None, "ef_max": ef[-1] if ef else None,
                     "spread": ef[-1]["loss"] / ef[0]["loss"] if len(ef) >= 2 and ef[0]["loss"] > 0 else None,
-                    "iterative": it, "coincide": coincident(a["scored"])})
+                    "iterative": it, "coincide": coincident([e for e in a["scored"] if e["kind"] in EF_KINDS]),
+                    "iterative_unranked": sorted({u["decoder"] for u in a["unconverged"] if u["kind"] == "iterative"})})
     return out
 
 
 def coincident(entries: list[dict], rel: float = 1e-6) -> list[list[str]]:
-    """Groups of two or more ranked decoders whose losses agree to ``rel`` on a cell (e.g. JumpReLU whose
+    """Groups of two or more of ``entries`` whose losses agree to ``rel`` on a cell (e.g. JumpReLU whose
     fitted threshold is 0, or a gate equal to the magnitude path: they reduce to ReLU there)."""
     groups: list[list[dict]] = []
     for e in sorted(entries, key=lambda e: e["loss"]):
@@ -580,7 +581,8 @@ def coincident(entries: list[dict], rel: float = 1e-6) -> list[list[str]]:
 def _mp_text(h: dict) -> str:
     its = h["iterative"]
     if not its:
-        return "-"
+        un = h.get("iterative_unranked")
+        return f"ranked nowhere ({', '.join(un)}: see below)" if un else "-"
     best = its[0]
     if best["exact"]:
         exact = [e["decoder"] for e in its if e["exact"]]
