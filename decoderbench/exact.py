@@ -47,6 +47,8 @@ import numpy as np
 
 from .errors import BadInput
 
+#: A row of a fixed W whose diagonal is at most this fraction of the median diagonal is "not encoded".
+NOT_ENCODED = 0.1
 #: Grid points per unit of z (h = 1/M); the grid error is O(h^2).
 DEFAULT_M = 1024
 #: The law is computed on at most this many points (2^22 float64: 32 MB per array, a few arrays at once).
@@ -228,16 +230,18 @@ def exact_references(n_s: int, n_d: int, p: float, seed: int = 0, M: int = DEFAU
 def references_for_weights(W, p: float, rows=None, M: int = 512) -> dict:
     """Exact elementwise MMSE and E.2 bound of a fixed ``W`` (``n_s x n_s``, e.g. a trained ``W_out W_in``),
     averaged over ``rows`` (default: every row): row ``i`` sees ``z_i / W_ii = x_i + sum_{j != i} (W_ij / W_ii)
-    x_j``. Rows with ``W_ii <= 0`` (features never encoded) have MMSE p/3 - (p/2)^2 ... no information: they
-    count at the trivial elementwise loss ``v = p/3 - p^2/4`` (the best constant) and are reported."""
+    x_j``. Rows with ``W_ii`` at most ``NOT_ENCODED`` times the median ``|W_ii|`` (features never encoded: their
+    own signal is lost in the interference) count at the loss of the best constant, ``v = p/3 - p^2/4``, and
+    are reported."""
     W = np.asarray(W, dtype=np.float64)
     n = W.shape[0]
     idx = range(n) if rows is None else rows
     mm, e2, dead = [], [], 0
     v = p / 3.0 - p * p / 4.0
+    floor = NOT_ENCODED * float(np.median(np.abs(np.diag(W))))
     for i in idx:
         d = W[i, i]
-        if not d > 0:
+        if not d > floor:
             dead += 1
             mm.append(v)
             e2.append(p * (1.0 / 3.0 - 0.25))
