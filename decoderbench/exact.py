@@ -95,7 +95,8 @@ def _values_counts(g: np.ndarray, integer_scale: int | None) -> tuple[np.ndarray
     return vals, counts
 
 
-def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale: int | None = None) -> Law:
+def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale: int | None = None,
+                     max_points: int = MAX_POINTS) -> Law:
     """The law of ``z = x + nu``, ``nu = sum_j g_j x_j`` (``g`` the off-diagonal entries of one row of ``R``,
     divided by its diagonal; zeros allowed), on a grid of spacing ``1/M``. ``integer_scale``: ``g`` times it is
     an integer vector (the rug: ``n_d``), so its distinct values are found exactly."""
@@ -118,9 +119,9 @@ def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale:
     span = hi - lo
     n_need = int(math.ceil(1.5 * span * M))  # headroom against wrap-around
     n = 1 << max(12, (n_need - 1).bit_length())
-    if n > MAX_POINTS:
+    if n > max_points:
         raise BadInput(f"the exact interference law needs {n} grid points at M = {M} (range {span:.3g}): more than "
-                       f"{MAX_POINTS}; use a smaller M")
+                       f"{max_points}; use a smaller M")
     x = lo + h * np.arange(n)
     t0 = 2.0 * np.pi * np.fft.fftfreq(n, d=h)
     a0 = float(np.exp(int(np.sum(counts)) * math.log1p(-p))) if p < 1 else 0.0
@@ -211,7 +212,8 @@ def conditional_mean_table(law: Law) -> tuple[np.ndarray, np.ndarray]:
     return law.x, _ratio(p * law.m1, (1.0 - p) * law.f0 + p * law.f1)
 
 
-def exact_references(n_s: int, n_d: int, p: float, seed: int = 0, M: int = DEFAULT_M) -> dict:
+def exact_references(n_s: int, n_d: int, p: float, seed: int = 0, M: int = DEFAULT_M,
+                     max_points: int = MAX_POINTS) -> dict:
     """The exact references of the rug of ``seed``: ``mmse_elementwise_exact``, ``e2_bound_exact``,
     ``relu_theory_exact`` with ``relu_a_exact``, ``relu_b_exact``, and ``exact_grid_h``, ``exact_atom``."""
     from .theory import cell_theory
@@ -219,7 +221,7 @@ def exact_references(n_s: int, n_d: int, p: float, seed: int = 0, M: int = DEFAU
     t = cell_theory(n_s, n_d, p)
     g = rug_row(n_s, n_d, seed).copy()
     g[0] = 0.0  # R_ii = 1 is the signal, not interference
-    law = interference_law(g, p, M=M, integer_scale=n_d)
+    law = interference_law(g, p, M=M, integer_scale=n_d, max_points=max_points)
     start = (t["relu_a"], t["relu_b"] - t["relu_a"] * law.mean)
     relu, a, b = relu_theory_exact(law, start)
     return {"seed": seed, "mmse_elementwise_exact": mmse_elementwise_exact(law), "e2_bound_exact": e2_bound_exact(law),
