@@ -95,14 +95,9 @@ def _values_counts(g: np.ndarray, integer_scale: int | None) -> tuple[np.ndarray
     return vals, counts
 
 
-def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale: int | None = None,
-                     max_points: int = MAX_POINTS) -> Law:
-    """The law of ``z = x + nu``, ``nu = sum_j g_j x_j`` (``g`` the off-diagonal entries of one row of ``R``,
-    divided by its diagonal; zeros allowed), on a grid of spacing ``1/M``. ``integer_scale``: ``g`` times it is
-    an integer vector (the rug: ``n_d``), so its distinct values are found exactly."""
-    if not (0 < p <= 1):
-        raise BadInput(f"p must lie in (0, 1], got {p!r}")
-    vals, counts = _values_counts(g, integer_scale)
+def _grid(vals: np.ndarray, counts: np.ndarray, p: float, M: int, max_points: int):
+    """``(h, n, lo, mean, var)``: the grid of the law of ``x + sum_j vals_j x_j`` (counts times each); raises
+    :class:`BadInput` when it needs more than ``max_points`` points (cheap: no transform taken)."""
     h = 1.0 / M
     v = p / 3.0 - p * p / 4.0
     mean = 0.5 * p * float(np.dot(vals, counts))
@@ -122,6 +117,18 @@ def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale:
     if n > max_points:
         raise BadInput(f"the exact interference law needs {n} grid points at M = {M} (range {span:.3g}): more than "
                        f"{max_points}; use a smaller M")
+    return h, n, lo, mean, var
+
+
+def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale: int | None = None,
+                     max_points: int = MAX_POINTS) -> Law:
+    """The law of ``z = x + nu``, ``nu = sum_j g_j x_j`` (``g`` the off-diagonal entries of one row of ``R``,
+    divided by its diagonal; zeros allowed), on a grid of spacing ``1/M``. ``integer_scale``: ``g`` times it is
+    an integer vector (the rug: ``n_d``), so its distinct values are found exactly."""
+    if not (0 < p <= 1):
+        raise BadInput(f"p must lie in (0, 1], got {p!r}")
+    vals, counts = _values_counts(g, integer_scale)
+    h, n, lo, mean, var = _grid(vals, counts, p, M, max_points)
     x = lo + h * np.arange(n)
     t0 = 2.0 * np.pi * np.fft.fftfreq(n, d=h)
     a0 = float(np.exp(int(np.sum(counts)) * math.log1p(-p))) if p < 1 else 0.0
@@ -132,17 +139,21 @@ def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale:
     spec = np.zeros(n, dtype=np.complex128)
     for shift in (-1, 0, 1):
         t = t0 + shift * 2.0 * np.pi / h
-        logphi = np.zeros(n, dtype=np.complex128)
+        phi = np.ones(n, dtype=np.complex128)
         tz = t != 0.0
+        tt = t[tz]
+        prod = np.ones(tt.shape, dtype=np.complex128)
         for val, cnt in zip(vals, counts):
-            a = val * t[tz]
+            # each term's CF 1 - p + p (exp(i a) - 1) / (i a), a = val t: real sine and cosine (a series for small
+            # a), multiplied in (a product of factors of modulus at most 1: no overflow, underflow is to 0)
+            a = val * tt
             small = np.abs(a) < 1e-4
-            box = np.empty(a.shape, dtype=np.complex128)  # (exp(i a) - 1) / (i a), accurate for small a
-            box[small] = 1.0 + 0.5j * a[small] - a[small] ** 2 / 6.0
-            box[~small] = (np.exp(1j * a[~small]) - 1.0) / (1j * a[~small])
-            logphi[tz] += cnt * np.log(1.0 - p + p * box)
-        phi = np.exp(logphi)
-        phi[~tz] = 1.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                re = np.where(small, 1.0 - a * a / 6.0, np.sin(a) / a)
+                im = np.where(small, 0.5 * a, (1.0 - np.cos(a)) / a)
+            factor = (1.0 - p + p * re) + 1j * (p * im)
+            prod *= factor if cnt == 1 else factor ** int(cnt)
+        phi[tz] = prod
         spec += (phi - a0) * np.sinc(t * h / (2.0 * np.pi)) ** 4 * np.exp(-1j * t * lo)
     w = np.real(np.fft.fft(spec)) / n  # masses of nu's continuous part on the grid, atom out
     w = np.maximum(w, 0.0)  # round-off only
@@ -229,18 +240,22 @@ def exact_references(n_s: int, n_d: int, p: float, seed: int = 0, M: int = DEFAU
             "interference_sd": math.sqrt(law.var), "exact_atom": law.a0, "exact_grid_h": law.h}
 
 
-def references_for_weights(W, p: float, rows=None, M: int = 512) -> dict:
+def references_for_weights(W, p: float, rows=None, M: int = 512, max_points: int = MAX_POINTS) -> dict:
     """Exact elementwise MMSE and E.2 bound of a fixed ``W`` (``n_s x n_s``, e.g. a trained ``W_out W_in``),
     averaged over ``rows`` (default: every row): row ``i`` sees ``z_i / W_ii = x_i + sum_{j != i} (W_ij / W_ii)
     x_j``. Rows with ``W_ii`` at most ``NOT_ENCODED`` times the median ``|W_ii|`` (features never encoded: their
     own signal is lost in the interference) count at the loss of the best constant, ``v = p/3 - p^2/4``, and
-    are reported."""
+    are reported. ``max_points`` bounds each row's grid (a law wider than ``max_points / M`` raises
+    :class:`BadInput` before any transform is taken)."""
     W = np.asarray(W, dtype=np.float64)
     n = W.shape[0]
     idx = range(n) if rows is None else rows
     mm, e2, dead = [], [], 0
     v = p / 3.0 - p * p / 4.0
     floor = NOT_ENCODED * float(np.median(np.abs(np.diag(W))))
+    for i in idx:  # every row's grid first: a law too wide fails before any transform is taken
+        if W[i, i] > floor:
+            _grid(*_values_counts(np.delete(W[i], i) / W[i, i], None), p, M, max_points)
     for i in idx:
         d = W[i, i]
         if not d > floor:
@@ -249,7 +264,7 @@ def references_for_weights(W, p: float, rows=None, M: int = 512) -> dict:
             e2.append(p * (1.0 / 3.0 - 0.25))
             continue
         g = np.delete(W[i], i) / d
-        law = interference_law(g, p, M=M)
+        law = interference_law(g, p, M=M, max_points=max_points)
         mm.append(mmse_elementwise_exact(law))
         e2.append(e2_bound_exact(law))
     return {"mmse_elementwise_exact": float(np.mean(mm)), "e2_bound_exact": float(np.mean(e2)),

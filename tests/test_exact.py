@@ -137,6 +137,33 @@ def test_weights_of_the_rug_give_the_rug_references():
     assert ref["rows_not_encoded"] == 0
 
 
+def test_a_law_too_wide_fails_before_any_transform(monkeypatch):
+    """A W whose rows' laws need more grid points than allowed (an unconverged trained model: off-diagonal
+    entries as large as the diagonal) raises BadInput naming the grid size, and takes no FFT at all."""
+    from decoderbench.errors import BadInput
+
+    rng = np.random.default_rng(0)
+    W = np.eye(256) + 0.05 * rng.standard_normal((256, 256))
+    W[200, :] = 1.0  # one wide row, late: the check covers every row before the first transform
+    monkeypatch.setattr(np.fft, "fft", lambda *a, **k: pytest.fail("a transform was taken"))
+    with pytest.raises(BadInput, match="grid points"):
+        exact.references_for_weights(W, 0.045, M=128, max_points=1 << 13)
+
+
+def test_unconverged_trained_model_gets_no_own_exact_reference():
+    from plugins.trained import _diagnostics
+    from plugins.trained.arch import ARCHS  # noqa: F401  (the plugin package imports)
+
+    class Model:
+        n_s, n_d, extras = 64, 16, {}
+        W_in = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+        W_out = W_in.T.clone()
+        b = torch.zeros(64)
+
+    out = _diagnostics(Model(), 0.045, converged=False)
+    assert "did not converge" in out["own_exact_error"] and "own_mmse_elementwise_exact" not in out
+
+
 def test_the_board_shows_the_exact_line_and_ratio():
     from decoderbench.leaderboard import render
     from decoderbench.runner import WorkUnit, run_unit

@@ -200,7 +200,7 @@ class Trained(Decoder):
             params["cache_rejected"] = rejected
         if "cache_error" in meta:
             params["cache_error"] = meta["cache_error"]
-        params.update(_diagnostics(self.model, ctx.p))
+        params.update(_diagnostics(self.model, ctx.p, converged=trainer.stop_reason == "converged"))
         return params
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
@@ -214,7 +214,7 @@ def _mean(values) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
-def _diagnostics(model: TrainedModel, p: float) -> dict:
+def _diagnostics(model: TrainedModel, p: float, converged: bool = True) -> dict:
     from decoderbench.encoders import DENSE_MAX_NS
     from decoderbench.symmetry import diagnostics, spread
 
@@ -225,12 +225,18 @@ def _diagnostics(model: TrainedModel, p: float) -> dict:
         return {**out, "diagnostics": f"skipped: n_s > {DENSE_MAX_NS} (dense W)"}
     # W formed in float32 (one GEMM, 64 MB at n_s = 4096); the row sums are taken in float64
     W = model.W_out.detach().cpu().float() @ model.W_in.detach().cpu().float()
-    return {**diagnostics(W, model.b, p, n_d=model.n_d), **out, **_own_exact(W, p)}
+    own = _own_exact(W, p) if converged else {
+        "own_exact_error": "not computed: the model did not converge (its W's law is no reference for anything)"}
+    return {**diagnostics(W, model.b, p, n_d=model.n_d), **out, **own}
 
 
 #: Rows of the trained W whose exact interference law is computed (evenly spaced), and the law's grid.
 EXACT_ROWS = 16
 EXACT_M = 128
+#: At most this many grid points per row (a range of about 40 at ``EXACT_M``): a converged model's law spans a
+#: few units; an unconverged one's (time-capped, a few steps) spans hundreds, and its law (one complex exp and
+#: log per distinct entry per grid point, 16 rows) would take minutes for a number that means nothing.
+EXACT_MAX_POINTS = 1 << 13
 
 
 def _own_exact(W: torch.Tensor, p: float) -> dict:
@@ -243,7 +249,7 @@ def _own_exact(W: torch.Tensor, p: float) -> dict:
     n = W.shape[0]
     rows = sorted({int(i * n / EXACT_ROWS) for i in range(min(EXACT_ROWS, n))})
     try:
-        ref = references_for_weights(W.double().numpy(), p, rows=rows, M=EXACT_M)
+        ref = references_for_weights(W.double().numpy(), p, rows=rows, M=EXACT_M, max_points=EXACT_MAX_POINTS)
     except ValueError as exc:  # e.g. a law too wide for the grid: a diagnostic, never the row's failure
         return {"own_exact_error": str(exc)}
     return {"own_mmse_elementwise_exact": ref["mmse_elementwise_exact"], "own_e2_bound_exact": ref["e2_bound_exact"],
