@@ -110,7 +110,12 @@ class DecoderContext:
 
     def check_options(self, allowed) -> None:
         """ValueError if ``options`` names an option the decoder does not take (the older protocol, for decoders
-        that declare no ``Options`` schema: such a decoder calls this in ``__init__`` with the names it accepts)."""
+        that declare no ``Options`` schema: such a decoder calls this in ``__init__`` with the names it accepts).
+        Deprecated: declare ``Options`` instead (every built-in does)."""
+        import warnings
+
+        warnings.warn(f"{self.decoder_name or 'a decoder'}: ctx.check_options is deprecated; declare the options "
+                      "as a nested `class Options(decoderbench.Options)` instead", DeprecationWarning, stacklevel=2)
         unknown = sorted(set(self.options or {}) - set(allowed))
         if unknown:
             raise ValueError(f"options for {self.decoder_name or 'this decoder'} must be among "
@@ -247,7 +252,11 @@ def check_unit_options(units) -> None:
             check_declared(reg.cls, _json.loads(u.options), Cell(u.n_s, u.n_d, u.p), name=u.decoder)
             continue
         check = getattr(reg.cls, "validate_options", None)
-        if callable(check):
+        if callable(check) and getattr(check, "__func__", None) is not Decoder.validate_options.__func__:
+            import warnings
+
+            warnings.warn(f"{u.decoder}: validate_options is deprecated; declare the options as a nested "
+                          "`class Options(decoderbench.Options)` instead", DeprecationWarning, stacklevel=2)
             try:
                 check(_json.loads(u.options), Cell(u.n_s, u.n_d, u.p))
             except ValueError as exc:  # the decoder's one line, as the project's bad-input error (CLI: exit 2)
@@ -306,7 +315,7 @@ class Decoder:
     def validate_options(cls, options: dict, cell: Cell) -> None:
         """The older protocol, for decoders that declare no ``Options``: raise ValueError (one line naming the
         option and what is allowed) for options this decoder cannot take at ``cell``; called before a sweep
-        starts. Default: no check. A declared ``Options`` schema takes its place."""
+        starts. Default: no check. Deprecated: a declared ``Options`` schema takes its place."""
 
 
 def check_decoder_class(cls) -> None:

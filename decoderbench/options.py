@@ -44,6 +44,8 @@ PosInt = Annotated[int, BeforeValidator(_no_bool), Field(gt=0)]
 PosNumber = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)]
 #: A non-negative finite number.
 NonNegNumber = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
+#: A number in (0, 1] (a fraction such as a damping factor; 1 included, 0 not).
+UnitFraction = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1, allow_inf_nan=False)]
 #: true or false, nothing else (not 0/1, not "yes").
 Flag = pydantic.StrictBool
 

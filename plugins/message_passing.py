@@ -105,14 +105,17 @@ loss of the cell: ``vamp_se`` for VAMP, ``amp_se`` for AMP, whatever the encoder
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+from pydantic import Field
 
 from decoderbench import Decoder, hookimpl
 from decoderbench.channel import conditional_moments
 from decoderbench.data import variance
 from decoderbench.encoders import PersianRug
 from decoderbench.hadamard import fwht, fwht_
+from decoderbench.options import NonNegNumber, Options, PosInt, UnitFraction
 
 REASONS = ("converged", "variance_collapse", "breakdown", "max_iter")
 OPTIONS = ("max_iter", "tol", "damping")
@@ -160,26 +163,17 @@ def _reproduces(dtype: torch.dtype) -> float:
     return (64.0 * eps) ** 2
 
 
-def _check_options(options: dict) -> tuple[int | None, float | None, float | None]:
-    """(max_iter, tol, damping) from ``options`` (None: the default); ValueError naming the option."""
-    unknown = sorted(set(options or {}) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"options for message passing must be among {', '.join(OPTIONS)}; got {', '.join(unknown)}")
-    opts = dict(options or {})
-    max_iter = opts.get("max_iter")
-    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, (int, float))
-                                 or not math.isfinite(max_iter) or max_iter != int(max_iter) or int(max_iter) < 1):
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    tol = opts.get("tol")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol)
-                            or tol < 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    damping = opts.get("damping")
-    if damping is not None and (isinstance(damping, bool) or not isinstance(damping, (int, float))
-                                or not math.isfinite(damping) or not 0.0 < damping <= 1.0):
-        raise ValueError(f"damping must be a number in (0, 1] (1: no damping), got {damping!r}")
-    return (None if max_iter is None else int(max_iter), None if tol is None else float(tol),
-            None if damping is None else float(damping))
+class MessagePassingOptions(Options):
+    """The options of ``vamp`` and ``amp`` (checked before a sweep starts; ``decoderbench plugins`` lists them)."""
+
+    max_iter: Optional[PosInt] = Field(  # noqa: UP007 (pydantic reads the annotation at runtime)
+        None, description=f"iteration cap per sample (default {_DEFAULT_MAX_ITER}); with a small cap the row is "
+                          "unrolled message passing, described by state evolution after that many iterations "
+                          "(predicted_t)")
+    tol: Optional[NonNegNumber] = Field(  # noqa: UP007
+        None, description="stop when |x - x_prev| <= tol |x| (default 1e-6 in float64, 1e-5 in float32)")
+    damping: Optional[UnitFraction] = Field(  # noqa: UP007
+        None, description=f"message damping d in (0, 1], 1 = none (default {_DEFAULT_DAMPING})")
 
 
 class _MessagePassing(Decoder):
@@ -187,14 +181,11 @@ class _MessagePassing(Decoder):
     version = "2"
     theory_key = ""
 
-    @classmethod
-    def validate_options(cls, options: dict, cell) -> None:
-        _check_options(options)
+    Options = MessagePassingOptions
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        ctx.check_options(OPTIONS)
-        max_iter, tol, damping = _check_options(ctx.options or {})
+        max_iter, tol, damping = self.opts.max_iter, self.opts.tol, self.opts.damping
         self.max_iter = _DEFAULT_MAX_ITER if max_iter is None else max_iter
         self.tol = (1e-6 if ctx.dtype == torch.float64 else 1e-5) if tol is None else tol
         self.damping = _DEFAULT_DAMPING if damping is None else damping

@@ -27,6 +27,10 @@ CELL = Cell(256, 64, 0.05)
     ("batchtopk", {"k": 257}, "batchtopk: k must be an integer in [1, n_s=256], got 257"),
     ("trained-relu", {"k": 3}, "trained-relu: unknown option 'k' for activation relu; allowed: max_steps"),
     ("trained", {"lr": -1}, "trained option lr must be a finite number > 0, got -1"),
+    ("vamp", {"damping": 1.5}, "vamp.damping: Input should be less than or equal to 1, got 1.5"),
+    ("amp", {"max_iter": 2.5}, "amp.max_iter:"),
+    ("amp", {"tol": -1e-3}, "amp.tol: Input should be greater than or equal to 0"),
+    ("vamp", {"maxiter": 5}, "vamp.maxiter: unknown option 'maxiter'; vamp takes: max_iter, tol, damping"),
     ("oracle-exact", {"exact": True}, "oracle-exact.exact: unknown option 'exact'; oracle-exact takes: (no options)"),
 ])
 def test_bad_options_are_one_line_naming_decoder_and_option(name, opts, line):
@@ -39,7 +43,8 @@ def test_good_options_are_validated_with_defaults():
     o = options.check(plugins.get_decoder("topk").cls, {"k": 12}, CELL)
     assert o.k == 12 and o.fit_pairs == 2**20
     assert options.check(plugins.get_decoder("oracle").cls, {}, CELL).exact is False
-    assert options.check(plugins.get_decoder("vamp").cls, {"anything": 1}, CELL) is None  # undeclared: its own checks
+    mp = options.check(plugins.get_decoder("vamp").cls, {"damping": 0.7}, CELL)
+    assert (mp.damping, mp.max_iter, mp.tol) == (0.7, None, None)  # None: the decoder's own default
 
 
 def test_cli_refuses_a_bad_option_before_anything_runs(tmp_path, capsys):
@@ -78,7 +83,8 @@ def test_plugins_lists_declared_options(capsys):
     assert set(topk) == {"fit_pairs", "k"} and topk["fit_pairs"]["default"] == 2**20
     assert "searched" in topk["k"]["description"]
     assert listed["oracle"]["options"][0]["name"] == "exact"
-    assert listed["vamp"]["options"] is None  # not declared (checked by the decoder itself)
+    assert [o["name"] for o in listed["vamp"]["options"]] == ["max_iter", "tol", "damping"]
+    assert "(0, 1]" in listed["amp"]["options"][2]["description"]
     trained = {o["name"]: o for o in listed["trained-topk"]["options"]}
     assert {"max_steps", "lr", "k"} <= set(trained) and "activation" not in trained
     assert "bandwidth" in {o["name"] for o in listed["trained"]["options"]}
@@ -90,3 +96,32 @@ def test_every_trained_option_is_documented_in_its_schema():
     assert set(OPTION_DOCS) == set(KNOWN_OPTIONS)
     fields = plugins.get_decoder("trained").cls.Options.model_fields
     assert set(KNOWN_OPTIONS) | {"activation"} <= set(fields)
+
+
+def test_every_builtin_declares_its_options():
+    """No built-in uses the older protocol (validate_options / ctx.check_options): each declares a schema."""
+    from decoderbench.decoder import Decoder
+
+    for name, reg in plugins.decoders().items():
+        if not reg.source.startswith("decoderbench=="):
+            continue
+        assert reg.cls.Options is not None, name
+        assert reg.cls.validate_options.__func__ is Decoder.validate_options.__func__, name
+
+
+def test_the_older_protocol_still_works_and_warns(tmp_path):
+    class Legacy(db.Decoder):
+        name = "legacy_opts"
+        kind = "elementwise"
+
+        @classmethod
+        def validate_options(cls, options, cell):
+            if options.get("scale", 1) <= 0:
+                raise ValueError("legacy_opts: scale must be > 0")
+
+        def decode(self, z):
+            return z.clamp(min=0)
+
+    with pytest.warns(DeprecationWarning, match="validate_options is deprecated"):
+        with pytest.raises(ValueError, match="legacy_opts: scale must be > 0"):
+            db.evaluate([Legacy], n_s=256, r=0.25, p=0.05, options={"legacy_opts": {"scale": 0}}, progress=False)
