@@ -282,6 +282,12 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     from . import api, leaderboard, plugins
 
     api.check_execution(timeout_s, memory_mb, executor_kind, workers)  # a bad one is refused before anything runs
+    from .evalkey import configured
+
+    if configured():  # a secret stream: no worker of this user may read this process's environment or memory
+        from .worker import harden_harness
+
+        harden_harness()
     grid, adhoc = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples,
                                      max_samples)
     plugins.get_encoder(grid.encoder)

@@ -29,6 +29,34 @@ PUBLIC_KEY = b"decoderbench public evaluation key, v1"
 
 
 _WORKER_KEY: bytes | None = None
+#: The key while it is moved out of the environment for a child's start (see :class:`hidden_from_children`).
+_HIDDEN: str | None = None
+
+
+class hidden_from_children:
+    """Take the key out of the process environment while a child process starts, and put it back after.
+
+    A child (the forkserver, started on the first child's start, and every worker forked from it) copies the
+    environment it is started with into its own initial environment block, which ``/proc/<pid>/environ``
+    shows whatever the child later removes from ``os.environ``: so the key must not be in the environment
+    when any child starts. While it is out, this process still reads it (``_HIDDEN``, set before the key
+    leaves the environment and cleared after it is back, so a thread reading it meanwhile sees one or the
+    other). Unit workers that score get the key through their pipe, never through their environment block."""
+
+    def __enter__(self):
+        global _HIDDEN
+        self.value = os.environ.get(ENV)
+        if self.value is not None:
+            _HIDDEN = self.value
+            os.environ.pop(ENV, None)
+        return self
+
+    def __exit__(self, *exc):
+        global _HIDDEN
+        if self.value is not None:
+            os.environ[ENV] = self.value
+            _HIDDEN = None
+        return False
 
 
 def _in_decoder_worker() -> None:
@@ -39,10 +67,16 @@ def _in_decoder_worker() -> None:
     _WORKER_KEY = os.urandom(32)
 
 
+def configured() -> str | None:
+    """The key as this process is configured with it (``None``: the public stream), also while it is hidden."""
+    v = os.environ.get(ENV)
+    return _HIDDEN if v is None else v
+
+
 def _key() -> tuple[bytes, bool]:
     if _WORKER_KEY is not None:
         return _WORKER_KEY, True
-    v = os.environ.get(ENV)
+    v = configured()
     if v is not None and not v.strip():
         from .errors import BadInput
 

@@ -123,12 +123,12 @@ def child_env() -> dict:
     and this process's other ``DECODERBENCH_*`` settings as they are now (e.g. ``DECODERBENCH_CACHE``): children
     fork from a server started earlier, whose environment may be older (a notebook that sets a variable after
     its first isolated run)."""
-    from .evalkey import ENV
+    from .evalkey import ENV, configured
 
     settings = {k: v for k, v in os.environ.items()
                 if k.startswith("DECODERBENCH_") and k not in (ENV, "DECODERBENCH_PLUGINS")}
     return {"sys_path": list(sys.path), "plugins_env": os.environ.get("DECODERBENCH_PLUGINS"),
-            "threads": torch.get_num_threads(), "eval_key": os.environ.get(ENV), "settings": settings}
+            "threads": torch.get_num_threads(), "eval_key": configured(), "settings": settings}
 
 
 def apply_child_env(env: dict) -> None:
@@ -155,6 +155,22 @@ def apply_child_env(env: dict) -> None:
     from . import plugins
 
     plugins.reset()
+
+
+def harden_harness() -> bool:
+    """Make this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``): processes of the same user, such as
+    a decoder's worker, can then neither read its ``/proc/<pid>/environ`` (which still holds a key given in the
+    environment at start) nor its memory, nor attach a debugger. Root (CAP_SYS_PTRACE) is not stopped by it.
+    Called by ``decoderbench run`` when an evaluation key is set; True where it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):  # pragma: no cover
+        return False
 
 
 _ctx = None
@@ -195,6 +211,9 @@ class _main_not_reimported:
     an unguarded script again in the child; nothing the child needs lives there)."""
 
     def __enter__(self):
+        from .evalkey import hidden_from_children
+
+        self.key = hidden_from_children().__enter__()  # nor inherit the evaluation key in its environment block
         self.main = sys.modules.get("__main__")
         self.file = None
         if self.main is not None and getattr(getattr(self.main, "__spec__", None), "name", None) is None:
@@ -206,6 +225,7 @@ class _main_not_reimported:
     def __exit__(self, *exc):
         if self.file is not None:
             self.main.__file__ = self.file
+        self.key.__exit__(*exc)
         return False
 
 
