@@ -309,7 +309,10 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
                    f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store_dir is not None else ""),
                    err=True)
     progress = False if as_json else (True if sys.stderr.isatty() else "lines")  # a log gets plain lines
-    result = api.execute(plan, command=command, force=force, progress=progress)
+    from .worker import stdout_to_stderr
+
+    with stdout_to_stderr():  # a decoder's prints go to stderr: stdout is the command's own (JSON with --json)
+        result = api.execute(plan, command=command, force=force, progress=progress)
     res, store = result.sweep, result.store
     rows = res.rows
     if store is not None:
@@ -447,7 +450,10 @@ def verify_cmd(results, fraction, sample_seed, isolate, timeout_s, as_json):
 
         timeout_s = check_timeout(timeout_s, "--timeout")
     store = api.read_store(results)
-    report, n_keys = api.verify_rows(store, fraction, seed=seed_v, isolate=isolate, timeout=timeout_s)
+    from .worker import stdout_to_stderr
+
+    with stdout_to_stderr():  # the recomputed decoders' prints go to stderr
+        report, n_keys = api.verify_rows(store, fraction, seed=seed_v, isolate=isolate, timeout=timeout_s)
     counts = {}
     for e in report:
         counts[e["verdict"]] = counts.get(e["verdict"], 0) + 1

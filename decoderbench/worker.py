@@ -157,6 +157,39 @@ def apply_child_env(env: dict) -> None:
     plugins.reset()
 
 
+class stdout_to_stderr:
+    """Send everything written to standard output, by Python (``sys.stdout``) or at file descriptor 1 (C code,
+    ``os.write(1, ...)``, children started meanwhile), to standard error until the block ends: a decoder's
+    prints never mix into what a command prints on stdout (``--json``)."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        self.saved_fd = os.dup(1)
+        os.dup2(2, 1)
+        self.saved = sys.stdout
+        sys.stdout = sys.stderr
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            sys.stdout.flush()
+        finally:
+            sys.stdout = self.saved
+            os.dup2(self.saved_fd, 1)
+            os.close(self.saved_fd)
+        return False
+
+
+def _quiet_stdout() -> None:
+    """In a worker: stdout goes to stderr for the process's life (it answers through its pipe only)."""
+    try:
+        sys.stdout.flush()
+        os.dup2(2, 1)
+    except OSError:  # pragma: no cover
+        pass
+    sys.stdout = sys.stderr
+
+
 def harden_harness() -> bool:
     """Make this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``): processes of the same user, such as
     a decoder's worker, can then neither read its ``/proc/<pid>/environ`` (which still holds a key given in the
@@ -289,6 +322,7 @@ def _unpack(obj, device=None):
 
 def _child_main(conn, spec: dict) -> None:
     """Child process: build the decoder from what its kind may see and answer fit/decode requests."""
+    _quiet_stdout()
     try:
         if spec.get("memory_limit_bytes"):
             import resource
@@ -683,6 +717,7 @@ def _unit_child(conn, unit, guard: Guard, env: dict) -> None:
     """A local worker process running one whole unit. The process itself is the isolation (a crash or a
     hang costs this unit's row, which the parent then writes); inside it the decoder runs in-process
     under the in-process guard, with the memory limit on this process when the decoder is one to isolate."""
+    _quiet_stdout()
     try:
         apply_child_env(env)
         from . import plugins

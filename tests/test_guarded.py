@@ -49,7 +49,7 @@ EXPECT = {  # decoder -> (status, a piece of the reason)
     "faulty_segfault": ("error", "SIGSEGV"),
     "faulty_memory": ("error", "allocate"),
 }
-HONEST = ("linear", "faulty_ok")
+HONEST = ("linear", "faulty_ok", "faulty_prints")  # faulty_prints: `--json` stdout stays JSON
 
 
 @pytest.fixture(scope="module")

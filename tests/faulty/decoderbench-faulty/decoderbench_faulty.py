@@ -94,7 +94,22 @@ class Memory(Ok):
             hoard.append(torch.ones(2**28, dtype=torch.uint8))  # 256 MiB each, touched
 
 
-FAULTY = (Ok, Raises, NaN, Shape, Sleeps, OsExit, SysExit, Segfault, Memory)
+class Prints(Ok):
+    name = "faulty_prints"
+    description = "honest, but prints to stdout (Python and file descriptor 1) in fit and decode"
+
+    def fit(self, train):
+        print("{not json: printed by fit")
+        sys.stdout.flush()
+        os.write(1, b"[not json either: written to fd 1 by fit\n")
+
+    def decode(self, z):
+        print("printed by decode")
+        os.write(1, b"fd 1 from decode\n")
+        return super().decode(z)
+
+
+FAULTY = (Ok, Raises, NaN, Shape, Sleeps, OsExit, SysExit, Segfault, Memory, Prints)
 
 
 @hookimpl
