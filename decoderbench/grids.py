@@ -59,6 +59,13 @@ from .errors import BadInput
 from ._validate import check_nd, check_ns, check_p, check_r, check_seed, nd_from_r
 
 DTYPES = ("float32", "float64")
+#: The most cells and seeds a grid may have (counted before any cell is built): a run of more units than
+#: this machine could finish is refused in one line instead of building millions of units.
+MAX_CELLS = 10_000
+MAX_SEEDS = 1_000
+#: The most work units (cells x seeds x decoders) one run may have.
+MAX_UNITS = 100_000
+
 TOP_KEYS = ("name", "description", "plugins", "encoder", "dtype", "seeds", "cells", "cell", "where", "sampling",
             "options", "timeout")
 CELL_KEYS = ("n_s", "r", "n_d", "p")
@@ -101,7 +108,15 @@ class Grid:
         self.cells()  # validates every cell, raises ValueError naming it
 
     def cells(self) -> list[tuple[int, int, float]]:
-        """Every (n_s, n_d, p) of the grid, in file order, duplicates removed, filters applied."""
+        """Every (n_s, n_d, p) of the grid, in file order, duplicates removed, filters applied. A grid of more
+        than :data:`MAX_CELLS` combinations is refused, counted before any is built."""
+        count = sum(len(spec.n_s) * len(spec.n_d if spec.n_d is not None else spec.r) * len(spec.p)
+                    for spec in self.specs)
+        if count > MAX_CELLS:
+            raise BadInput(f"grid {self.source}: {count} cells (the product of its n_s, r or n_d and p lists): more "
+                           f"than {MAX_CELLS}; split it into several grids")
+        if len(self.seeds) > MAX_SEEDS:
+            raise BadInput(f"grid {self.source}: {len(self.seeds)} seeds: more than {MAX_SEEDS}")
         out: list[tuple[int, int, float]] = []
         seen = set()
         for spec in self.specs:

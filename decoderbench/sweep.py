@@ -46,8 +46,15 @@ def units_for(grid: Grid, decoders: list[str], device: str = "cpu") -> list[Work
     """
     if device == "auto":
         raise BadInput("units_for: resolve the device first (resolve_device('auto'))")
+    from .grids import MAX_UNITS
+
+    cells = grid.cells()
+    n = len(cells) * len(grid.seeds) * len(decoders)
+    if n > MAX_UNITS:
+        raise BadInput(f"grid {grid.name}: {len(cells)} cells x {len(grid.seeds)} seeds x {len(decoders)} decoders = "
+                       f"{n} rows: more than {MAX_UNITS} in one run; split the grid or choose fewer decoders")
     units = []
-    for n_s, n_d, p in grid.cells():
+    for n_s, n_d, p in cells:
         for seed in grid.seeds:
             for name in decoders:
                 target, min_s, max_s = grid.sampling_for(name)

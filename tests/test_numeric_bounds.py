@@ -46,3 +46,33 @@ def test_finite_outputs_that_overflow_float32_are_scored_in_float64():
     assert bool(torch.isfinite(out).all()) and float(out[0]) == pytest.approx(9e76, rel=1e-6)
     with pytest.raises(ValueError, match="too large to score"):
         sample_losses(x.double(), torch.full((4, 8), 1e200, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cells, extra, says", [
+    # 3000 x 3000: counted before any cell is built (it took minutes and GBs before)
+    ("n_s = [4096]\nn_d = [{nds}]\np = [{ps}]\n", [], "9000000 cells (the product of its n_s, r or n_d and p lists): "
+                                                   "more than 10000"),
+    ("n_s = [64]\nr = [0.25]\np = [0.1]\n", ["--plugins", "linear"], None),
+], ids=["too-many-cells", "fine"])
+def test_a_huge_grid_is_counted_and_refused_up_front(tmp_path, capsys, cells, extra, says):
+    nds = ", ".join(str(1 + i) for i in range(3000))
+    ps = ", ".join(repr(0.01 + i * 1e-5) for i in range(3000))
+    grid = tmp_path / "g.toml"
+    grid.write_text("name = \"huge\"\n[cells]\n" + cells.format(nds=nds, ps=ps))
+    code = main(["run", "--grid", str(grid), "--plugins", "linear", "--min-samples", "16", "--max-samples", "16",
+                 "--out", str(tmp_path / "s"), "--no-summary"])
+    err = capsys.readouterr().err.strip().splitlines()
+    if says is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and len(err) == 1 and says in err[0], err
+        assert not (tmp_path / "s").exists()
+
+
+def test_too_many_units_are_refused(monkeypatch):
+    from decoderbench import grids, sweep
+
+    monkeypatch.setattr(grids, "MAX_UNITS", 5)
+    g = grids.load_grid("default")
+    with pytest.raises(ValueError, match=r"4 cells x 1 seeds x 2 decoders = 8 rows: more than 5"):
+        sweep.units_for(g, ["relu", "linear"], device="cpu")
