@@ -597,11 +597,68 @@ def check_fraction(fraction) -> float:
     return frac
 
 
+#: Columns a recomputation need not reproduce: times, versions (compared apart, as the environment), the
+#: traceback's text, and where the row ran. Every other column the runner makes is a result and must match.
+NOT_RESULTS = frozenset({"fit_time_s", "eval_time_s", "wall_time_s", "python_version", "torch_version",
+                         "decoderbench_version", "decoder_version", "source", "traceback", "isolated"})
+#: Keys of ``params`` that describe the run, not the result: times (every key ending in ``_s``, seconds), thread
+#: counts, the trained model's cache.
+PARAMS_NOT_RESULTS = frozenset({"train_time_s", "total_train_time_s", "threads", "reused", "resumed_from_step",
+                                "model_path", "cache_rejected", "cache_error"})
+
+
+#: Relative tolerance for the floats inside ``params`` (fitted scalars, training losses): their float64 sums are
+#: reduced in an order that depends on the thread count, so their last bits may move (measured: 1e-16
+#: relative) while the scored loss, in float32, reproduces bit for bit.
+PARAMS_RTOL = 1e-9
+#: and an absolute tolerance, for fitted values that are zero in exact arithmetic (an intercept of 2.5e-11 moved by
+#: 3e-17 between one and two threads)
+PARAMS_ATOL = 1e-12
+
+
+def _same(a, b, rtol: float = 0.0) -> bool:
+    if rtol and isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b):
+        return abs(a - b) <= rtol * max(abs(a), abs(b)) + PARAMS_ATOL
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, float) and math.isnan(a) and b is None or isinstance(b, float) and math.isnan(b) and a is None:
+        return True  # a missing number is stored as null
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], rtol) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y, rtol) for x, y in zip(a, b))
+    return a == b
+
+
+def result_differences(stored: dict, new: dict) -> list[tuple[str, str]]:
+    """``[(column, 'column stored X, recomputed Y')]`` for every result column (every column of the recomputed
+    row but :data:`NOT_RESULTS`; in ``params`` every key but :data:`PARAMS_NOT_RESULTS`) that differs: bit for
+    bit, except floats in ``params`` (to :data:`PARAMS_RTOL` relative plus :data:`PARAMS_ATOL`)."""
+    out = []
+    for col in sorted(new):
+        if col in NOT_RESULTS:
+            continue
+        a, b = stored.get(col), new.get(col)
+        if col == "params":
+            a = {k: v for k, v in (a or {}).items() if k not in PARAMS_NOT_RESULTS and not k.endswith("_s")}
+            b = {k: v for k, v in (b or {}).items() if k not in PARAMS_NOT_RESULTS and not k.endswith("_s")}
+            keys = sorted(k for k in set(a) | set(b) if not _same(a.get(k), b.get(k), PARAMS_RTOL))
+            out += [(f"params.{k}", f"params.{k} stored {a.get(k)!r}, recomputed {b.get(k)!r}") for k in keys]
+            continue
+        if col == "error" and a and b and str(a).split(":")[0] == str(b).split(":")[0] and \
+                stored.get("status") == new.get("status") != "ok":
+            continue  # the same failure (its message may carry a path or an address)
+        if not _same(a, b):
+            out.append((col, f"{col} stored {a!r}, recomputed {b!r}"))
+    return out
+
+
 def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) -> tuple[list[dict], int]:
     """Recompute a seeded sample of a store's rows; ``(report, n_rows)``, one entry per row checked with its
-    ``verdict``: ``reproduced`` (bit for bit), ``differs`` (with what differs: loss, decoder version, transform
-    backend, evaluation key, eval batch), ``bad`` (the file fails validation), ``not-ok`` (a failed row: nothing
-    to reproduce), ``cannot`` (its unit cannot be rebuilt, e.g. its decoder is not installed) or
+    ``verdict``: ``reproduced`` (every result column bit for bit: :func:`result_differences`), ``differs`` (what
+    differs, column by column, and the environment's differences: decoder version, transform backend, evaluation
+    key, eval batch), ``bad`` (the file fails validation), ``not-ok`` (a timeout row: not recomputed; error and
+    skipped rows are recomputed like ok rows), ``cannot`` (its unit cannot be rebuilt, e.g. its decoder is not installed) or
     ``unreadable``. Runs are deterministic on CPU, so a row that does not reproduce was computed elsewhere or
     edited."""
     import random
@@ -633,9 +690,8 @@ def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) 
             report.append(entry)
             continue
         entry.update({k: stored.get(k) for k in ("decoder", "n_s", "n_d", "p", "seed", "status")})
-        if stored.get("status") != "ok":
-            entry.update(verdict="bad" if why else "not-ok", detail=why or f"status {stored.get('status')}: "
-                         "nothing to reproduce")
+        if stored.get("status") == "timeout":  # recomputing it would take its whole time limit again
+            entry.update(verdict="bad" if why else "not-ok", detail=why or "status timeout: not recomputed")
             report.append(entry)
             continue
         try:
@@ -658,17 +714,15 @@ def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) 
         if stored.get("eval_batch") not in (None, eval_batch_size(unit.n_s)):
             env_diff.append(f"eval batch {stored.get('eval_batch')} stored, {eval_batch_size(unit.n_s)} here")
         new = worker.run_guarded(unit, guard)
-        same = new.get("status") == "ok" and all(new.get(c) == stored.get(c) for c in ("loss", "loss_se", "n_eval"))
+        diffs = result_differences(stored, new)
         entry["recomputed_loss"] = new.get("loss")
         entry["stored_loss"] = stored.get("loss")
-        if same and not why:
+        entry["columns_differing"] = [c for c, _ in diffs]
+        if not diffs and not why:
             entry["verdict"] = "reproduced"
         else:
             parts = [why] if why else []
-            if not same:
-                parts.append(f"loss stored {stored.get('loss')!r}, recomputed {new.get('loss')!r}"
-                             if new.get("status") == "ok"
-                             else f"recomputing it failed: {new.get('status')}: {new.get('error')}")
+            parts += [d for _, d in diffs[:6]] + ([f"and {len(diffs) - 6} more column(s)"] if len(diffs) > 6 else [])
             parts += env_diff
             entry.update(verdict="bad" if why else "differs", detail="; ".join(parts))
         report.append(entry)

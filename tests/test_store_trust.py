@@ -160,3 +160,41 @@ def test_negative_loss_with_a_valid_hash_is_still_refused(tmp_path):
     row2 = valid_row(loss=float("nan"), seed=1)
     st.write(row2)
     assert "finite loss >= 0" in st.problems()[f"rows/{row2['key']}.parquet"]
+
+
+@pytest.mark.parametrize("changes, columns", [
+    ({"kind": "iterative"}, ["kind"]),
+    ({"ratio_e2": 0.5, "precision_met": False}, ["precision_met", "ratio_e2"]),
+    ({"status": "error", "error": "RuntimeError: made up", "loss": None, "loss_se": None}, ["error", "loss",
+                                                                                          "loss_se", "status"]),
+    ({"params": {"fit_pairs": 1}}, ["params.a", "params.b", "params.fit_pairs"]),
+], ids=["kind", "ratio-and-precision", "flipped-to-error", "params"])
+def test_verify_compares_every_result_column_of_a_rehashed_row(fresh_store, tmp_path, capsys, changes, columns):
+    """A forger who edits result columns and recomputes the row's hash (so the store accepts the file) is
+    caught by verify, which recomputes the row and names every column that differs; error rows too."""
+    store = _copy(fresh_store, tmp_path / "forged")
+    st = ResultsStore(store, create=False)
+    victim = next(r for r in st.rows() if r["decoder"] == "relu")
+    forged = {**victim, **changes}
+    st.write(forged)  # write() hashes whatever it is given: the file is valid
+    assert not st.problems()
+    rc = main(["verify", "--results", str(store), "--json"])
+    report = {e["key"]: e for e in json.loads(capsys.readouterr().out)}
+    assert rc == 1
+    e = report[victim["key"]]
+    assert e["verdict"] == "differs" and set(columns) <= set(e["columns_differing"]), e
+    for col in columns:
+        assert col in e["detail"]
+    assert all(x["verdict"] == "reproduced" for k, x in report.items() if k != victim["key"])
+
+
+def test_verify_recomputes_error_rows(tmp_path, capsys):
+    """An error row is recomputed like any other: the same failure reproduces; an ok row typed in over it
+    (rehashed) differs."""
+    from decoderbench.api import result_differences
+
+    a = {"status": "error", "error": "RuntimeError: boom at /tmp/x1", "loss": None, "kind": "elementwise"}
+    b = {"status": "error", "error": "RuntimeError: boom at /tmp/x2", "loss": None, "kind": "elementwise"}
+    assert result_differences(a, b) == []
+    c = {**b, "status": "ok", "error": None, "loss": 0.1}
+    assert [col for col, _ in result_differences(c, b)] == ["error", "loss", "status"]
