@@ -28,7 +28,7 @@ from .errors import BadInput, Skip
 from . import __version__
 from ._validate import MAX_SAMPLES, check_seed, nominal_r
 from .data import SparseSampler  # noqa: F401
-from .evalkey import eval_sampler, eval_stream_id
+from .evalkey import eval_purpose, eval_sampler, eval_stream_id
 from . import scoring
 from .decoder import Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
 from .scoring import Accumulator, eval_batch_size  # noqa: F401 (re-exported)
@@ -227,7 +227,10 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         def make_input(x):  # z, h, or a learned decoder's code from its own W_in: never x itself
             return prepare_input(encoder_in, input_kind, x)
         sampler = eval_sampler(cell, unit.seed, device=device, dtype=dtype)  # keyed: see evalkey.py
-        res = scoring.score(dec.decode, make_input, sampler, p=cell.p, target_rel_se=unit.target_rel_se,
+        decode = dec.decode
+        if reg.cls.kind == "elementwise":  # checked on the first scored batch too, not only on the probe's
+            decode = _checked_first_batch(dec.decode, eval_purpose(cell.n_s, cell.p, unit.seed))
+        res = scoring.score(decode, make_input, sampler, p=cell.p, target_rel_se=unit.target_rel_se,
                             min_samples=unit.min_samples, max_samples=unit.max_samples,
                             se_floor=unit.se_floor, batch=ctx.eval_batch_size)
         row.update(res)
@@ -253,6 +256,24 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         row["error"] = f"{type(exc).__name__}: {exc}"
         row["traceback"] = traceback.format_exc(limit=-3)
     return _finish(row, t_start)
+
+
+def _checked_first_batch(decode, secret: str):
+    """``decode``, which on its first call also checks that it acts entrywise on that (scored) batch
+    (:func:`decoderbench.worker.entrywise_on_scored`)."""
+    from .worker import entrywise_on_scored
+
+    done = []
+
+    def checked(inp):
+        out = decode(inp)
+        if not done:
+            done.append(True)
+            if isinstance(out, torch.Tensor) and out.shape == inp.shape and bool(torch.isfinite(out).all()):
+                entrywise_on_scored(decode, inp, out, secret)
+        return out
+
+    return checked
 
 
 def _finish(row: dict, t_start: float) -> dict:

@@ -26,6 +26,7 @@ them to a child too when their class can be imported by name there).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import sys
@@ -554,6 +555,37 @@ def probe_elementwise(decode, ctx) -> None:
                                      f"(max difference {d_mix:.3g})")
         raise ValueError(f"kind 'elementwise' but it does not act on each entry alone: {what}; declare kind "
                          f"'filtering' for a decoder that compares entries")
+
+
+def entrywise_on_scored(decode, inp: torch.Tensor, out: torch.Tensor, secret: str) -> None:
+    """The elementwise check on a scored batch itself, so that a decoder cannot act entrywise on the probe's
+    calls only: decode once more the batch ``inp`` with every row mixed entry by entry with the next row and
+    the columns permuted (both drawn from ``secret``, a string derived from the evaluation key, so that the
+    decoder can neither predict nor recognise them: the input is made of genuine inputs' entries); an
+    elementwise decoder's output is then ``out`` mixed and permuted the same way. ValueError on a
+    violation (the row becomes an error row)."""
+    from .data import derive_seed
+
+    B, n = inp.shape
+    g = torch.Generator().manual_seed(derive_seed("scored-probe", secret, n, B))
+    perm = torch.randperm(n, generator=g).to(inp.device)
+    mask = (torch.rand(B, n, generator=g) < 0.5).to(inp.device)
+    nxt = torch.roll(torch.arange(B, device=inp.device), -1)
+    scrambled = torch.where(mask, inp, inp[nxt])[:, perm].contiguous()
+    with torch.no_grad():
+        got = decode(scrambled)
+    if not isinstance(got, torch.Tensor) or got.shape != out.shape:
+        raise ValueError("kind 'elementwise' but its output on a scored batch with mixed and permuted entries "
+                         "has another type or shape")
+    want = torch.where(mask, out, out[nxt])[:, perm].double()
+    got = got.detach().double()
+    tol = 1e-6 * (1.0 + float(out.detach().abs().max()))
+    diff = float((got - want).abs().max()) if bool(torch.isfinite(got).all()) else math.inf
+    if diff > tol:
+        raise ValueError(f"kind 'elementwise' but it does not act on each entry alone on the scored batches: "
+                         f"mixing and permuting a scored batch's entries changed its outputs (max difference "
+                         f"{diff:.3g}); declare kind 'filtering' or 'iterative' for a decoder that compares entries "
+                         f"or reads the encoder")
 
 
 # ----------------------------------------------------------------------------- in-process guard
