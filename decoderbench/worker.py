@@ -181,6 +181,27 @@ class stdout_to_stderr:
         return False
 
 
+def _own_session() -> None:
+    """In a worker: lead a session and process group of its own (pgid = pid), so that the harness can kill the
+    worker together with every process it starts (:func:`kill_group`), and a signal sent to the harness's
+    group does not reach it."""
+    try:
+        os.setsid()
+    except OSError:  # pragma: no cover (already a leader)
+        pass
+
+
+def kill_group(pid: int | None) -> None:
+    """SIGKILL the process group a worker leads (its descendants included, unless they left it with their
+    own ``setsid``); nothing when it is gone."""
+    if pid is None or not hasattr(os, "killpg"):
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
 def _quiet_stdout() -> None:
     """In a worker: stdout goes to stderr for the process's life (it answers through its pipe only)."""
     try:
@@ -323,6 +344,7 @@ def _unpack(obj, device=None):
 
 def _child_main(conn, spec: dict) -> None:
     """Child process: build the decoder from what its kind may see and answer fit/decode requests."""
+    _own_session()
     _quiet_stdout()
     try:
         if spec.get("memory_limit_bytes"):
@@ -421,9 +443,19 @@ class Session:
         self._answer()  # the decoder's construction
 
     def _answer(self):
+        from multiprocessing.connection import wait
+
         left = self.deadline - time.monotonic()
         try:
-            ready = left > 0 and self.conn.poll(left)
+            # the worker's end of the pipe may outlive the worker (a process it started holds it): wait for an
+            # answer or the worker's exit, whichever comes first
+            woke = wait([self.conn, self.proc.sentinel], timeout=max(0.0, left)) if left > 0 else []
+            ready = bool(woke) and (self.conn in woke or self.conn.poll(0.2))
+            if woke and not ready:  # it exited without answering
+                self.proc.join(5)
+                kill_group(self.proc.pid)
+                self.died = describe_exit(self.proc.exitcode)
+                raise WorkerDied(f"the decoder's worker process {self.died} before answering")
         except (EOFError, OSError):
             ready = True
         if not ready:
@@ -458,6 +490,7 @@ class Session:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(5)
+        kill_group(self.proc.pid)  # and whatever the decoder started
 
     def close(self):
         if getattr(getattr(self, "proc", None), "_popen", None) is None:
@@ -749,6 +782,7 @@ def _unit_child(conn, unit, guard: Guard, env: dict) -> None:
     """A local worker process running one whole unit. The process itself is the isolation (a crash or a
     hang costs this unit's row, which the parent then writes); inside it the decoder runs in-process
     under the in-process guard, with the memory limit on this process when the decoder is one to isolate."""
+    _own_session()
     _quiet_stdout()
     try:
         apply_child_env(env)
@@ -811,15 +845,20 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
         if not running:
             return
         now = time.monotonic()
-        ready = wait(list(running), timeout=max(0.0, min(d for _, _, d in running.values()) - now))
+        ready = wait(list(running) + [p.sentinel for _, p, _ in running.values()],
+                     timeout=max(0.0, min(d for _, _, d in running.values()) - now))
         for conn in list(running):
             u, proc, deadline = running[conn]
-            if conn in ready:
+            # an answer, or the unit's process gone (a process it started may hold the pipe open)
+            if conn in ready or (proc.sentinel in ready and conn.poll(0.2)):
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):
                     proc.join(5)
                     msg = ("died", describe_exit(proc.exitcode))
+            elif proc.sentinel in ready:
+                proc.join(5)
+                msg = ("died", describe_exit(proc.exitcode))
             elif time.monotonic() >= deadline:
                 proc.kill()
                 proc.join(5)
@@ -829,6 +868,7 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
             del running[conn]
             conn.close()
             proc.join(5)
+            kill_group(proc.pid)  # whatever the unit's process started dies with it
             if msg[0] == "ok":
                 row = msg[1]
             else:
