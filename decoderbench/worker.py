@@ -26,8 +26,10 @@ them to a child too when their class can be imported by name there).
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -322,12 +324,55 @@ def describe_exit(code) -> str:
 
 
 def _pack(t):
-    if isinstance(t, torch.Tensor):
+    if isinstance(t, torch.Tensor) and type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter):
         t = t.detach()
         if t.device.type != "cpu":
             t = t.cpu()
         return ("tensor", tuple(t.shape), str(t.dtype).replace("torch.", ""), t.contiguous().numpy().tobytes())
-    return ("object", t)
+    return ("object", f"{type(t).__module__}.{type(t).__qualname__}")  # its type's name only: nothing to unpickle
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (None, bools, numbers, strings, bytes, tuples, lists, dicts: what pickle
+    writes without naming a class); any class or function named in the stream is refused, so an object whose
+    ``__reduce__`` would run code in the harness is never rebuilt."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"a worker sent {module}.{name}: only plain data (numbers, strings, bytes, "
+                                     "tuples, lists, dicts) may cross from a worker to the harness")
+
+
+def plain(v):
+    """``v`` as plain data (what :class:`_PlainUnpickler` admits): str, int, float subclasses (``TorchVersion``,
+    numpy scalars) as their base type, containers element by element, anything else as its ``str``."""
+    if v is None or type(v) in (bool, int, float, str, bytes):
+        return v
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, dict):
+        return {plain(k): plain(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return tuple(plain(x) for x in v)
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 0) == 0:
+        try:
+            return plain(v.item())
+        except Exception:  # noqa: BLE001
+            pass
+    return str(v)
+
+
+def recv_plain(conn):
+    """``conn.recv()`` for messages from a worker: plain data only (:class:`_PlainUnpickler`)."""
+    data = conn.recv_bytes()
+    return _PlainUnpickler(io.BytesIO(data)).load()
 
 
 def _unpack(obj, device=None):
@@ -336,7 +381,7 @@ def _unpack(obj, device=None):
         t = torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype)).reshape(shape) if data else \
             torch.empty(shape, dtype=getattr(torch, dtype))
         return t.to(device) if device is not None else t
-    return obj[1]
+    raise ValueError(f"decode returned a {obj[1]}, not a torch.Tensor")
 
 
 # ----------------------------------------------------------------------------- the isolated child
@@ -392,14 +437,14 @@ def _child_main(conn, spec: dict) -> None:
         try:
             if op == "fit":
                 params = dec.fit(TrainingSet(ctx, input_kind)) or {}
-                conn.send(("ok", json_safe(params)))
+                conn.send(("ok", plain(json_safe(params))))
             elif op == "encoder_weight":  # a learned decoder's own W_in (the harness encodes with it)
                 conn.send(("ok", _pack(dec.encoder_weight())))
             elif op == "decode":
                 inp = _unpack(msg[1], device)
                 with torch.no_grad():
                     out = dec.decode(inp)
-                conn.send(("ok", (_pack(out), json_safe(getattr(dec, "info", {}) or {}))))
+                conn.send(("ok", (_pack(out), plain(json_safe(getattr(dec, "info", {}) or {})))))
             else:  # pragma: no cover
                 raise RuntimeError(f"unknown request {op!r}")
         except BaseException as exc:  # noqa: BLE001
@@ -464,7 +509,7 @@ class Session:
             raise UnitTimeout(f"the unit ran past its time limit of {self.timeout_s:g} s "
                               f"(--timeout, or [timeout] in the grid)")
         try:
-            msg = self.conn.recv()
+            msg = recv_plain(self.conn)
         except (EOFError, OSError):
             self.proc.join(5)
             self.died = describe_exit(self.proc.exitcode)
@@ -799,7 +844,7 @@ def _unit_child(conn, unit, guard: Guard, env: dict) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
         row = run_guarded(unit, dataclasses.replace(guard, isolate=False), env)
         row["isolated"] = reg is not None and guard.isolates(reg)
-        conn.send(("ok", row))
+        conn.send(("ok", plain(row)))
     except BaseException as exc:  # noqa: BLE001
         _send_error(conn, exc)
     finally:
@@ -852,7 +897,9 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
             # an answer, or the unit's process gone (a process it started may hold the pipe open)
             if conn in ready or (proc.sentinel in ready and conn.poll(0.2)):
                 try:
-                    msg = conn.recv()
+                    msg = recv_plain(conn)
+                except pickle.UnpicklingError as exc:
+                    msg = ("raise", "WorkerSentObject", str(exc))
                 except (EOFError, OSError):
                     proc.join(5)
                     msg = ("died", describe_exit(proc.exitcode))

@@ -78,3 +78,72 @@ def test_what_a_decoder_starts_dies_with_its_unit(tmp_path, monkeypatch, name, s
             break
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), [p for p in pids if _alive(p)]
+
+
+REDUCER = textwrap.dedent('''
+    import os
+    import torch
+    import decoderbench as db
+
+    def _planted(path):
+        open(path, "w").write("code ran in the process that unpickled me")
+        return torch.zeros(1)
+
+    class Payload:
+        def __reduce__(self):
+            return (_planted, (os.environ["DECODERBENCH_TEST_PLANT"],))
+
+    class Reducer(db.Decoder):
+        """decode returns an object whose unpickling would run a function (a frame walk to the scored x, in
+        the audit that found it)."""
+        name = "reducer"
+        kind = "elementwise"
+
+        def decode(self, z):
+            return Payload()
+
+    class TensorSubclass(torch.Tensor):
+        pass
+
+    class Subclassed(Reducer):
+        """decode returns a Tensor subclass (whose methods would run in the harness)."""
+        name = "subclassed"
+
+        def decode(self, z):
+            return z.clamp(min=0).as_subclass(TensorSubclass)
+''')
+
+
+@pytest.mark.parametrize("name, words", [("reducer", "decode returned a reduce_plugin.Payload, not a torch.Tensor"),
+                                         ("subclassed", "not a torch.Tensor")])
+def test_nothing_but_plain_data_crosses_from_a_worker(tmp_path, monkeypatch, name, words):
+    """An isolated decoder's output is never unpickled as an object in the harness: a payload whose
+    __reduce__ would run code is named by its type and becomes an error row, and the code never runs."""
+    (tmp_path / "reduce_plugin.py").write_text(REDUCER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plant = tmp_path / "planted"
+    monkeypatch.setenv("DECODERBENCH_TEST_PLANT", str(plant))
+    import reduce_plugin
+
+    cls = {"reducer": reduce_plugin.Reducer, "subclassed": reduce_plugin.Subclassed}[name]
+    row = api.records(db.evaluate([cls], n_s=256, r=0.25, p=0.05, max_samples=256, device="cpu", isolate=True,
+                                  progress=False))[0]
+    assert row["status"] == "error" and words in row["error"], row
+    assert not plant.exists()
+
+
+def test_the_plain_unpickler_refuses_any_class():
+    import pickle
+
+    from decoderbench.worker import _PlainUnpickler, plain
+
+    ok = plain({"a": (1, 2.5, "x", b"y", None, True), "v": torch_version()})
+    assert pickle.loads(pickle.dumps(ok)) == _PlainUnpickler(__import__("io").BytesIO(pickle.dumps(ok))).load()
+    with pytest.raises(pickle.UnpicklingError, match="only plain data"):
+        _PlainUnpickler(__import__("io").BytesIO(pickle.dumps(__import__("collections").OrderedDict(a=1)))).load()
+
+
+def torch_version():
+    import torch
+
+    return torch.__version__  # a str subclass (TorchVersion): plain() makes it a str
