@@ -263,6 +263,9 @@ def mp_context():
     return _ctx
 
 
+_start_lock = threading.RLock()
+
+
 class _main_not_reimported:
     """Start children without re-running the parent's ``__main__`` script (spawn/forkserver would run
     an unguarded script again in the child; nothing the child needs lives there)."""
@@ -270,6 +273,7 @@ class _main_not_reimported:
     def __enter__(self):
         from .evalkey import hidden_from_children
 
+        _start_lock.acquire()  # one child starts at a time (threads of execute_processes start workers too)
         self.key = hidden_from_children().__enter__()  # nor inherit the evaluation key in its environment block
         self.main = sys.modules.get("__main__")
         self.file = None
@@ -283,6 +287,7 @@ class _main_not_reimported:
         if self.file is not None:
             self.main.__file__ = self.file
         self.key.__exit__(*exc)
+        _start_lock.release()
         return False
 
 
@@ -855,11 +860,17 @@ BACKSTOP_S = 10.0  # a unit's worker process gets its unit's deadline plus this 
 
 
 def execute_processes(units, before=None, guard: Guard | None = None, workers: int = 2, threads: int | None = None):
-    """Run whole units in up to ``workers`` local processes at once, yielding ``(unit, row)`` as each finishes.
+    """Run up to ``workers`` units at once, yielding ``(unit, row)`` as each finishes.
 
-    Each unit gets a fresh process (forked from the forkserver), so one that crashes or hangs costs its
-    own row only. ``threads``: torch threads per process (default: this process's threads / workers).
+    A unit whose decoder is run in-process (built-ins, by default) gets a fresh process of its own (forked
+    from the forkserver), so one that crashes or hangs costs its own row only. A unit whose decoder is
+    isolated (third-party, by default) is never run in a process that holds the samples, the scorer or the
+    key: its decoder runs in a worker of its own, as in a serial run, and is scored in this process (on a
+    thread). ``threads``: torch threads per unit process (default: this process's threads / workers).
     """
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+    from multiprocessing import Pipe
     from multiprocessing.connection import wait
 
     from . import plugins
@@ -870,65 +881,116 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
     ctx = mp_context()
     pending = iter(units)
     running: dict = {}  # conn -> (unit, proc, deadline)
+    done: queue.Queue = queue.Queue()  # (unit, row) of the units scored on threads
+    wake_r, wake_w = Pipe(duplex=False)  # a thread's unit finished
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoderbench-unit")
+    on_threads = 0
     exhausted = False
-    while True:
-        while not exhausted and len(running) < workers:
-            try:
-                u = next(pending)
-            except StopIteration:
-                exhausted = True
-                break
-            if before is not None:
-                before(u)
-            parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_unit_child, args=(child, u, guard, env), daemon=False,
-                               name=f"decoderbench-unit-{u.decoder}")
-            with _main_not_reimported():
-                proc.start()
-            child.close()
-            running[parent] = (u, proc, time.monotonic() + guard.timeout_for(u.decoder) + BACKSTOP_S)
-        if not running:
-            return
-        now = time.monotonic()
-        ready = wait(list(running) + [p.sentinel for _, p, _ in running.values()],
-                     timeout=max(0.0, min(d for _, _, d in running.values()) - now))
-        for conn in list(running):
-            u, proc, deadline = running[conn]
-            # an answer, or the unit's process gone (a process it started may hold the pipe open)
-            if conn in ready or (proc.sentinel in ready and conn.poll(0.2)):
+
+    def isolated(u) -> bool:
+        try:
+            return guard.isolates(plugins.get_decoder(u.decoder))
+        except ValueError:
+            return False
+
+    def on_thread(u):
+        try:
+            row = run_guarded(u, guard)
+        except BaseException as exc:  # noqa: BLE001 (run_guarded makes rows of failures; this is a backstop)
+            row = failure_row(u, None, f"{type(exc).__name__}: {exc}")
+        done.put((u, row))
+        wake_w.send_bytes(b"1")
+
+    try:
+        while True:
+            while not exhausted and len(running) + on_threads < workers:
                 try:
-                    msg = recv_plain(conn)
-                except pickle.UnpicklingError as exc:
-                    msg = ("raise", "WorkerSentObject", str(exc))
-                except (EOFError, OSError):
-                    proc.join(5)
-                    msg = ("died", describe_exit(proc.exitcode))
-            elif proc.sentinel in ready:
+                    u = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    break
+                if before is not None:
+                    before(u)
+                if isolated(u):
+                    on_threads += 1
+                    pool.submit(on_thread, u)
+                    continue
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_unit_child, args=(child, u, guard, env), daemon=False,
+                                   name=f"decoderbench-unit-{u.decoder}")
+                with _main_not_reimported():
+                    proc.start()
+                child.close()
+                running[parent] = (u, proc, time.monotonic() + guard.timeout_for(u.decoder) + BACKSTOP_S)
+            if not running and not on_threads:
+                return
+            if not running:  # only threads: wait for one
+                wait([wake_r])
+            else:
+                now = time.monotonic()
+                wait(list(running) + [p.sentinel for _, p, _ in running.values()] + [wake_r],
+                     timeout=max(0.0, min(d for _, _, d in running.values()) - now))
+            while wake_r.poll():
+                wake_r.recv_bytes()
+            while True:
+                try:
+                    u, row = done.get_nowait()
+                except queue.Empty:
+                    break
+                on_threads -= 1
+                yield u, row
+            if not running:
+                continue
+            yield from _collect_unit_processes(running, guard, plugins)
+    finally:
+        pool.shutdown(wait=True)
+        wake_r.close()
+        wake_w.close()
+
+
+def _collect_unit_processes(running: dict, guard, plugins):
+    """Yield ``(unit, row)`` for every unit process in ``running`` that answered, died or ran out of time
+    (the caller has waited; this only looks)."""
+    from multiprocessing.connection import wait
+
+    ready = wait(list(running) + [p.sentinel for _, p, _ in running.values()], timeout=0)
+    for conn in list(running):
+        u, proc, deadline = running[conn]
+        # an answer, or the unit's process gone (a process it started may hold the pipe open)
+        if conn in ready or (proc.sentinel in ready and conn.poll(0.2)):
+            try:
+                msg = recv_plain(conn)
+            except pickle.UnpicklingError as exc:
+                msg = ("raise", "WorkerSentObject", str(exc))
+            except (EOFError, OSError):
                 proc.join(5)
                 msg = ("died", describe_exit(proc.exitcode))
-            elif time.monotonic() >= deadline:
-                proc.kill()
-                proc.join(5)
-                msg = ("timeout", None)
-            else:
-                continue
-            del running[conn]
-            conn.close()
+        elif proc.sentinel in ready:
             proc.join(5)
-            kill_group(proc.pid)  # whatever the unit's process started dies with it
-            if msg[0] == "ok":
-                row = msg[1]
+            msg = ("died", describe_exit(proc.exitcode))
+        elif time.monotonic() >= deadline:
+            proc.kill()
+            proc.join(5)
+            msg = ("timeout", None)
+        else:
+            continue
+        del running[conn]
+        conn.close()
+        proc.join(5)
+        kill_group(proc.pid)  # whatever the unit's process started dies with it
+        if msg[0] == "ok":
+            row = msg[1]
+        else:
+            try:
+                reg = plugins.get_decoder(u.decoder)
+            except ValueError:
+                reg = None
+            if msg[0] == "timeout":
+                row = failure_row(u, reg, f"UnitTimeout: the unit's worker process ran past its time limit of "
+                                          f"{guard.timeout_for(u.decoder) + BACKSTOP_S:g} s", status=TIMEOUT)
+            elif msg[0] == "died":
+                row = failure_row(u, reg, f"WorkerDied: the unit's worker process {msg[1]}")
             else:
-                try:
-                    reg = plugins.get_decoder(u.decoder)
-                except ValueError:
-                    reg = None
-                if msg[0] == "timeout":
-                    row = failure_row(u, reg, f"UnitTimeout: the unit's worker process ran past its time limit of "
-                                              f"{guard.timeout_for(u.decoder) + BACKSTOP_S:g} s", status=TIMEOUT)
-                elif msg[0] == "died":
-                    row = failure_row(u, reg, f"WorkerDied: the unit's worker process {msg[1]}")
-                else:
-                    row = failure_row(u, reg, f"{msg[1]}: {msg[2]}")
-                row["isolated"] = reg is not None and guard.isolates(reg)
-            yield u, row
+                row = failure_row(u, reg, f"{msg[1]}: {msg[2]}")
+            row["isolated"] = reg is not None and guard.isolates(reg)
+        yield u, row

@@ -78,6 +78,8 @@ def _check(out: subprocess.CompletedProcess, store: Path, names) -> dict:
             assert rows[name]["status"] == status, (name, rows[name]["status"], rows[name]["error"])
             assert why in rows[name]["error"], (name, rows[name]["error"])
             assert rows[name]["loss"] is None
+    if rows["faulty_ok"]["isolated"]:  # its decoder ran in a worker of its own, never beside the scorer
+        assert rows["faulty_ok"]["params"]["in_decoder_worker"] is True, rows["faulty_ok"]["params"]
     stored = {r["decoder"]: r for r in ResultsStore(store, create=False).rows()}
     assert set(stored) == set(names)  # every row stored, failures included
     assert {k: v["status"] for k, v in stored.items()} == {k: v["status"] for k, v in rows.items()}

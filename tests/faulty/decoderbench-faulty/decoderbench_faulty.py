@@ -18,6 +18,13 @@ class Ok(Decoder):
     kind = "elementwise"
     description = "honest: 0.25 z + 0.0125"
 
+    def fit(self, train):
+        from decoderbench import evalkey
+
+        # where it runs: a decoder worker has a random key of its own (evalkey._in_decoder_worker), a process
+        # that scores has none
+        return {"in_decoder_worker": evalkey._WORKER_KEY is not None}
+
     def decode(self, z):
         return 0.25 * z + 0.0125
 
