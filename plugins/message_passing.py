@@ -304,6 +304,10 @@ class _MessagePassing(Decoder):
                 code[live & (code < 0)] = 3
                 if self._cap_returns_fallback:
                     src[live & (code == 3)] = 2
+                elif bool((live & (code == 3) & (n_rst > 0)).any()):  # restarted: the better of now and kept
+                    idx = (live & (code == 3) & (n_rst > 0)).nonzero().flatten()
+                    pick = self._cap_prefers_fallback(st, idx.to(dev)).cpu()
+                    src[idx[pick]] = 2
             e_prev = torch.where(ok & ~need_restart, e64, e_prev)
             done = live & (code >= 0)
             if bool(done.any()):
@@ -331,6 +335,9 @@ class _MessagePassing(Decoder):
     def _keep_first(self, st) -> None:
         pass
 
+    def _cap_prefers_fallback(self, st, idx):
+        return torch.zeros(idx.numel(), dtype=torch.bool)
+
     #: whether a sample stopped by the iteration cap returns its fallback instead of its current iterate
     _cap_returns_fallback = False
 
@@ -346,6 +353,7 @@ class _MessagePassing(Decoder):
 
 
 class VAMP(_MessagePassing):
+    version = "3"  # 3: a sample capped after a restart returns the better of its estimate and the kept one
     name = "vamp"
     requires = frozenset({"orthogonal_rows"})
     description = "VAMP/OAMP, conditional-mean denoiser and projection step (row-orthogonal W_in)"
@@ -399,6 +407,14 @@ class VAMP(_MessagePassing):
 
     def _keep_first(self, st) -> None:
         st["fallback"] = torch.nan_to_num(st["x"], nan=0.5 * self.p)
+        st["fb_res"] = self._residual(st, torch.arange(st["x"].shape[0], device=st["x"].device), "fallback")
+
+    def _cap_prefers_fallback(self, st, idx):
+        """Rows ``idx`` stopped by the cap after a restart: True where the kept iterate (the first, or the
+        estimate a restart left, whichever reproduced h better) has a smaller residual than the current one,
+        which may be mid-way back from an uninformative message (a cap of 16 iterations otherwise returned
+        such half-restarted estimates: loss 1.9e-6 against 4e-9 at a cap of 12, n_s 1024, r 0.25, p 0.045)."""
+        return self._residual(st, idx, "fallback") < self._residual(st, idx, "x")
 
     def _step(self, st):
         # the previous estimate becomes xp; the denoiser writes the new one into the freed buffer
@@ -435,6 +451,14 @@ class VAMP(_MessagePassing):
         is not finite): r2 = x1, 1/gamma2 = v; the sample's damping halves."""
         center = torch.where(finite[:, None], st["x"].index_select(0, idx), st["xp"].index_select(0, idx))
         center = torch.nan_to_num(center, nan=0.5 * self.p).clamp_(0.0, 1.0)
+        # the estimate reached is kept as the fallback if it reproduces h better than the one kept so far
+        res = self._residual({"h": st["h"].index_select(0, idx), "c": center}, torch.arange(
+            idx.numel(), device=idx.device), "c")
+        better = res < st["fb_res"].index_select(0, idx)
+        if bool(better.any()):
+            bi = idx[better]
+            st["fallback"][bi] = center[better]
+            st["fb_res"][bi] = res[better]
         st["r2"][idx] = center
         st["v2"][idx] = self.v
         st["damp"][idx] = (st["damp"][idx] * _RESTART_DAMPING).clamp_(min=_MIN_DAMPING)
