@@ -364,6 +364,36 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
                    store_dir=store, problems=plugin_problems())
 
 
+def free_cores() -> int:
+    """The CPU cores not busy now: the cores this process may use, less the 1-minute load average (rounded),
+    at least 1. A shared machine then gets as many torch threads as it has idle cores, instead of every
+    core (oversubscribed intra-op threads made rows 10-40x slower at load 4-6)."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover
+        cpus = os.cpu_count() or 1
+    try:
+        busy = int(round(os.getloadavg()[0]))
+    except (AttributeError, OSError):  # pragma: no cover
+        busy = 0
+    return max(1, cpus - min(busy, cpus - 1))
+
+
+def check_threads(threads) -> int:
+    """``auto`` (:func:`free_cores`) or an integer in 1..1024; BadInput naming ``--threads`` otherwise."""
+    if threads is None or str(threads).strip() == "auto":
+        return free_cores()
+    try:
+        v = float(str(threads).strip())
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v != int(v) or not 1 <= v <= 1024:
+        raise BadInput(f"--threads must be auto or an integer in 1..1024, got {threads!r}")
+    return int(v)
+
+
 def check_execution(timeout=None, memory_limit=None, executor: str = "local", workers=1):
     """The execution options checked (bad input names the option): ``(timeout, memory_limit, workers)``."""
     from . import sweep, worker
@@ -600,7 +630,7 @@ def check_fraction(fraction) -> float:
 #: Columns a recomputation need not reproduce: times, versions (compared apart, as the environment), the
 #: traceback's text, and where the row ran. Every other column the runner makes is a result and must match.
 NOT_RESULTS = frozenset({"fit_time_s", "eval_time_s", "wall_time_s", "python_version", "torch_version",
-                         "decoderbench_version", "decoder_version", "source", "traceback", "isolated"})
+                         "decoderbench_version", "decoder_version", "source", "traceback", "isolated", "threads"})
 #: Keys of ``params`` that describe the run, not the result: times (every key ending in ``_s``, seconds), thread
 #: counts, the trained model's cache.
 PARAMS_NOT_RESULTS = frozenset({"train_time_s", "total_train_time_s", "threads", "reused", "resumed_from_step",

@@ -270,18 +270,39 @@ def _cell_options(f):
 @click.option("--workers", default="1", show_default=True,
               help="local executor: units run at once, each in its own process (1: in this process).")
 @click.option("--address", default=None, help="ray executor: address of an existing Ray cluster [default: a local one].")
+@click.option("--threads", default="auto", show_default=True,
+              help="torch threads of the run (auto: the cores not busy now, from the load average); every row "
+                   "records the count it ran with (column threads).")
 @click.pass_context
 def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device, target_se, min_samples, max_samples,
-        out, force, board_dir, no_summary, as_json, isolate, timeout_s, memory_mb, executor_kind, workers, address):
+        out, force, board_dir, no_summary, as_json, isolate, timeout_s, memory_mb, executor_kind, workers, address,
+        threads):
     """Score decoders on a grid of cells against the theory, storing every row in a results store.
 
     Re-running the same command computes only the rows the store lacks (or whose last attempt failed).
     """
-    from pathlib import Path
-
-    from . import api, leaderboard, plugins
+    from . import api
 
     api.check_execution(timeout_s, memory_mb, executor_kind, workers)  # a bad one is refused before anything runs
+    import torch
+
+    n_threads = api.check_threads(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        return _run(ctx, api, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device, target_se,
+                    min_samples, max_samples, out, force, board_dir, no_summary, as_json, isolate, timeout_s,
+                    memory_mb, executor_kind, workers, address)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(ctx, api, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device, target_se, min_samples,
+         max_samples, out, force, board_dir, no_summary, as_json, isolate, timeout_s, memory_mb, executor_kind,
+         workers, address):
+    from pathlib import Path
+
+    from . import leaderboard, plugins
     from .evalkey import configured
 
     if configured():  # a secret stream: no worker of this user may read this process's environment or memory

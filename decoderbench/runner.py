@@ -192,6 +192,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,
         "decoderbench_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "options": unit.options,
+        "threads": torch.get_num_threads(),  # torch's intra-op threads while this row ran (not part of the key)
     }
     row.update(_theory_columns(cell))
     row.update(_exact_columns(unit))

@@ -18,6 +18,8 @@ CELL = ["run", "--plugins", "linear", "--ns", "64", "--r", "0.25", "--p", "0.1",
     (["--max-samples", "100000000000000000000"], "max_samples must be an integer of at most 2^40"),
     (["--memory-limit", "1e30"], "--memory-limit must be a number of megabytes in 1024.."),
     (["--memory-limit", "64"], "--memory-limit must be a number of megabytes in 1024.."),
+    (["--threads", "0"], "--threads must be auto or an integer in 1..1024"),
+    (["--threads", "2.5"], "--threads must be auto or an integer in 1..1024"),
 ])
 def test_out_of_range_flags_are_one_line_exit_2(tmp_path, capsys, extra, says):
     out = tmp_path / "store"
@@ -76,3 +78,20 @@ def test_too_many_units_are_refused(monkeypatch):
     g = grids.load_grid("default")
     with pytest.raises(ValueError, match=r"4 cells x 1 seeds x 2 decoders = 8 rows: more than 5"):
         sweep.units_for(g, ["relu", "linear"], device="cpu")
+
+
+def test_rows_record_their_thread_count_and_auto_uses_the_free_cores(tmp_path, capsys, monkeypatch):
+    import json
+
+    import torch
+
+    from decoderbench import api
+
+    before = torch.get_num_threads()
+    assert main([*CELL, "--max-samples", "16", "--threads", "1", "--json"]) == 0
+    assert [r["threads"] for r in json.loads(capsys.readouterr().out)] == [1]
+    assert torch.get_num_threads() == before  # the run's setting ends with it
+    monkeypatch.setattr("os.getloadavg", lambda: (1e6, 0.0, 0.0))  # a machine busy beyond its cores: one thread
+    assert api.free_cores() == 1
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert api.free_cores() >= 1
