@@ -187,6 +187,8 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         "target_rel_se": unit.target_rel_se, "n_eval": 0, "loss": None, "loss_se": None,
         "sampling_stop": None, "precision_met": None, "se_floor_abs": None,
         "recovered_frac": None, "recovered_frac_se": None,
+        "support_precision": None, "support_recall": None, "support_f1": None, "feature_loss_spread": None,
+        "features_never_firing": None,
         "ratio_e2": None, "ratio_mmse": None, "ratio_mmse_exact": None, "params": {}, "status": "error", "error": None,
         "predicted": None, "ratio_predicted": None,
         "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,

@@ -36,6 +36,46 @@ BATCH_ENTRIES = 2**22
 SAMPLING_STOPS = ("target", "floor", "max_samples")
 #: A sample is recovered when its loss is below this fraction of the trivial loss p/3.
 RECOVERED_REL = 1e-3
+#: A feature "fires" in a decoder's output when ``x_hat_i > SUPPORT_THRESHOLD`` (a twentieth of the range of
+#: an active feature, ``x_i ~ U[0, 1]``): the support metrics compare that with the same test on the truth,
+#: ``x_i > SUPPORT_THRESHOLD`` (the 95% of active features above it), so that exact recovery scores 1.
+SUPPORT_THRESHOLD = 0.05
+
+
+class SupportCounts:
+    """Running support and per-feature counts of a row: true/false positives and false negatives of
+    ``x_hat > SUPPORT_THRESHOLD`` against ``x > SUPPORT_THRESHOLD``, per-feature squared error and firing
+    counts."""
+
+    def __init__(self):
+        self.tp = self.fp = self.fn = 0
+        self.sq = None  # (n_s,) float64: summed squared error per feature
+        self.fires = None  # (n_s,) int64: samples in which the feature fired
+
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        on, fired = x > SUPPORT_THRESHOLD, x_hat > SUPPORT_THRESHOLD
+        self.tp += int((on & fired).sum())
+        self.fp += int((~on & fired).sum())
+        self.fn += int((on & ~fired).sum())
+        sq = (x.double() - x_hat.double()).square_().sum(0).cpu()
+        f = fired.sum(0).cpu().to(torch.int64)
+        self.sq = sq if self.sq is None else self.sq + sq
+        self.fires = f if self.fires is None else self.fires + f
+
+    def columns(self) -> dict:
+        """``support_precision``, ``support_recall``, ``support_f1`` (None where undefined),
+        ``feature_loss_spread`` (max over features of the per-feature loss, over its median; None when the
+        median is 0) and ``features_never_firing`` (features that fired in no scored sample)."""
+        prec = self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+        rec = self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+        f1 = 2 * prec * rec / (prec + rec) if prec and rec else (0.0 if prec == 0 or rec == 0 else None)
+        spread, never = None, None
+        if self.sq is not None:
+            med = float(self.sq.median())
+            spread = float(self.sq.max()) / med if med > 0 else None
+            never = int((self.fires == 0).sum())
+        return {"support_precision": prec, "support_recall": rec, "support_f1": f1,
+                "feature_loss_spread": spread, "features_never_firing": never}
 
 
 def eval_batch_size(n_s: int, device=None) -> int:
@@ -120,13 +160,14 @@ def score(decode, make_input, sampler, *, p: float, target_rel_se: float, min_sa
     ``make_input(x)`` builds what the decoder's kind sees (z, h, ...) from a batch; the loss is computed
     against ``x`` itself, which the decoder never receives. Returns the row's sampling columns:
     ``n_eval``, ``loss``, ``loss_se``, ``sampling_stop``, ``precision_met``, ``se_floor_abs``,
-    ``recovered_frac``, ``recovered_frac_se``, ``eval_time_s``.
+    ``recovered_frac``, ``recovered_frac_se``, the support metrics of :class:`SupportCounts`, ``eval_time_s``.
     """
     t0 = time.perf_counter()
     acc = Accumulator()
     floor = se_floor * trivial_loss(p)
     recovered_below = RECOVERED_REL * trivial_loss(p)
     n_rec = 0
+    support = SupportCounts()
     reason = None
     while reason is None:
         # first min_samples, then double the total: a costly decoder overshoots what it needs by
@@ -137,6 +178,7 @@ def score(decode, make_input, sampler, *, p: float, target_rel_se: float, min_sa
             x_hat = decode(make_input(x))
         losses = sample_losses(x, x_hat)
         acc.add(losses)
+        support.add(x, x_hat.to(x.dtype))
         n_rec += int((losses < recovered_below).sum())
         del x_hat
         reason = stop_reason(acc, target_rel_se=target_rel_se, min_samples=min_samples,
@@ -145,4 +187,5 @@ def score(decode, make_input, sampler, *, p: float, target_rel_se: float, min_sa
     frac = n_rec / acc.n
     return {"n_eval": acc.n, "loss": acc.mean, "loss_se": acc.se, "sampling_stop": reason,
             "precision_met": met, "se_floor_abs": floor, "recovered_frac": frac,
-            "recovered_frac_se": math.sqrt(frac * (1.0 - frac) / acc.n), "eval_time_s": time.perf_counter() - t0}
+            "recovered_frac_se": math.sqrt(frac * (1.0 - frac) / acc.n), **support.columns(),
+            "eval_time_s": time.perf_counter() - t0}

@@ -68,8 +68,10 @@ _FLOAT = ("p", "r", "r_exact", "target_rel_se", "loss", "loss_se", "ratio_e2", "
           "wall_time_s", "sigma", "trivial", "linear", "mmse_elementwise", "e2_bound", "relu_theory", "vamp_se",
           "amp_se", "predicted", "ratio_predicted", "se_floor", "se_floor_abs", "mmse_elementwise_exact", "e2_bound_exact",
           "relu_theory_exact", "ratio_mmse_exact",
-          "recovered_frac", "recovered_frac_se")
-_INT = ("n_s", "n_d", "seed", "n_eval", "min_samples", "max_samples", "results_format", "store_format")
+          "recovered_frac", "recovered_frac_se", "support_precision", "support_recall", "support_f1",
+          "feature_loss_spread")
+_INT = ("n_s", "n_d", "seed", "n_eval", "min_samples", "max_samples", "results_format", "store_format",
+        "features_never_firing", "threads")
 _JSON = ("params",)  # dicts, stored as JSON strings and parsed back on reading
 
 

@@ -96,3 +96,43 @@ def test_recovered_fraction_counts_samples_below_a_thousandth_of_trivial():
     assert 0.5 <= res["recovered_frac"] <= 0.51
     assert res["recovered_frac_se"] == pytest.approx(math.sqrt(res["recovered_frac"] * (1 - res["recovered_frac"]) / 256))
     assert scoring.RECOVERED_REL == 1e-3
+
+
+def test_support_counts_on_a_hand_made_batch():
+    """Exact counts: threshold 0.05 on both the truth and the output."""
+    import torch
+
+    from decoderbench.scoring import SUPPORT_THRESHOLD, SupportCounts
+
+    assert SUPPORT_THRESHOLD == 0.05
+    x = torch.tensor([[0.5, 0.0, 0.03, 0.9], [0.0, 0.2, 0.0, 0.0]])
+    x_hat = torch.tensor([[0.4, 0.1, 0.0, 0.0], [0.0, 0.3, 0.0, 0.04]])
+    s = SupportCounts()
+    s.add(x, x_hat)
+    c = s.columns()
+    # truth above 0.05: (0,0), (0,3), (1,1); fired: (0,0), (0,1), (1,1) -> tp 2, fp 1, fn 1
+    assert (s.tp, s.fp, s.fn) == (2, 1, 1)
+    assert c["support_precision"] == 2 / 3 and c["support_recall"] == 2 / 3 and c["support_f1"] == 2 / 3
+    assert c["features_never_firing"] == 2  # features 2 and 3
+    per = (x.double() - x_hat.double()).square().sum(0)
+    assert c["feature_loss_spread"] == float(per.max()) / float(per.median())
+
+
+def test_support_metrics_of_zero_and_of_exact_recovery():
+    import decoderbench as db
+    from decoderbench import api
+
+    class Zero(db.Decoder):
+        name = "zero_out"
+        kind = "elementwise"
+
+        def decode(self, z):
+            return torch.zeros_like(z)
+
+    rows = {r["decoder"]: r for r in api.records(db.evaluate([Zero, "vamp"], n_s=256, r=0.5, p=0.02,
+                                                             max_samples=256, device="cpu", progress=False))}
+    z = rows["zero_out"]
+    assert z["support_precision"] is None and z["support_recall"] == 0.0 and z["support_f1"] == 0.0
+    assert z["features_never_firing"] == 256
+    v = rows["vamp"]
+    assert v["loss"] < 1e-9 and (v["support_precision"], v["support_recall"], v["support_f1"]) == (1.0, 1.0, 1.0)

@@ -225,6 +225,14 @@ def _diagnostics(model: TrainedModel, p: float, converged: bool = True) -> dict:
         return {**out, "diagnostics": f"skipped: n_s > {DENSE_MAX_NS} (dense W)"}
     # W formed in float32 (one GEMM, 64 MB at n_s = 4096); the row sums are taken in float64
     W = model.W_out.detach().cpu().float() @ model.W_in.detach().cpu().float()
+    from decoderbench.exact import NOT_ENCODED
+
+    diag = W.diagonal().double().abs()
+    # features whose own signal the model does not carry (|W_ii| at most NOT_ENCODED of the median): counted
+    # apart from the features that never fire (a row column), since such a feature may still fire on
+    # interference, which the usual dead-latent rule (no firing for a while) never sees
+    out["features_never_encoded"] = int((diag <= NOT_ENCODED * float(diag.median())).sum())
+    out["never_encoded_below"] = f"{NOT_ENCODED:g} x median |diag W|"
     own = _own_exact(W, p) if converged else {
         "own_exact_error": "not computed: the model did not converge (its W's law is no reference for anything)"}
     return {**diagnostics(W, model.b, p, n_d=model.n_d), **out, **own}
