@@ -238,8 +238,9 @@ def _cell_options(f):
 
 
 @cli.command()
-@click.option("--plugins", "plugin_spec", default=None,
-              help="Decoders to score: 'all' or a comma-separated list of names [default: the grid's, or all].")
+@click.option("--decoders", "--plugins", "plugin_spec", default=None,
+              help="Decoders to score: 'all' or a comma-separated list of names [default: the grid's, or all]. "
+                   "--plugins is the same option (its older name).")
 @_cell_options
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when torch sees one), cpu or cuda; the resolved device is part of each row's key.")

@@ -32,11 +32,6 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return g
 
 
-def second_moment(p: float) -> float:
-    """E[x_i^2] = p / 3."""
-    return p / 3.0
-
-
 def variance(p: float) -> float:
     """v = Var x_i = p/3 - p^2/4."""
     return p / 3.0 - p * p / 4.0

@@ -50,7 +50,10 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package
+    import tomli as tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path

@@ -56,7 +56,6 @@ Z_KINDS = ("elementwise", "filtering", "reference")  # decoders that see only z 
 KIND_ORDER = ("elementwise", "filtering", "reference", "iterative", "learned")
 IDENTITY = ("encoder", "dtype", "n_s", "n_d", "p", "seed", "decoder")
 CELL = ("encoder", "dtype", "n_s", "n_d", "p")
-FILES = ("summary.md", "cells.md")
 ROWS_FILE = "rows.json"
 EXACT_REL = 1e-6  # loss <= EXACT_REL * trivial loss: exact recovery to working precision
 CAP_STOPS = ("time_cap", "step_cap", "diverged")
@@ -133,6 +132,7 @@ def precision_missed(row: dict) -> bool | None:
     met = row.get("precision_met")
     if isinstance(met, bool):
         return not met
+    # rows without the column (made by hand, or by a version before it): judged from the SE and the target
     loss, se, target = _num(row.get("loss")), _num(row.get("loss_se")), _num(row.get("target_rel_se"))
     if loss is None or se is None or target is None:
         return None

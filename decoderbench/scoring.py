@@ -33,7 +33,6 @@ import torch
 SE_FLOOR = 1e-3
 #: Entries per evaluation batch (float32: 16 MB per (B, n_s) tensor).
 BATCH_ENTRIES = 2**22
-SAMPLING_STOPS = ("target", "floor", "max_samples")
 #: A sample is recovered when its loss is below this fraction of the trivial loss p/3.
 RECOVERED_REL = 1e-3
 #: A feature "fires" in a decoder's output when ``x_hat_i > SUPPORT_THRESHOLD`` (a twentieth of the range of

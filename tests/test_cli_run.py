@@ -70,7 +70,7 @@ def test_grid_run_stores_rows_prints_summary_then_reuses_then_force(in_tmp, caps
     st = ResultsStore(in_tmp / "results", create=False)
     rows = st.rows()
     assert len(rows) == n and {r["status"] for r in rows} == {"ok"}
-    assert {r["command"] for r in rows} == {"decoderbench run --plugins linear --grid default --ns 256 --device cpu"}
+    assert {r["command"] for r in rows} == {"decoderbench run --decoders linear --grid default --ns 256 --device cpu"}
     assert sorted(f.name for f in in_tmp.iterdir()) == ["results"]  # a run writes its store only
     assert "decoderbench leaderboard --grid default --ns 256" in out.err  # and says how to make the board
 
