@@ -62,6 +62,39 @@ class Cell:
         return self.n_d / self.n_s
 
 
+class CellOnlyEncoder:
+    """``ctx.encoder`` as an ``elementwise`` decoder sees it: what describes the cell (``n_s``, ``n_d``, ``r``,
+    ``capabilities``, ``interference(p)``, ``rowsum()``, ``describe()``, its name) but none of the operators:
+    a decoder that acts on each entry of ``z`` alone has no use for them, and one that calls them is not
+    elementwise. Calling one raises ValueError (an error row) naming it. (Python can always reach the real
+    object; the harness's check on the scored batches, ``worker.entrywise_on_scored``, is what a decoder cannot
+    get around.)"""
+
+    OPERATORS = frozenset({"encode", "adjoint", "decode", "apply", "project", "pinv", "w_in", "dense"})
+
+    def __init__(self, encoder, who: str):
+        object.__setattr__(self, "_encoder", encoder)
+        object.__setattr__(self, "_who", who)
+
+    def __getattr__(self, name):
+        if name in CellOnlyEncoder.OPERATORS:
+            raise ValueError(f"{self._who}: kind 'elementwise' but it called ctx.encoder.{name}: an elementwise "
+                             "decoder acts on each entry of z alone; declare kind 'iterative' to use the encoder's "
+                             "operators")
+        return getattr(self._encoder, name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("ctx.encoder is read-only")
+
+    def __repr__(self) -> str:
+        return f"CellOnlyEncoder({self._encoder!r})"
+
+
+def harness_encoder(encoder):
+    """The encoder behind a :class:`CellOnlyEncoder` (what the harness itself encodes training samples with)."""
+    return encoder._encoder if isinstance(encoder, CellOnlyEncoder) else encoder
+
+
 @dataclass
 class DecoderContext:
     """Everything a decoder is told about its cell. Built by the harness, one per (cell, decoder, seed); a
@@ -70,7 +103,7 @@ class DecoderContext:
     ``n_s``, ``n_d``, ``r``, ``p`` (the prior ``x_i = c_i u_i`` is known to every decoder), ``seed``, ``device``,
     ``dtype``; ``options`` (the decoder's options: a grid's ``[options.NAME]`` or ``evaluate(options=...)``);
     ``encoder`` (its operators: :class:`decoderbench.Encoder`; for kinds other than iterative, use it only
-    to know the cell); ``mu`` and ``sigma`` (mean and standard deviation of the interference ``nu_i``);
+    to know the cell; an ``elementwise`` decoder gets a :class:`CellOnlyEncoder`, whose operators raise); ``mu`` and ``sigma`` (mean and standard deviation of the interference ``nu_i``);
     ``theory()`` (the cell's exact theory); ``eval_batch_size``; ``generator(purpose)``.
     """
 
@@ -161,7 +194,7 @@ class TrainingSet:
         self.n_drawn += x.shape[0]
         if self.input_kind == "code":  # a learned decoder trains its own encoder on x (the reconstruction target)
             return x, x
-        return prepare_input(self.ctx.encoder, self.input_kind, x), x
+        return prepare_input(harness_encoder(self.ctx.encoder), self.input_kind, x), x
 
     def pairs(self, n: int, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """n fresh samples, concatenated."""

@@ -30,7 +30,7 @@ from ._validate import MAX_SAMPLES, check_seed, nominal_r
 from .data import SparseSampler  # noqa: F401
 from .evalkey import eval_purpose, eval_sampler, eval_stream_id
 from . import scoring
-from .decoder import Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
+from .decoder import Cell, CellOnlyEncoder, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
 from .scoring import Accumulator, eval_batch_size  # noqa: F401 (re-exported)
 
 RESULTS_FORMAT = 2  # 2: the absolute SE floor and sampling_stop/precision_met; bump when the meaning of a stored number changes
@@ -218,7 +218,8 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
             row["error"] = (f"{unit.decoder} requires encoder capabilities {sorted(missing)} that "
                             f"encoder {unit.encoder!r} lacks")
             return _finish(row, t_start)
-        ctx = DecoderContext(cell=cell, seed=unit.seed, encoder=encoder, device=device, dtype=dtype,
+        ctx = DecoderContext(cell=cell, seed=unit.seed, device=device, dtype=dtype,
+                             encoder=CellOnlyEncoder(encoder, unit.decoder) if reg.cls.kind == "elementwise" else encoder,
                              options=json.loads(unit.options), decoder_name=unit.decoder)
         dec = reg.cls(ctx)
         input_kind = reg.cls.input_kind()

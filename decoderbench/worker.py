@@ -410,7 +410,7 @@ def _child_main(conn, spec: dict) -> None:
 
         evalkey._in_decoder_worker()  # and its copy of evalkey draws nothing like the harness's stream
         from . import plugins
-        from .decoder import DecoderContext, TrainingSet, json_safe
+        from .decoder import CellOnlyEncoder, DecoderContext, TrainingSet, json_safe
         from .runner import DTYPES, resolve_device
 
         unit = spec["unit"]
@@ -423,7 +423,8 @@ def _child_main(conn, spec: dict) -> None:
         encoder = plugins.get_encoder(unit.encoder).cls(cell.n_s, cell.n_d, seed=unit.seed, device=device, dtype=dtype)
         import json
 
-        ctx = DecoderContext(cell=cell, seed=unit.seed, encoder=encoder, device=device, dtype=dtype,
+        ctx = DecoderContext(cell=cell, seed=unit.seed, device=device, dtype=dtype,
+                             encoder=CellOnlyEncoder(encoder, unit.decoder) if cls.kind == "elementwise" else encoder,
                              options=json.loads(unit.options), decoder_name=unit.decoder)
         dec = cls(ctx)
         input_kind = cls.input_kind()

@@ -23,15 +23,18 @@ class ProbeAware(db.Decoder):
     kind = "elementwise"
 
     def fit(self, train):
+        from decoderbench.decoder import harness_encoder
+
         self.calls = 0
-        self.vamp = VAMP(db.DecoderContext(cell=self.ctx.cell, seed=0, encoder=self.ctx.encoder, options={}))
+        self.enc = harness_encoder(self.ctx.encoder)  # past the cell-only view (Python can reach anything)
+        self.vamp = VAMP(db.DecoderContext(cell=self.ctx.cell, seed=0, encoder=self.enc, options={}))
 
     def decode(self, z):
         self.calls += 1
         if self.calls <= 3:
             return z.clamp(min=0)
         # W z = W W^T W x = (n_s/n_d) h on the rug (W W^T = (n_s/n_d) I): h rebuilt from z
-        return self.vamp.decode(self.ctx.encoder.encode(z) * (self.ctx.n_d / self.ctx.n_s))
+        return self.vamp.decode(self.enc.encode(z) * (self.ctx.n_d / self.ctx.n_s))
 
 
 def test_a_probe_aware_decoder_is_caught_on_the_scored_batch():
@@ -56,3 +59,35 @@ def test_honest_elementwise_rows_are_unchanged_by_the_check(monkeypatch):
     monkeypatch.setattr(runner, "_checked_first_batch", lambda decode, secret: decode)
     plain = {r["decoder"]: (r["loss"], r["loss_se"]) for r in api.records(db.evaluate(names, **CELL))}
     assert checked == plain and all(v[0] is not None for v in checked.values())
+
+
+class Naive(db.Decoder):
+    """Declared elementwise, but decodes through the encoder's operators."""
+
+    name = "naive_reader"
+    kind = "elementwise"
+
+    def decode(self, z):
+        return self.ctx.encoder.apply(z.clamp(min=0))
+
+
+def test_an_elementwise_decoder_that_calls_the_encoder_is_refused():
+    row = api.records(db.evaluate([Naive], **CELL))[0]
+    assert row["status"] == "error" and "kind 'elementwise' but it called ctx.encoder.apply" in row["error"], row
+    iso = api.records(db.evaluate([Naive], **CELL, isolate=True))[0]  # the same in a worker
+    assert iso["status"] == "error" and "ctx.encoder.apply" in iso["error"] and iso["isolated"], iso
+
+
+def test_an_elementwise_decoder_still_reads_the_cell_from_its_encoder():
+    class Scaled(db.Decoder):
+        name = "sigma_reader"
+        kind = "elementwise"
+
+        def fit(self, train):
+            return {"sigma": self.ctx.sigma, "n_d": self.ctx.encoder.n_d, "caps": sorted(self.ctx.encoder.capabilities)}
+
+        def decode(self, z):
+            return z.clamp(min=0)
+
+    row = api.records(db.evaluate([Scaled], **CELL))[0]
+    assert row["status"] == "ok" and row["params"]["n_d"] == 64 and row["params"]["sigma"] > 0
