@@ -35,6 +35,16 @@ def _floats(name: str, text: str) -> list[float]:
     return out
 
 
+#: Public names, for commands that plugins register: the numbers of a comma-separated option, and the command
+#: as typed (what a board's header records).
+parse_floats = _floats
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    """A plain-text table of row dicts (public, for commands that plugins register)."""
+    return _table(rows, cols)
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         if v == 0 or not math.isfinite(v):
@@ -201,6 +211,9 @@ def _command_line(ctx: click.Context) -> str:
             text = str(value)
             parts += [opt, text if text and all(c.isalnum() or c in "-_.,/:=+" for c in text) else json.dumps(text)]
     return " ".join(parts)
+
+
+command_line = _command_line
 
 
 def _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples, max_samples):
@@ -557,106 +570,6 @@ def unrolled_cmd(ctx, ns, r, p, iters, decoders, seed, max_samples, results, out
     click.echo(un.table(df))
     click.echo(f"wrote {folder / 'unrolled.md'}" + (f", {fig}" if fig else ""), err=True)
     return 0 if (df.status == "ok").all() else 1
-
-
-@cli.command("symmetry")
-@click.option("--ns", default="128,256,512", show_default=True, help="n_s list (powers of two, at most 8192).")
-@click.option("--r", "r", default="0.25", show_default=True, help="r = n_d/n_s in (0, 1).")
-@click.option("--p", "p", default="0.045", show_default=True, help="Sparsity p in (0, 1].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed (data, rug columns, initialisation).")
-@click.option("--load", default=None,
-              help="Comma-separated model files (safetensors from the trained plugin's cache or save_model) to "
-                   "diagnose instead of training; their n_s and n_d set the cells.")
-@click.option("--max-steps", default=None, type=int, help="Cap on Adam steps per model [plugin default].")
-@click.option("--max-time-s", default=900.0, show_default=True, type=float,
-              help="Cap on training seconds per model (0: none).")
-@click.option("--threads", default=None, type=int, help="CPU threads while training [torch's setting].")
-@click.option("--cache-dir", default=None, help="Model cache [$DECODERBENCH_CACHE or ~/.cache/decoderbench/trained].")
-@click.option("--eval-samples", default=65536, show_default=True, type=int,
-              help="Fresh samples scoring both models (the same samples for both).")
-@click.option("--out", default=None,
-              help=f"Folder for the table and figures [default: {DEFAULT_RESULTS}/{BOARD_SUBDIR}/symmetry; nothing is "
-                   "written into the checkout unless --out names a folder there, as for the committed "
-                   "leaderboards/trained_vs_rug.md].")
-@click.option("--no-figures", is_flag=True, help="Write the table only.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-@click.pass_context
-def symmetry_cmd(ctx, ns, r, p, seed, load, max_steps, max_time_s, threads, cache_dir, eval_samples, out, no_figures,
-                 as_json):
-    """Trained model vs the Persian Rug: loss gap and statistical permutation symmetry (paper 3.2, Figs. 3-8).
-
-    Trains (or reuses from the cache, or reads the --load files) the `trained` decoder per n_s, fits a
-    ReLU on the rug, scores both on the same samples, prints the diagnostics and writes
-    <out>/trained_vs_rug.md, .png, _symmetry.png and one W/b heatmap per n_s.
-    """
-    import platform
-
-    import torch
-
-    from . import symmetry
-
-    seed = check_seed(seed)
-    (p,) = _floats("--p", p)[:1]
-    try:
-        p = check_p(p)
-    except BadInput as exc:
-        raise BadInput(f"--p: {exc}") from None
-    if eval_samples < 2:
-        raise BadInput(f"--eval-samples must be an integer >= 2, got {eval_samples}")
-    cells: list[tuple[int, int, object]] = []
-    if load:
-        for path in [s.strip() for s in load.split(",") if s.strip()]:
-            try:
-                m = symmetry.load_model(path)
-            except ValueError as exc:  # symmetry's own check of the file: bad input here
-                raise BadInput(f"--load: {str(exc).splitlines()[0]}") from None
-            cells.append((m.n_s, m.n_d, path))
-    else:
-        from .encoders import DENSE_MAX_NS
-
-        for v in _floats("--ns", ns):
-            n_s = check_ns(v)
-            if n_s > DENSE_MAX_NS:
-                raise BadInput(f"--ns must be at most {DENSE_MAX_NS} (the diagnostics form W densely), got {n_s}")
-            cells.append((n_s, nd_from_r(n_s, _floats("--r", r)[0]), None))
-    options = {"max_time_s": max_time_s}
-    for key, val in (("max_steps", max_steps), ("threads", threads), ("cache_dir", cache_dir)):
-        if val is not None:
-            options[key] = val
-    results = []
-    for n_s, n_d, path in cells:
-        click.echo(f"n_s={n_s} n_d={n_d}: " + (f"loading {path}" if path else "training (or reusing) the trained model"),
-                   err=True)
-        results.append(symmetry.compare_cell(n_s, n_d, p, seed, options=options, model_path=path,
-                                             eval_samples=eval_samples))
-    header = [f"# Trained toy model vs Persian Rug (p = {p:g}, seed {seed})", "",
-              f"Command: `{_command_line(ctx)}`", "",
-              f"Versions: decoderbench {__version__}, torch {torch.__version__}, python {platform.python_version()}.",
-              "", "Losses: both models on the same fresh samples of the cell's eval stream (SE per model, and of "
-              "their per-sample difference). rug+ReLU: the Persian Rug with ReLU(a z + b), (a, b) fitted on "
-              "the rug's own training samples. Diagnostics are exact functions of W = W_out W_in and b "
-              "(decoderbench.symmetry): mean ± RMS deviation across rows; E nu_i = (p/2) sum_{j!=i} W_ij; "
-              "sigma/W_ii over Welch: RMS_i sqrt(Var nu_i)/W_ii over sqrt(v (n_s/n_d - 1)), >= 1 at rank n_d; Lambda: paper eq. 3. "
-              "Paper Figure 3 (n_s = 512, r = 0.25, p = 0.045): diag 1.29 ± 0.01, b -0.18 ± 0.01. "
-              "Training times depend on the machine's load."]
-    out = out if out is not None else default_board_dir(DEFAULT_RESULTS, "symmetry")
-    written = symmetry.write_report(results, out, header, figures=not no_figures)
-    if as_json:
-        click.echo(json.dumps([{k: v for k, v in res.items() if k != "models"} for res in results]))
-    else:
-        rows = []
-        for res in results:
-            for name in ("trained", "rug"):
-                d = res[name]
-                rows.append({"n_s": res["n_s"], "model": name, "loss": res[f"loss_{name}"],
-                             **{k: d[k] for k in ("diag_mean", "diag_std", "bias_mean", "bias_std", "bias_eff_mean",
-                                                  "bias_eff_std", "nu_var_std", "interference_skew", "lambda_be",
-                                                  "dead_features")}})
-        click.echo(_table(rows, ["n_s", "model", "loss", "diag_mean", "diag_std", "bias_mean", "bias_std",
-                                 "bias_eff_mean", "bias_eff_std", "nu_var_std", "interference_skew", "lambda_be",
-                                 "dead_features"]))
-    click.echo(f"wrote {', '.join(str(w) for w in written)}", err=True)
-    return 0
 
 
 def main(argv=None) -> int:

@@ -514,3 +514,10 @@ def make_figures(rows: list[dict], out_dir, agg: dict | None = None) -> list[Pat
 
     paths.append(plot_phase_diagram(rows, out_dir / "phase_diagram.png"))
     return [p for p in paths if p is not None]
+
+
+#: Public names of the figure helpers, for plugins that draw their own figures in the project's style:
+#: ``pyplot()`` returns ``(matplotlib.pyplot, seaborn)`` set up headless; ``save_figure(fig, plt, path, rows)``
+#: writes the PNG and an SVG beside it, both tagged with the rows' digest.
+pyplot = _pyplot
+save_figure = _save

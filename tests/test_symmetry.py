@@ -10,18 +10,20 @@ import torch
 from decoderbench import PersianRug
 from decoderbench.data import SparseSampler, variance
 from decoderbench.symmetry import (
-    TrainedModel,
     berry_esseen_ratio,
     berry_esseen_rows,
     diagnostics,
-    evaluate_loss,
     interference_moments,
+    third_central_moment,
+)
+from decoderbench_plugins.trained.compare import (
+    TrainedModel,
+    evaluate_loss,
     load_model,
     paired_losses,
     plot_trends,
     rug_model,
     save_model,
-    third_central_moment,
 )
 
 P = 0.045

@@ -18,7 +18,8 @@ import torch
 from decoderbench import Cell, DecoderContext, PersianRug, TrainingSet
 from decoderbench.decoder import input_encoder
 from decoderbench.runner import WorkUnit, run_unit
-from decoderbench.symmetry import diagnostics, load_model
+from decoderbench.symmetry import diagnostics
+from decoderbench_plugins.trained import load_model
 from decoderbench_plugins.trained import (
     STOP_REASONS,
     PlateauRule,

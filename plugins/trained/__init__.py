@@ -282,9 +282,10 @@ DECODERS = {a.name: _alias(a.name, a.description + (" (alias of trained)" if a.n
 
 @hookimpl
 def decoderbench_register_commands(register):
-    from .board import command
+    from . import board, compare
 
-    register(command())
+    register(board.command())
+    register(compare.command())
 
 
 @hookimpl

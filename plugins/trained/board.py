@@ -220,7 +220,7 @@ def plot(sums: list[dict], path: Path, rows: list[dict]) -> Path | None:
     that did not converge."""
     from matplotlib.lines import Line2D
 
-    from decoderbench.plots import _pyplot, _save
+    from decoderbench.plots import pyplot as _pyplot, save_figure as _save
 
     groups: dict = {}
     for s in sums:
@@ -313,7 +313,7 @@ def command():
         """Board of the trained architectures against their fixed-rug counterparts: per cell the
         trained and rug losses, their ratios to each other and to the E.2 bound and elementwise MMSE, the spread
         among the architectures, and the trained models' symmetry diagnostics; a figure of loss against n_s."""
-        from decoderbench.cli import _command_line, _floats
+        from decoderbench.cli import command_line as _command_line, parse_floats as _floats
         from decoderbench.errors import BadInput
         from decoderbench.grids import load_grid
         from decoderbench.store import ResultsStore
