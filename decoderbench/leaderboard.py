@@ -434,7 +434,8 @@ def cells_markdown(agg: dict) -> str:
                      f"VAMP SE {fmt(t['vamp_se'])}, best linear {fmt(t['linear'])}, trivial {fmt(t['trivial'])}. "
                      f"Regime: {REGIME_TEXT[a['regime']]}.")
         parts.append("")
-        exact_mm = sorted({e["mmse_exact"] for e in a["scored"] if e.get("mmse_exact")})
+        # (to 9 digits: rows computed by versions of the law's code that differ in the last bits are one value)
+        exact_mm = sorted({float(f"{e['mmse_exact']:.9g}") for e in a["scored"] if e.get("mmse_exact")})
         if exact_mm:
             parts[-2] += (f" Exact elementwise MMSE of this rug (no Gaussian assumption; the mean over the seeds' rugs): "
                           f"{fmt(exact_mm[0])}" + (f" to {fmt(exact_mm[-1])}" if len(exact_mm) > 1 else "") +
