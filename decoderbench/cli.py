@@ -35,16 +35,6 @@ def _floats(name: str, text: str) -> list[float]:
     return out
 
 
-#: Public names, for commands that plugins register: the numbers of a comma-separated option, and the command
-#: as typed (what a board's header records).
-parse_floats = _floats
-
-
-def table(rows: list[dict], cols: list[str]) -> str:
-    """A plain-text table of row dicts (public, for commands that plugins register)."""
-    return _table(rows, cols)
-
-
 def _fmt(v) -> str:
     if isinstance(v, float):
         if v == 0 or not math.isfinite(v):
@@ -213,6 +203,10 @@ def _command_line(ctx: click.Context) -> str:
     return " ".join(parts)
 
 
+#: Public names, for commands that plugins register: the numbers of a comma-separated option, a plain-text table
+#: of row dicts, and the command as typed (what a board's header records).
+parse_floats = _floats
+table = _table
 command_line = _command_line
 
 
@@ -295,29 +289,17 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
 
     Re-running the same command computes only the rows the store lacks (or whose last attempt failed).
     """
-    from . import api
-
-    api.check_execution(timeout_s, memory_mb, executor_kind, workers)  # a bad one is refused before anything runs
-    import torch
-
-    n_threads = api.check_threads(threads)
-    before = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        return _run(ctx, api, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device, target_se,
-                    min_samples, max_samples, out, force, board_dir, no_summary, as_json, isolate, timeout_s,
-                    memory_mb, executor_kind, workers, address)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _run(ctx, api, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device, target_se, min_samples,
-         max_samples, out, force, board_dir, no_summary, as_json, isolate, timeout_s, memory_mb, executor_kind,
-         workers, address):
     from pathlib import Path
 
-    from . import leaderboard, plugins
+    import torch
+
+    from . import api, leaderboard, plugins
     from .evalkey import configured
+
+    api.check_execution(timeout_s, memory_mb, executor_kind, workers)  # a bad one is refused before anything runs
+    before = torch.get_num_threads()
+    torch.set_num_threads(api.check_threads(threads))
+    ctx.call_on_close(lambda: torch.set_num_threads(before))  # the run's setting ends with it
 
     if configured():  # a secret stream: no worker of this user may read this process's environment or memory
         from .worker import harden_harness

@@ -926,11 +926,11 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
             if not running and not on_threads:
                 return
             if not running:  # only threads: wait for one
-                wait([wake_r])
+                ready = wait([wake_r])
             else:
                 now = time.monotonic()
-                wait(list(running) + [p.sentinel for _, p, _ in running.values()] + [wake_r],
-                     timeout=max(0.0, min(d for _, _, d in running.values()) - now))
+                ready = wait(list(running) + [p.sentinel for _, p, _ in running.values()] + [wake_r],
+                             timeout=max(0.0, min(d for _, _, d in running.values()) - now))
             while wake_r.poll():
                 wake_r.recv_bytes()
             while True:
@@ -942,19 +942,16 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
                 yield u, row
             if not running:
                 continue
-            yield from _collect_unit_processes(running, guard, plugins)
+            yield from _collect_unit_processes(running, set(ready), guard, plugins)
     finally:
         pool.shutdown(wait=True)
         wake_r.close()
         wake_w.close()
 
 
-def _collect_unit_processes(running: dict, guard, plugins):
-    """Yield ``(unit, row)`` for every unit process in ``running`` that answered, died or ran out of time
-    (the caller has waited; this only looks)."""
-    from multiprocessing.connection import wait
-
-    ready = wait(list(running) + [p.sentinel for _, p, _ in running.values()], timeout=0)
+def _collect_unit_processes(running: dict, ready: set, guard, plugins):
+    """Yield ``(unit, row)`` for every unit process in ``running`` that answered, died or ran out of time;
+    ``ready``: what the caller's wait found ready (pipes and process sentinels)."""
     for conn in list(running):
         u, proc, deadline = running[conn]
         # an answer, or the unit's process gone (a process it started may hold the pipe open)

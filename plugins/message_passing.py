@@ -343,8 +343,11 @@ class _MessagePassing(Decoder):
 
     def _residual(self, st, idx, key: str):
         """``|h - W_in x|^2 / |h|^2`` for rows ``idx`` of ``st[key]`` (non-finite: inf)."""
-        h = st["h"].index_select(0, idx)
-        res = (h - self.ctx.encoder.encode(st[key].index_select(0, idx))).square().sum(-1)
+        return self._relative_residual(st["h"].index_select(0, idx), st[key].index_select(0, idx))
+
+    def _relative_residual(self, h, x):
+        """``|h - W_in x|^2 / |h|^2`` per row (non-finite: inf)."""
+        res = (h - self.ctx.encoder.encode(x)).square().sum(-1)
         res = res / h.square().sum(-1).clamp(min=torch.finfo(h.dtype).tiny)
         return torch.nan_to_num(res, nan=math.inf)
 
@@ -452,8 +455,7 @@ class VAMP(_MessagePassing):
         center = torch.where(finite[:, None], st["x"].index_select(0, idx), st["xp"].index_select(0, idx))
         center = torch.nan_to_num(center, nan=0.5 * self.p).clamp_(0.0, 1.0)
         # the estimate reached is kept as the fallback if it reproduces h better than the one kept so far
-        res = self._residual({"h": st["h"].index_select(0, idx), "c": center}, torch.arange(
-            idx.numel(), device=idx.device), "c")
+        res = self._relative_residual(st["h"].index_select(0, idx), center)
         better = res < st["fb_res"].index_select(0, idx)
         if bool(better.any()):
             bi = idx[better]

@@ -46,6 +46,18 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+def _isolated_row(tmp_path, monkeypatch, module: str, source: str, cls_name: str, **kwargs) -> dict:
+    """The row of class ``cls_name`` of a plugin module written from ``source``, scored in a worker process
+    (isolate=True; importable there through sys.path) on a small cell."""
+    import importlib
+
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cls = getattr(importlib.import_module(module), cls_name)
+    return api.records(db.evaluate([cls], n_s=256, r=0.25, p=0.05, max_samples=256, device="cpu", isolate=True,
+                                   progress=False, **kwargs))[0]
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -58,15 +70,10 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("name, status, words", [("spawner", "ok", None),
                                                  ("fork_then_die", "error", "exited with code 3")])
 def test_what_a_decoder_starts_dies_with_its_unit(tmp_path, monkeypatch, name, status, words):
-    (tmp_path / "spawn_plugin.py").write_text(PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
     pidfile = tmp_path / "pids"
     monkeypatch.setenv("DECODERBENCH_TEST_PIDFILE", str(pidfile))
-    import spawn_plugin
-
-    cls = {"spawner": spawn_plugin.Spawner, "fork_then_die": spawn_plugin.ForkThenDie}[name]
-    row = api.records(db.evaluate([cls], n_s=256, r=0.25, p=0.05, max_samples=256, device="cpu", isolate=True,
-                                  timeout=120, progress=False))[0]
+    row = _isolated_row(tmp_path, monkeypatch, "spawn_plugin", PLUGIN,
+                        {"spawner": "Spawner", "fork_then_die": "ForkThenDie"}[name], timeout=120)
     assert row["status"] == status and row["isolated"] is True, row
     if words:
         assert words in row["error"]
@@ -119,15 +126,10 @@ REDUCER = textwrap.dedent('''
 def test_nothing_but_plain_data_crosses_from_a_worker(tmp_path, monkeypatch, name, words):
     """An isolated decoder's output is never unpickled as an object in the harness: a payload whose
     __reduce__ would run code is named by its type and becomes an error row, and the code never runs."""
-    (tmp_path / "reduce_plugin.py").write_text(REDUCER)
-    monkeypatch.syspath_prepend(str(tmp_path))
     plant = tmp_path / "planted"
     monkeypatch.setenv("DECODERBENCH_TEST_PLANT", str(plant))
-    import reduce_plugin
-
-    cls = {"reducer": reduce_plugin.Reducer, "subclassed": reduce_plugin.Subclassed}[name]
-    row = api.records(db.evaluate([cls], n_s=256, r=0.25, p=0.05, max_samples=256, device="cpu", isolate=True,
-                                  progress=False))[0]
+    row = _isolated_row(tmp_path, monkeypatch, "reduce_plugin", REDUCER,
+                        {"reducer": "Reducer", "subclassed": "Subclassed"}[name])
     assert row["status"] == "error" and words in row["error"], row
     assert not plant.exists()
 
