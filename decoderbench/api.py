@@ -335,6 +335,8 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
     from . import plugins, sweep
 
     timeout, memory_limit, workers = check_execution(timeout, memory_limit, executor, workers)
+    if isolate is False:  # explicitly in-process: third-party plugins are imported in this process from now on
+        plugins.trust_in_process()
     regs = [resolve(r) if isinstance(r, str) else r for r in regs]
     if any(is_local(r) for r in regs) and (executor != "local" or workers != 1):
         local = [r.name for r in regs if is_local(r)]
@@ -423,6 +425,10 @@ def guard_for(grid, isolate, timeout_s, memory_mb):
         default, timeouts = timeout_s, {}
     if isolate not in (None, "auto", True, False):
         raise BadInput(f"isolate must be None, 'auto', True or False, got {isolate!r}")
+    if isolate is False:  # explicitly in-process: third-party plugins are imported in this process from now on
+        from . import plugins
+
+        plugins.trust_in_process()
     return worker.Guard(isolate="auto" if isolate is None else isolate, timeout_s=default,
                         memory_limit_mb=memory_mb, timeouts=timeouts)
 
@@ -704,6 +710,8 @@ def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) 
         timeout = worker.check_timeout(timeout, "--timeout")
     guard = worker.Guard(isolate="auto" if isolate is None else bool(isolate),
                          timeout_s=timeout or worker.DEFAULT_TIMEOUT_S)
+    if isolate is False:  # explicitly in-process (as guard_for)
+        plugins.trust_in_process()
     keys = store.keys()
     if not keys:
         raise BadInput(f"--results {store.path}: the store holds no rows")

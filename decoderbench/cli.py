@@ -152,10 +152,15 @@ def plugins_cmd(as_json):
     from . import plugins
     from .options import describe, describe_text
 
+    def options_of(d):  # a described third-party decoder: what its worker reported (its code is not imported)
+        desc = plugins.described(d)
+        if desc is not None:
+            return desc.get("options"), str(desc.get("options_text") or "?")
+        return (describe(d.cls) if getattr(d.cls, "Options", None) is not None else None), describe_text(d.cls)
+
     rows = [{"name": d.name, "kind": d.kind, "source": d.source, "plugin": d.plugin, "version": d.version,
              "requires": sorted(d.cls.requires), "description": d.cls.description,
-             "options": describe(d.cls) if getattr(d.cls, "Options", None) is not None else None,
-             "options_text": describe_text(d.cls)}
+             "options": options_of(d)[0], "options_text": options_of(d)[1]}
             for d in plugins.decoders().values()]
     enc = [{"name": e.name, "kind": "encoder", "source": e.source, "plugin": e.plugin, "version": e.version,
             "capabilities": sorted(e.cls.capabilities),
@@ -180,6 +185,12 @@ def plugins_cmd(as_json):
                           ["name", "source", "capabilities", "description"]))
     for line in problems:
         click.echo(line, err=True)
+    for r in plugins._remote:  # third-party commands need their code imported here: only when trusted
+        cmds = (plugins._descriptions.get(plugins._key(r)) or {}).get("commands") or []
+        if cmds:
+            click.echo(f"note: commands {', '.join(map(str, cmds))} of plugin {r['name']!r} ({r['dist']}) are not "
+                       f"loaded: third-party code is not imported here ({plugins.TRUSTED_ENV}={r['name']} loads them)",
+                       err=True)
     return 1 if problems else 0  # something is broken: say so in the exit code
 
 
@@ -307,6 +318,8 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
         harden_harness()
     grid, adhoc = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples,
                                      max_samples)
+    if isolate is False:  # --no-isolate asked for: third-party plugins are imported in this process (documented)
+        plugins.trust_in_process()
     plugins.get_encoder(grid.encoder)
     spec = plugin_spec if plugin_spec is not None else (grid.plugins if isinstance(grid.plugins, str)
                                                         else ",".join(grid.plugins))

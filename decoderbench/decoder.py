@@ -270,6 +270,7 @@ def check_unit_options(units) -> None:
     from . import plugins
 
     seen = set()
+    remote = []  # described third-party decoders: checked in the worker that described them
     for u in units:
         sig = (u.decoder, u.options, u.n_s, u.n_d, u.p)
         if sig in seen:
@@ -279,6 +280,16 @@ def check_unit_options(units) -> None:
             reg = plugins.get_decoder(u.decoder)
         except ValueError:
             continue  # a broken plugin becomes its row
+        desc = plugins.described(reg)
+        if desc is not None:
+            if desc.get("options") is not None or desc.get("legacy_validate"):
+                remote.append(sig)
+            if desc.get("legacy_validate"):
+                import warnings
+
+                warnings.warn(f"{u.decoder}: validate_options is deprecated; declare the options as a nested "
+                              "`class Options(decoderbench.Options)` instead", DeprecationWarning, stacklevel=2)
+            continue
         if getattr(reg.cls, "Options", None) is not None:
             from .options import check as check_declared
 
@@ -294,6 +305,10 @@ def check_unit_options(units) -> None:
                 check(_json.loads(u.options), Cell(u.n_s, u.n_d, u.p))
             except ValueError as exc:  # the decoder's one line, as the project's bad-input error (CLI: exit 2)
                 raise BadInput(str(exc).splitlines()[0] if str(exc) else f"{u.decoder}: bad options") from None
+    if remote:
+        for line in plugins.validate_described(remote):
+            if line:
+                raise BadInput(line)
 
 
 class Decoder:

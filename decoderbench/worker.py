@@ -128,10 +128,16 @@ def child_env() -> dict:
     its first isolated run)."""
     from .evalkey import ENV, configured
 
+    from . import plugins
+
     settings = {k: v for k, v in os.environ.items()
                 if k.startswith("DECODERBENCH_") and k not in (ENV, "DECODERBENCH_PLUGINS")}
+    trusted = plugins._trusted
     return {"sys_path": list(sys.path), "plugins_env": os.environ.get("DECODERBENCH_PLUGINS"),
-            "threads": torch.get_num_threads(), "eval_key": configured(), "settings": settings}
+            "threads": torch.get_num_threads(), "eval_key": configured(), "settings": settings,
+            # what this process imports, and what it was told about the rest (so a child starts no describer)
+            "trusted": sorted(trusted) if isinstance(trusted, (set, frozenset)) else trusted,
+            "described": [[list(k), v] for k, v in plugins._descriptions.items()]}
 
 
 def apply_child_env(env: dict) -> None:
@@ -158,6 +164,11 @@ def apply_child_env(env: dict) -> None:
     from . import plugins
 
     plugins.reset()
+    plugins._may_describe = False  # a child never starts a describer: it imports, or knows, what it runs
+    if env.get("trusted") is not None:
+        plugins._trusted = env["trusted"] if env["trusted"] == "all" else set(env["trusted"])
+    for k, v in env.get("described") or []:
+        plugins._descriptions[tuple(k)] = v
 
 
 class stdout_to_stderr:
@@ -473,7 +484,8 @@ def _send_error(conn, exc: BaseException) -> None:
 class Session:
     """The harness's end of one isolated worker: a deadline shared by every request of the unit."""
 
-    def __init__(self, unit, guard: Guard, cls=None, env: dict | None = None, registry: list | None = None):
+    def __init__(self, unit, guard: Guard, cls=None, env: dict | None = None, registry: list | None = None,
+                 plugin: str | None = None):
         if registry is not None:
             registry.append(self)  # closed by run_guarded even if the construction below fails
         self.unit = unit
@@ -484,6 +496,8 @@ class Session:
         ctx = mp_context()
         self.conn, child = ctx.Pipe()
         env = {k: v for k, v in (env or child_env()).items() if k != "eval_key"}  # never to the decoder
+        if plugin is not None:  # the worker imports the one entry point whose decoder it runs (and built-ins)
+            env["trusted"] = [plugin]
         spec = {"unit": unit, "env": env, "cls": cls,
                 "memory_limit_bytes": int(guard.memory_limit_mb * 2**20) if guard.memory_limit_mb else None}
         self.proc = ctx.Process(target=_child_main, args=(child, spec), daemon=True,
@@ -562,6 +576,7 @@ def _isolated_class(reg, unit, sessions: list, guard: Guard, env: dict | None):
 
     real = reg.cls
     send_cls = real if not _importable_by_name(reg) else None
+    can_weigh = callable(getattr(real, "encoder_weight", None))
 
     class Isolated(Decoder):
         name = real.name
@@ -573,7 +588,8 @@ def _isolated_class(reg, unit, sessions: list, guard: Guard, env: dict | None):
         def __init__(self, ctx):
             self.ctx = ctx
             self.info = {}
-            self._s = Session(unit, guard, cls=send_cls, env=env, registry=sessions)
+            self._s = Session(unit, guard, cls=send_cls, env=env, registry=sessions,
+                              plugin=reg.plugin if send_cls is None and is_third_party(reg) else None)
 
         def fit(self, train):
             params = self._s.call("fit")
@@ -586,7 +602,7 @@ def _isolated_class(reg, unit, sessions: list, guard: Guard, env: dict | None):
             self.info = info
             return _unpack(packed, inp.device)
 
-    if callable(getattr(real, "encoder_weight", None)):
+    if can_weigh:
         def encoder_weight(self):
             return _unpack(self._s.call("encoder_weight"), self.ctx.device)
 
@@ -992,3 +1008,255 @@ def _collect_unit_processes(running: dict, ready: set, guard, plugins):
                 row = failure_row(u, reg, f"{msg[1]}: {msg[2]}")
             row["isolated"] = reg is not None and guard.isolates(reg)
         yield u, row
+
+
+# ----------------------------------------------------------------------------- describing third-party plugins
+
+
+DESCRIBE_TIMEOUT_S = 300.0  # one entry point's import and registration, in the describing worker
+
+
+def _describe_decoder(cls) -> dict:
+    from .options import describe, describe_text
+
+    declared = getattr(cls, "Options", None) is not None
+    legacy = getattr(getattr(cls, "validate_options", None), "__func__", None)
+    from .decoder import Decoder
+
+    return {"name": cls.name, "kind": cls.kind, "requires": sorted(str(x) for x in cls.requires),
+            "version": str(getattr(cls, "version", "1")), "description": str(getattr(cls, "description", "") or ""),
+            "qualname": f"{cls.__module__}.{cls.__qualname__}",
+            "options": describe(cls) if declared else None, "options_text": describe_text(cls),
+            "legacy_validate": (not declared) and legacy is not None and legacy is not Decoder.validate_options.__func__,
+            "encoder_weight": callable(getattr(cls, "encoder_weight", None))}
+
+
+def _describe_one(r: dict, loaded: dict) -> dict:
+    """In the describing worker: import entry point ``r`` and run its registration hooks into lists."""
+    import importlib.metadata as md
+
+    import pluggy
+
+    from . import hookspecs
+    from .decoder import check_decoder_class
+    from .plugins import ENTRY_POINT_GROUP, _check_encoder_class, _dist_label
+
+    name = r["name"]
+    eps = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)
+           if ep.name == name and ep.value == r["value"] and _dist_label(getattr(ep, "dist", None)) == r["dist"]]
+    if not eps:
+        return {"error": f"plugin {name!r} failed to load: its entry point is not installed in the worker"}
+    try:
+        module = eps[0].load()
+        pm = pluggy.PluginManager("decoderbench")
+        pm.add_hookspecs(hookspecs)
+        pm.register(module, name=name)
+    except BaseException as exc:  # noqa: BLE001 (SystemExit at import included)
+        return {"error": f"plugin {name!r} failed to load: {type(exc).__name__}: {exc}"}
+    out: dict = {"decoders": [], "encoders": [], "commands": []}
+    classes: dict = {}
+    for hook, field, check in (("decoderbench_register_decoders", "decoders", check_decoder_class),
+                               ("decoderbench_register_encoders", "encoders", _check_encoder_class),
+                               ("decoderbench_register_commands", "commands", None)):
+        def register(obj, _field=field, _check=check):
+            if _check is not None:
+                _check(obj)
+            if _field == "decoders":
+                classes.setdefault(obj.name, obj)
+                out[_field].append(_describe_decoder(obj))
+            elif _field == "encoders":
+                out[_field].append({"name": obj.name, "capabilities": sorted(str(c) for c in obj.capabilities),
+                                    "description": (obj.__doc__ or "").strip().split("\n")[0],
+                                    "qualname": f"{obj.__module__}.{obj.__qualname__}"})
+            else:
+                out[_field].append(str(getattr(obj, "name", obj)))
+
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            try:
+                impl.function(register=register)
+            except BaseException as exc:  # noqa: BLE001
+                out[f"{field}_error"] = f"plugin {name!r} failed to register: {type(exc).__name__}: {exc}"
+    loaded[name] = classes
+    return out
+
+
+def _validate_one(loaded: dict, name: str, decoder: str, options: str, n_s, n_d, p):
+    import json
+    import warnings
+
+    from .decoder import Cell
+    from .options import check
+
+    cls = loaded[name][decoder]
+    cell = Cell(n_s, n_d, p)
+    try:
+        if getattr(cls, "Options", None) is not None:
+            check(cls, json.loads(options), cell, name=decoder)
+        else:
+            v = getattr(cls, "validate_options", None)
+            if callable(v):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    v(json.loads(options), cell)
+    except ValueError as exc:
+        return str(exc).splitlines()[0] if str(exc) else f"{decoder}: bad options"
+    except BaseException as exc:  # noqa: BLE001
+        return f"{decoder}: options check failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _describer_main(conn, env: dict) -> None:
+    """The describing worker: imports third-party entry points (never the harness), answers in plain data."""
+    _own_session()
+    _quiet_stdout()
+    try:
+        apply_child_env(env)
+        from . import evalkey
+
+        os.environ.pop(evalkey.ENV, None)
+        evalkey._in_decoder_worker()
+    except BaseException as exc:  # noqa: BLE001
+        _send_error(conn, exc)
+        return
+    loaded: dict = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if msg[0] == "describe":
+                for r in msg[1]:
+                    conn.send(("ep", r["name"], plain(_describe_one(r, loaded))))
+            elif msg[0] == "validate":
+                for r, decoder, options, n_s, n_d, p in msg[1]:
+                    if r["name"] not in loaded:
+                        _describe_one(r, loaded)
+                    conn.send(("ok", _validate_one(loaded, r["name"], decoder, options, n_s, n_d, p)))
+            else:
+                return
+        except BaseException as exc:  # noqa: BLE001
+            _send_error(conn, exc)
+
+
+class _Describer:
+    """The harness's end of the describing worker (started once, kept for the process until reset)."""
+
+    def __init__(self, stats: dict):
+        t0 = time.monotonic()
+        ctx = mp_context()
+        self.conn, child = ctx.Pipe()
+        env = {k: v for k, v in child_env().items() if k not in ("eval_key", "described")}
+        env["trusted"] = "all"
+        self.proc = ctx.Process(target=_describer_main, args=(child, env), daemon=True, name="decoderbench-describe")
+        with _main_not_reimported():
+            self.proc.start()
+        child.close()
+        stats["worker_starts"] = stats.get("worker_starts", 0) + 1
+        stats["start_s"] = time.monotonic() - t0
+
+    def send(self, msg) -> None:
+        self.conn.send(msg)
+
+    def recv(self, timeout: float):
+        """The next plain message, or None when the worker died or ran past ``timeout``."""
+        from multiprocessing.connection import wait
+
+        woke = wait([self.conn, self.proc.sentinel], timeout=timeout)
+        if not woke or (self.conn not in woke and not self.conn.poll(0.2)):
+            self.close()
+            return None
+        try:
+            return recv_plain(self.conn)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self.close()
+            return None
+
+    def close(self) -> None:
+        try:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(5)
+        except (OSError, ValueError, AssertionError):
+            pass
+        kill_group(self.proc.pid)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+_describer: _Describer | None = None
+
+
+def close_describer() -> None:
+    global _describer
+    if _describer is not None:
+        _describer.close()
+        _describer = None
+
+
+def _get_describer(stats: dict) -> _Describer:
+    global _describer
+    if _describer is None or not _describer.proc.is_alive():
+        close_describer()
+        _describer = _Describer(stats)
+    return _describer
+
+
+def describe_entry_points(remote: list, stats: dict) -> dict:
+    """``{entry point name: description}`` of third-party entry points ``remote`` (``{name, value, dist}``),
+    each imported in the describing worker, never here. One worker describes them all; an entry point that
+    kills it or hangs (past ``DESCRIBE_TIMEOUT_S``) is described by that failure, and a fresh worker goes on
+    with the rest."""
+    t0 = time.monotonic()
+    out: dict = {}
+    todo = list(remote)
+    with stdout_to_stderr():
+        while todo:
+            d = _get_describer(stats)
+            try:
+                d.send(("describe", todo))
+            except (BrokenPipeError, OSError):
+                close_describer()
+                d = _get_describer(stats)
+                d.send(("describe", todo))
+            while todo:
+                msg = d.recv(DESCRIBE_TIMEOUT_S)
+                if msg is None:  # the worker died (or hung) on todo[0]: that plugin's failure, the rest go on
+                    r = todo.pop(0)
+                    why = describe_exit(d.proc.exitcode) if d.proc.exitcode is not None else "ran past its time limit"
+                    out[r["name"]] = {"error": f"plugin {r['name']!r} failed to load: the worker importing it {why}"}
+                    close_describer()
+                    break
+                if msg[0] == "ep" and todo and msg[1] == todo[0]["name"]:
+                    out[msg[1]] = msg[2] if isinstance(msg[2], dict) else {"error": f"plugin {msg[1]!r}: bad description"}
+                    todo.pop(0)
+                elif msg[0] == "raise":
+                    r = todo.pop(0)
+                    out[r["name"]] = {"error": f"plugin {r['name']!r} failed to load: {msg[1]}: {msg[2]}"}
+                    close_describer()
+                    break
+    stats["seconds"] = stats.get("seconds", 0.0) + time.monotonic() - t0
+    return out
+
+
+def validate_described_options(todo: list, stats: dict) -> list:
+    """The options check of described decoders, in the describing worker: ``todo`` holds ``(entry point,
+    decoder, options JSON, n_s, n_d, p)``; one ``None`` or one-line refusal per item."""
+    out = []
+    with stdout_to_stderr():
+        for item in todo:
+            d = _get_describer(stats)
+            try:
+                d.send(("validate", [item]))
+                msg = d.recv(DESCRIBE_TIMEOUT_S)
+            except (BrokenPipeError, OSError):
+                msg = None
+            if msg is None or msg[0] != "ok":
+                out.append(f"{item[1]}: its options could not be checked: the describing worker failed"
+                           + (f" ({msg[1]}: {msg[2]})" if msg is not None and msg[0] == "raise" else ""))
+                close_describer()
+            else:
+                out.append(msg[1] if msg[1] is None else str(msg[1]))
+    return out

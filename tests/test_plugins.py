@@ -119,7 +119,11 @@ def test_broken_entry_point_is_isolated(monkeypatch):
     monkeypatch.setattr(plugins.md, "entry_points", fake)
     try:
         assert "linear" in plugins.decoders()
-        assert "No module named 'no_such_module_xyz'" in plugins.load_errors()["broken_fake"]
+        # a third-party entry point is imported only in the describing worker, whose metadata has no such entry
+        # point (it is faked in this process only): the failure is recorded all the same, and linear loads
+        # (a real installed broken module: tests/test_plugin_errors.py)
+        assert "plugin 'broken_fake' failed to load" in plugins.load_errors()["broken_fake"]
+        assert "no_such_module_xyz" not in sys.modules
     finally:
         monkeypatch.undo()
         plugins.reset()

@@ -101,8 +101,14 @@ def test_installed_example_in_process(softshrink_site, monkeypatch):
     try:
         reg = plugins.get_decoder("softshrink")
         assert reg.source == "decoderbench-softshrink==0.1.0" and reg.plugin == "softshrink"
+        # described by a worker, not imported here: in-process it refuses to run until asked for explicitly
+        assert plugins.described(reg)["kind"] == "elementwise" and "decoderbench_softshrink" not in sys.modules
+        row = run_unit(WorkUnit(256, 64, 0.05, "softshrink", min_samples=256, max_samples=256))
+        assert row["status"] == "error" and "runs only in a worker" in row["error"], row
+        plugins.trust_in_process()  # what --no-isolate does
         row = run_unit(WorkUnit(256, 64, 0.05, "softshrink", min_samples=256, max_samples=256))
         assert row["status"] == "ok" and row["loss"] > 0
+        assert "decoderbench_softshrink" in sys.modules
     finally:
         monkeypatch.undo()
         plugins.reset()
