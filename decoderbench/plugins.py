@@ -205,6 +205,8 @@ def reset() -> None:
     _may_describe = True
     _remote.clear()
     _descriptions.clear()
+    _discovery.clear()
+    _discovery.update(worker_starts=0, seconds=0.0)
     from . import worker
 
     worker.close_describer()
