@@ -446,15 +446,18 @@ def cells_markdown(agg: dict) -> str:
                  fmt(e.get("ratio_mmse_exact"), 3), str(e["n_eval"]),
                  "; ".join(x for x in (e["stop"], e["note"]) if x)]
                 for i, e in enumerate(a["scored"])]
-        if any(e.get("recovered") for e in a["scored"]):  # decoders that see h: fraction of samples recovered
+        if body:
+            # one header for every row: "/ exact MMSE" always ("-" where a row lacks the exact reference),
+            # "recovered" where any decoder that sees h was scored (each row its value or "-")
+            head = ["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound", "/ elementwise MMSE"]
+            with_exact = True
+            with_rec = any(e.get("recovered") for e in a["scored"])
             for row_, e in zip(body, a["scored"]):
                 rec = e.get("recovered")
-                row_.insert(7, f"{rec[0]:.3f} ± {rec[1]:.2g}" if rec else "-")
-            parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound",
-                                   "/ elementwise MMSE", "recovered", "samples", "stop"], body, "rlllrrrrrl"))
-        elif body:
-            parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound",
-                                   "/ elementwise MMSE", "/ exact MMSE", "samples", "stop"], body, "rlllrrrrrl"))
+                row_[7:8] = ([row_[7]] if with_exact else []) + (
+                    [f"{rec[0]:.3f} ± {rec[1]:.2g}" if rec else "-"] if with_rec else [])
+            head += (["/ exact MMSE"] if with_exact else []) + (["recovered"] if with_rec else []) + ["samples", "stop"]
+            parts.append(md_table(head, body, "rlllrrr" + "r" * (with_exact + with_rec) + "rl"))
         else:
             parts.append("No decoder ranked on this cell.")
         if a["unconverged"]:
