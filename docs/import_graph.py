@@ -12,7 +12,7 @@ harness. ``importlib.import_module`` with a literal name counts as an import. It
 * layers: the length (in modules) of the longest import chain, over the whole graph with each cycle folded into
   one node;
 * cycles: the strongly connected groups of more than one module (each names its modules);
-* upward imports: imports inside functions whose target sits at or above the importer in the layering of the
+* upward imports: imports inside functions whose target sits above the importer in the layering of the
   module-level imports (they would close a cycle, or reach up, if made at module level);
 * imports inside functions: every project import made inside a function (``def``), whatever its direction.
 
@@ -183,7 +183,7 @@ def report(package_dir) -> dict:
     level_all, cycles = _levels(modules, edges)
     level_top, _ = _levels(modules, [e for e in edges if not e.in_function])
     inner = [e for e in edges if e.in_function]
-    upward = [e for e in inner if level_top[e.dst] >= level_top[e.src]]
+    upward = [e for e in inner if level_top[e.dst] > level_top[e.src]]
     return {
         "modules": len(modules),
         "layers": max(level_all.values(), default=0),
