@@ -352,7 +352,7 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
         grid = dataclasses.replace(grid, options=merged)
     dev = sweep.resolve_device(device)
     units = sweep.units_for(grid, [r.name for r in regs], device=dev)
-    from .decoder import check_unit_options
+    from .plugins import check_unit_options
 
     check_unit_options(units)  # bad decoder options: one line, before anything is fitted
     from .memcheck import check_units
