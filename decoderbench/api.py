@@ -41,13 +41,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._validate import SAMPLING_DEFAULTS
 from .errors import BadInput
 from .plugins import hookimpl
 
 ROW_COLUMNS = ["decoder", "kind", "n_s", "n_d", "p", "seed", "loss", "loss_se", "ratio_e2", "ratio_mmse", "status"]
 DEFAULT_RESULTS = "results"
 BOARD_SUBDIR = "board"  # a store's own boards: <store>/board/<grid name, or "all">
-ADHOC_DEFAULTS = {"n_s": 4096, "p": 0.045, "target_rel_se": 0.01, "min_samples": 2048, "max_samples": 131072}
+ADHOC_DEFAULTS = {"n_s": 4096, "p": 0.045, **SAMPLING_DEFAULTS}
 
 
 # ----------------------------------------------------------------------------- cells and grids

@@ -15,7 +15,7 @@ import click
 from .errors import BadInput
 from . import __version__
 from .api import BOARD_SUBDIR, DEFAULT_RESULTS, ROW_COLUMNS, default_board_dir, plugin_problems as _plugin_problems
-from ._validate import check_nd, check_ns, check_p, check_seed, nd_from_r
+from ._validate import SAMPLING_DEFAULTS, check_nd, check_ns, check_p, check_seed, nd_from_r
 
 
 def _floats(name: str, text: str) -> list[float]:
@@ -253,9 +253,9 @@ def _cell_options(f):
               help="auto (a GPU when torch sees one), cpu or cuda; the resolved device is part of each row's key.")
 @click.option("--target-se", default=None, type=float,
               help="Stop sampling when the standard error is below this fraction of the loss "
-                   "[default: the grid's, ad-hoc 0.01].")
+                   f"[default: the grid's, ad-hoc {SAMPLING_DEFAULTS['target_rel_se']}].")
 @click.option("--min-samples", default=None, type=int, help="Least number of evaluation samples [default: the grid's].")
-@click.option("--max-samples", default=None, type=int, help="Cap on evaluation samples [default: the grid's, ad-hoc 131072].")
+@click.option("--max-samples", default=None, type=int, help=f"Cap on evaluation samples [default: the grid's, ad-hoc {SAMPLING_DEFAULTS['max_samples']}].")
 @click.option("--out", default=None,
               help=f"Results store directory [default: {DEFAULT_RESULTS}/ for grid runs; ad-hoc cells (--ns/--r/--p "
                    "without --grid) are stored only when --out is given].")

@@ -59,9 +59,9 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import BadInput
-from ._validate import check_nd, check_ns, check_p, check_r, check_seed, nd_from_r
+from ._validate import DTYPE_NAMES, SAMPLING_DEFAULTS, check_nd, check_ns, check_p, check_r, check_seed, nd_from_r
 
-DTYPES = ("float32", "float64")
+DTYPES = DTYPE_NAMES
 #: The most cells and seeds a grid may have (counted before any cell is built): a run of more units than
 #: this machine could finish is refused in one line instead of building millions of units.
 MAX_CELLS = 10_000
@@ -74,7 +74,6 @@ TOP_KEYS = ("name", "description", "plugins", "encoder", "dtype", "seeds", "cell
 CELL_KEYS = ("n_s", "r", "n_d", "p")
 WHERE_KEYS = ("p_ns_above", "p_over_r_below")
 SAMPLING_KEYS = ("target_rel_se", "min_samples", "max_samples")
-SAMPLING_DEFAULTS = {"target_rel_se": 0.01, "min_samples": 2048, "max_samples": 131072}
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,11 @@ from collections import defaultdict
 
 from . import __version__
 from ._validate import nominal_r
+from .data import trivial_loss
+from .decoder import INPUT_OF_KIND, KINDS
 
-Z_KINDS = ("elementwise", "filtering", "reference")  # decoders that see only z = W_out h
-KIND_ORDER = ("elementwise", "filtering", "reference", "iterative", "learned")
+KIND_ORDER = KINDS  # the contract's kinds, in the board's order
+Z_KINDS = tuple(k for k in KINDS if INPUT_OF_KIND[k] == "z")  # decoders that see only z = W_out h
 IDENTITY = ("encoder", "dtype", "n_s", "n_d", "p", "seed", "decoder")
 CELL = ("encoder", "dtype", "n_s", "n_d", "p")
 ROWS_FILE = "rows.json"
@@ -179,8 +181,8 @@ def row_flags(row: dict) -> list[str]:
         out.append(f"{hits} of {counted} samples hit the iteration cap" + (f" ({cap})" if cap is not None else "")
                    + ", not at its plateau")
     loss, p = _num(row.get("loss")), _num(row.get("p"))
-    if loss is not None and p is not None and loss > p / 3.0:
-        out.append(f"worse than trivial: loss {fmt(loss, 3)} > p/3 = {fmt(p / 3.0, 3)} (the loss of x_hat = 0)")
+    if loss is not None and p is not None and loss > trivial_loss(p):
+        out.append(f"worse than trivial: loss {fmt(loss, 3)} > p/3 = {fmt(trivial_loss(p), 3)} (the loss of x_hat = 0)")
     if precision_missed(row):
         loss, se, target = row.get("loss"), row.get("loss_se"), row.get("target_rel_se")
         rel = f"SE {100 * se / loss:.2g}% of loss" if loss else "SE"

@@ -26,7 +26,7 @@ import torch
 
 from .errors import BadInput, Skip
 from . import __version__
-from ._validate import MAX_SAMPLES, check_seed, nominal_r
+from ._validate import DTYPE_NAMES, MAX_SAMPLES, SAMPLING_DEFAULTS, check_seed, nominal_r
 from .data import SparseSampler  # noqa: F401
 from .evalkey import eval_purpose, eval_sampler, eval_stream_id
 from . import scoring
@@ -34,7 +34,7 @@ from .decoder import Cell, CellOnlyEncoder, DecoderContext, TrainingSet, input_e
 from .scoring import Accumulator, eval_batch_size  # noqa: F401 (re-exported)
 
 RESULTS_FORMAT = 2  # 2: the absolute SE floor and sampling_stop/precision_met; bump when the meaning of a stored number changes
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,9 @@ class WorkUnit:
     encoder: str = "rug"
     device: str = "cpu"
     dtype: str = "float32"
-    target_rel_se: float = 0.01
-    min_samples: int = 2048
-    max_samples: int = 131072
+    target_rel_se: float = SAMPLING_DEFAULTS["target_rel_se"]
+    min_samples: int = SAMPLING_DEFAULTS["min_samples"]
+    max_samples: int = SAMPLING_DEFAULTS["max_samples"]
     options: str = "{}"  # JSON object of decoder options, sorted keys
     se_floor: float = scoring.SE_FLOOR  # absolute SE floor, as a fraction of the trivial loss p/3
 
