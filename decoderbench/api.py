@@ -882,7 +882,9 @@ class Board:
 
 
 def default_board_dir(store_dir, grid_name: str | None = None) -> Path:
-    """Where `leaderboard` writes without --out: inside the store's folder, never into the checkout."""
+    """The one output policy of every command that writes a board (``leaderboard``, ``unrolled``, and the trained
+    plugin's ``trained-board`` and ``symmetry``): without --out, into ``<store>/board/<name>``, inside the store's
+    folder, never into the checkout; --out names any other folder (the committed ``leaderboards/...``)."""
     return Path(store_dir) / BOARD_SUBDIR / (grid_name or "all")
 
 
