@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._validate import SAMPLING_DEFAULTS
+from .decoder import STOP_COLUMNS
 from .errors import BadInput
 from .plugins import hookimpl
 
@@ -669,6 +670,8 @@ def result_differences(stored: dict, new: dict) -> list[tuple[str, str]]:
     for col in sorted(new):
         if col in NOT_RESULTS:
             continue
+        if col in STOP_COLUMNS and col not in stored:
+            continue  # a row made before these columns: they copy params entries, compared below
         a, b = stored.get(col), new.get(col)
         if col == "params":
             a = {k: v for k, v in (a or {}).items() if k not in PARAMS_NOT_RESULTS and not k.endswith("_s")}

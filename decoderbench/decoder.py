@@ -42,6 +42,14 @@ from .errors import BadInput
 KINDS = ("elementwise", "filtering", "reference", "iterative", "learned")
 INPUT_OF_KIND = {"elementwise": "z", "filtering": "z", "reference": "z", "iterative": "h", "learned": "code"}
 INPUTS = ("z", "h", "code")
+#: How a decoder reports whether it converged: the keys ``converged`` (True: its stopping rule was met, on every
+#: sample for a per-sample iteration; False: it stopped on a cap first; None or absent: not known) and
+#: ``stop_reason`` (a short word) in the dict ``fit`` returns or in ``self.info``. The harness copies them into
+#: the row's columns of the same names (:data:`STOP_COLUMNS`), which the board reads.
+STOP_COLUMNS = ("converged", "stop_reason")
+#: Stop reasons that mean the decoder stopped before its stopping rule judged it (a time or step cap, or
+#: divergence): such a row is ranked nowhere. ``max_iter`` (an iteration cap) is judged by the row's plateau.
+CAP_STOP_REASONS = ("time_cap", "step_cap", "diverged")
 
 
 @dataclass(frozen=True)
@@ -267,7 +275,10 @@ class Decoder:
     ``requires`` to the encoder capabilities the decoder needs (e.g. ``{"orthogonal_rows"}``): on an
     encoder without them the harness skips it with a reason. Bump ``version`` whenever a change
     alters the numbers, so stored results are recomputed. ``self.info`` may collect diagnostics during
-    ``decode`` (iterations, stop reason); they are stored with the fitted parameters.
+    ``decode`` (iterations, stop reason); they are stored with the fitted parameters. Two keys of ``info`` (or
+    of the dict ``fit`` returns) are public row columns that the board reads: ``converged`` (bool, or None when
+    unknown) and ``stop_reason`` (``converged``, ``max_iter``, or one of :data:`CAP_STOP_REASONS`; see
+    :data:`STOP_COLUMNS`).
 
     The harness builds one decoder per (cell, seed) with its :class:`DecoderContext`: the context is
     ``self.ctx``, and a subclass that overrides ``__init__`` must call ``super().__init__(ctx)`` (which sets

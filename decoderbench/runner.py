@@ -173,6 +173,15 @@ def _exact_cached(n_s: int, n_d: int, p: float, seed: int) -> tuple:
     return tuple((k, e[k]) for k in EXACT_COLUMNS)
 
 
+def stop_columns(params: dict) -> dict:
+    """The row's declared stop columns (``decoder.STOP_COLUMNS``) from what the decoder reported: ``converged``
+    a bool or None, ``stop_reason`` a string or None."""
+    conv = params.get("converged")
+    stop = params.get("stop_reason")
+    return {"converged": conv if isinstance(conv, bool) else None,
+            "stop_reason": str(stop) if stop not in (None, "") else None}
+
+
 def run_unit(unit: WorkUnit, registered=None) -> dict:
     """Fit and score one decoder on one cell; return the result row. Never raises for a plugin's fault."""
     from . import plugins
@@ -190,7 +199,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         "support_precision": None, "support_recall": None, "support_f1": None, "feature_loss_spread": None,
         "features_never_firing": None,
         "ratio_e2": None, "ratio_mmse": None, "ratio_mmse_exact": None, "params": {}, "status": "error", "error": None,
-        "predicted": None, "ratio_predicted": None,
+        "predicted": None, "ratio_predicted": None, "converged": None, "stop_reason": None,
         "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,
         "decoderbench_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "options": unit.options,
@@ -251,6 +260,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         if isinstance(pred, (int, float)) and not isinstance(pred, bool):
             row["predicted"] = float(pred)
             row["ratio_predicted"] = acc_mean / pred if pred > 0 else None
+        row.update(stop_columns(row["params"]))
         row["status"] = "ok"
     except Skip as exc:  # the decoder declined the unit, with its reason
         row["status"] = "skipped"
