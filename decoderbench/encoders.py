@@ -33,7 +33,7 @@ import threading
 import torch
 
 from ._validate import check_nd, check_ns, check_p, check_seed
-from .data import derive_seed, make_generator, variance
+from .data import derive_seed, interference_sigma, make_generator
 from .hadamard import backend, fwht, fwht_, fwht_owned, hadamard_matrix
 
 DENSE_MAX_NS = 2**13
@@ -216,7 +216,7 @@ class PersianRug(Encoder):
     def interference(self, p: float) -> tuple[float, float]:
         p = check_p(p)
         mu = 0.5 * p * (self.rowsum() - 1.0)
-        sigma = math.sqrt(variance(p) * (self.n_s / self.n_d - 1.0))
+        sigma = interference_sigma(self.n_s, self.n_d, p)
         return mu, sigma
 
     def w_in(self) -> torch.Tensor:
