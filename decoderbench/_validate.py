@@ -11,6 +11,12 @@ import math
 from .errors import BadInput
 
 MAX_LOG2_NS = 30
+#: The evaluation's floating-point types, by name (``runner.DTYPES`` maps them to torch's).
+DTYPE_NAMES = ("float32", "float64")
+#: How many evaluation samples a row draws when nothing says otherwise (a grid without ``[sampling]``, an
+#: ad-hoc cell, a ``runner.WorkUnit`` built by hand): until the standard error is 1% of the loss, between
+#: 2048 and 131072 samples.
+SAMPLING_DEFAULTS = {"target_rel_se": 0.01, "min_samples": 2048, "max_samples": 131072}
 
 
 def _finite(name: str, value) -> float:

@@ -41,13 +41,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._validate import SAMPLING_DEFAULTS
+from .decoder import STOP_COLUMNS
 from .errors import BadInput
 from .plugins import hookimpl
 
 ROW_COLUMNS = ["decoder", "kind", "n_s", "n_d", "p", "seed", "loss", "loss_se", "ratio_e2", "ratio_mmse", "status"]
 DEFAULT_RESULTS = "results"
 BOARD_SUBDIR = "board"  # a store's own boards: <store>/board/<grid name, or "all">
-ADHOC_DEFAULTS = {"n_s": 4096, "p": 0.045, "target_rel_se": 0.01, "min_samples": 2048, "max_samples": 131072}
+ADHOC_DEFAULTS = {"n_s": 4096, "p": 0.045, **SAMPLING_DEFAULTS}
 
 
 # ----------------------------------------------------------------------------- cells and grids
@@ -359,7 +361,7 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
         grid = dataclasses.replace(grid, options=merged)
     dev = sweep.resolve_device(device)
     units = sweep.units_for(grid, [r.name for r in regs], device=dev)
-    from .decoder import check_unit_options
+    from .plugins import check_unit_options
 
     check_unit_options(units)  # bad decoder options: one line, before anything is fitted
     from .memcheck import check_units
@@ -679,6 +681,8 @@ def result_differences(stored: dict, new: dict) -> list[tuple[str, str]]:
     for col in sorted(new):
         if col in NOT_RESULTS:
             continue
+        if col in STOP_COLUMNS and col not in stored:
+            continue  # a row made before these columns: they copy params entries, compared below
         a, b = stored.get(col), new.get(col)
         if col == "params":
             a = {k: v for k, v in (a or {}).items() if k not in PARAMS_NOT_RESULTS and not k.endswith("_s")}
@@ -894,7 +898,9 @@ class Board:
 
 
 def default_board_dir(store_dir, grid_name: str | None = None) -> Path:
-    """Where `leaderboard` writes without --out: inside the store's folder, never into the checkout."""
+    """The one output policy of every command that writes a board (``leaderboard``, ``unrolled``, and the trained
+    plugin's ``trained-board`` and ``symmetry``): without --out, into ``<store>/board/<name>``, inside the store's
+    folder, never into the checkout; --out names any other folder (the committed ``leaderboards/...``)."""
     return Path(store_dir) / BOARD_SUBDIR / (grid_name or "all")
 
 

@@ -13,6 +13,7 @@ seed on the same device give the same numbers.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -32,9 +33,24 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return g
 
 
+def trivial_loss(p: float) -> float:
+    """``E[x^2] = p/3`` for ``x = c u``, ``c ~ Bernoulli(p)``, ``u ~ U[0, 1]``: the loss of x_hat = 0 (the one
+    home of this constant: scoring, theory and the board take it from here)."""
+    return p / 3.0
+
+
 def variance(p: float) -> float:
-    """v = Var x_i = p/3 - p^2/4."""
+    """v = Var x_i = p/3 - p^2/4 (the one home of the feature variance; ``theory.feature_variance`` checks p
+    and calls it)."""
     return p / 3.0 - p * p / 4.0
+
+
+def interference_sigma(n_s: int, n_d: int, p: float) -> float:
+    """Standard deviation of the interference on one feature through an equiangular frame of ``n_s``
+    columns in ``n_d`` dimensions, the Persian Rug's (paper eq. 6): ``sqrt(v (n_s/n_d - 1))``, unchecked
+    (``theory.interference_sigma`` checks its arguments); the encoders, the theory and the symmetry
+    diagnostics take it from here."""
+    return math.sqrt(variance(p) * (n_s / n_d - 1.0))
 
 
 class SparseSampler:

@@ -42,6 +42,14 @@ from .errors import BadInput
 KINDS = ("elementwise", "filtering", "reference", "iterative", "learned")
 INPUT_OF_KIND = {"elementwise": "z", "filtering": "z", "reference": "z", "iterative": "h", "learned": "code"}
 INPUTS = ("z", "h", "code")
+#: How a decoder reports whether it converged: the keys ``converged`` (True: its stopping rule was met, on every
+#: sample for a per-sample iteration; False: it stopped on a cap first; None or absent: not known) and
+#: ``stop_reason`` (a short word) in the dict ``fit`` returns or in ``self.info``. The harness copies them into
+#: the row's columns of the same names (:data:`STOP_COLUMNS`), which the board reads.
+STOP_COLUMNS = ("converged", "stop_reason")
+#: Stop reasons that mean the decoder stopped before its stopping rule judged it (a time or step cap, or
+#: divergence): such a row is ranked nowhere. ``max_iter`` (an iteration cap) is judged by the row's plateau.
+CAP_STOP_REASONS = ("time_cap", "step_cap", "diverged")
 
 
 @dataclass(frozen=True)
@@ -260,57 +268,6 @@ def prepare_input(encoder, input_kind: str, x: torch.Tensor) -> torch.Tensor:
     return encoder.decode(h)
 
 
-def check_unit_options(units) -> None:
-    """Bad decoder options in any of ``units`` (``runner.WorkUnit`` s) raise BadInput (one line
-    ``decoder.option: message``) before anything runs: a decoder's declared ``Options`` schema
-    (:mod:`decoderbench.options`) checks its unit's options; a decoder that declares none may still have a
-    ``validate_options(options, cell)`` classmethod (the older protocol)."""
-    import json as _json
-
-    from . import plugins
-
-    seen = set()
-    remote = []  # described third-party decoders: checked in the worker that described them
-    for u in units:
-        sig = (u.decoder, u.options, u.n_s, u.n_d, u.p)
-        if sig in seen:
-            continue
-        seen.add(sig)
-        try:
-            reg = plugins.get_decoder(u.decoder)
-        except ValueError:
-            continue  # a broken plugin becomes its row
-        desc = plugins.described(reg)
-        if desc is not None:
-            if desc.get("options") is not None or desc.get("legacy_validate"):
-                remote.append(sig)
-            if desc.get("legacy_validate"):
-                import warnings
-
-                warnings.warn(f"{u.decoder}: validate_options is deprecated; declare the options as a nested "
-                              "`class Options(decoderbench.Options)` instead", DeprecationWarning, stacklevel=2)
-            continue
-        if getattr(reg.cls, "Options", None) is not None:
-            from .options import check as check_declared
-
-            check_declared(reg.cls, _json.loads(u.options), Cell(u.n_s, u.n_d, u.p), name=u.decoder)
-            continue
-        check = getattr(reg.cls, "validate_options", None)
-        if callable(check) and getattr(check, "__func__", None) is not Decoder.validate_options.__func__:
-            import warnings
-
-            warnings.warn(f"{u.decoder}: validate_options is deprecated; declare the options as a nested "
-                          "`class Options(decoderbench.Options)` instead", DeprecationWarning, stacklevel=2)
-            try:
-                check(_json.loads(u.options), Cell(u.n_s, u.n_d, u.p))
-            except ValueError as exc:  # the decoder's one line, as the project's bad-input error (CLI: exit 2)
-                raise BadInput(str(exc).splitlines()[0] if str(exc) else f"{u.decoder}: bad options") from None
-    if remote:
-        for line in plugins.validate_described(remote):
-            if line:
-                raise BadInput(line)
-
-
 class Decoder:
     """Base class of every decoder plugin.
 
@@ -318,7 +275,10 @@ class Decoder:
     ``requires`` to the encoder capabilities the decoder needs (e.g. ``{"orthogonal_rows"}``): on an
     encoder without them the harness skips it with a reason. Bump ``version`` whenever a change
     alters the numbers, so stored results are recomputed. ``self.info`` may collect diagnostics during
-    ``decode`` (iterations, stop reason); they are stored with the fitted parameters.
+    ``decode`` (iterations, stop reason); they are stored with the fitted parameters. Two keys of ``info`` (or
+    of the dict ``fit`` returns) are public row columns that the board reads: ``converged`` (bool, or None when
+    unknown) and ``stop_reason`` (``converged``, ``max_iter``, or one of :data:`CAP_STOP_REASONS`; see
+    :data:`STOP_COLUMNS`).
 
     The harness builds one decoder per (cell, seed) with its :class:`DecoderContext`: the context is
     ``self.ctx``, and a subclass that overrides ``__init__`` must call ``super().__init__(ctx)`` (which sets

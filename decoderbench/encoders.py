@@ -15,24 +15,50 @@ applied as ``W_in x = n_d^{-1/2} (H x)[S]``, ``W_out h = n_d^{-1/2} H (scatter h
 ``R x = n_d^{-1} H (m * (H x))``. Memory besides the batch is O(n_s).
 
 Cost: each operation does the transforms it needs and O(n_s) work per sample besides, at most one pass
-over the batch: ``encode`` one out-of-place transform and a gather of the ``n_d`` kept columns;
-``decode``/``adjoint`` one gather of the pre-scaled ``h`` (padded with a zero) into a (B, n_s) buffer
-and one in-place transform; ``apply`` one out-of-place transform, one multiply by the cached scaled mask ``m / n_d`` and
-one in-place transform (``apply(x, inplace=True)`` transforms ``x`` itself). The index and mask buffers
-are built once per device and dtype. Tensors that require grad take the same arithmetic out of place.
+over the batch: ``encode`` one transform (on CPU with fht-cpu: a copy into a per-thread scratch buffer,
+reused across calls, transformed in place) and a gather of the ``n_d`` kept columns; ``decode``/``adjoint``
+one gather of the pre-scaled ``h`` (padded with a zero, in a scratch buffer) into the (B, n_s) output and one
+in-place transform; ``apply`` one out-of-place transform, one multiply by the cached scaled mask ``m / n_d``
+and one in-place transform (``apply(x, inplace=True)`` transforms ``x`` itself). The index and mask buffers
+are built once per device and dtype. Tensors that require grad take the same arithmetic out of place. A
+fresh (B, n_s) CPU tensor costs as much as the transform (its pages are faulted in on first touch), so the
+scratch buffers are where the time goes: benchmarks/encoder_cost.py gives the ratios.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
 from ._validate import check_nd, check_ns, check_p, check_seed
-from .data import derive_seed, make_generator, variance
-from .hadamard import fwht, fwht_, fwht_owned, hadamard_matrix
+from .data import derive_seed, interference_sigma, make_generator
+from .hadamard import backend, fwht, fwht_, fwht_owned, hadamard_matrix
 
 DENSE_MAX_NS = 2**13
+
+
+class _Workspace(threading.local):
+    """Scratch tensors of one thread, reused across calls: a fresh (B, n_s) CPU tensor costs its page faults
+    on first touch (measured at n_s 65536, B 256: ``x.clone()`` 31 ms of CPU time against 10 ms for
+    ``copy_`` into a buffer already touched), as much as the transform itself. Per thread, so that
+    decoders running on harness threads never share one; at most ``KEEP`` shapes are kept."""
+
+    KEEP = 2
+
+    def __init__(self):
+        self.bufs: dict = {}
+
+    def get(self, name: str, shape, dtype, device) -> torch.Tensor:
+        key = (name, tuple(shape), dtype, device)
+        b = self.bufs.pop(key, None)
+        if b is None:
+            b = torch.empty(shape, dtype=dtype, device=device)
+        self.bufs[key] = b  # most recently used last
+        while len(self.bufs) > self.KEEP:
+            self.bufs.pop(next(iter(self.bufs)))
+        return b
 
 
 class Encoder:
@@ -100,6 +126,22 @@ class PersianRug(Encoder):
         self.col0 = bool(self.mask[0])
         self._scale = 1.0 / math.sqrt(self.n_d)
         self._buffers: dict = {}
+        self._ws = _Workspace()
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_buffers"], d["_ws"] = {}, None  # caches: rebuilt where the encoder lands
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._ws = _Workspace()
+
+    def _scratch(self, t: torch.Tensor) -> bool:
+        """Use a reused scratch buffer for ``t``'s transform? CPU tensors outside autograd whose backend
+        transforms in place (``fht_cpu``); elsewhere a buffer gains nothing (CUDA's caching allocator reuses
+        memory already)."""
+        return t.device.type == "cpu" and not t.requires_grad and backend(t) == "fht_cpu"
 
     def _bufs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(S, m / n_d, slot) on ``t``'s device, the mask in ``t``'s dtype: built once per device and dtype.
@@ -126,6 +168,9 @@ class PersianRug(Encoder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.n_s, "x")
         S = self._bufs(x)[0]
+        if self._scratch(x):  # copy into this thread's scratch buffer, transform it in place, gather
+            buf = self._ws.get("encode", x.shape, x.dtype, x.device).copy_(x)
+            return torch.index_select(fwht_(buf), -1, S).mul_(self._scale)
         h = torch.index_select(fwht(x), -1, S)
         return h.mul_(self._scale) if self._owns(h) else h * self._scale
 
@@ -134,7 +179,12 @@ class PersianRug(Encoder):
         slot = self._bufs(h)[2]
         # scale the n_d kept entries (not the n_s outputs), append a zero, and gather every output column in
         # one pass (zeroing a (B, n_s) buffer and scattering into it are two)
-        padded = torch.cat([h * self._scale, h.new_zeros(*h.shape[:-1], 1)], dim=-1)
+        if self._scratch(h):  # the padded, scaled h in this thread's scratch buffer (last column zero)
+            padded = self._ws.get("adjoint", (*h.shape[:-1], self.n_d + 1), h.dtype, h.device)
+            torch.mul(h, self._scale, out=padded[..., : self.n_d])
+            padded[..., self.n_d].zero_()
+        else:
+            padded = torch.cat([h * self._scale, h.new_zeros(*h.shape[:-1], 1)], dim=-1)
         full = torch.index_select(padded, -1, slot)
         return fwht_owned(full) if self._owns(full) else fwht(full)
 
@@ -166,7 +216,7 @@ class PersianRug(Encoder):
     def interference(self, p: float) -> tuple[float, float]:
         p = check_p(p)
         mu = 0.5 * p * (self.rowsum() - 1.0)
-        sigma = math.sqrt(variance(p) * (self.n_s / self.n_d - 1.0))
+        sigma = interference_sigma(self.n_s, self.n_d, p)
         return mu, sigma
 
     def w_in(self) -> torch.Tensor:

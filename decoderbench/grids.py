@@ -1,7 +1,8 @@
 """Grids: named sets of cells (and how to sample them) that a sweep runs.
 
 A grid is a TOML file. The built-in ones ship in ``decoderbench/grids/*.toml`` and are named by their
-file stem (``default``, ``paper-fig2``, ``paper-fig15``); ``--grid FILE.toml`` loads one's own.
+file stem (``default``, ``paper-fig2``, ``paper-fig15``); plugins add theirs by name through the hook
+``decoderbench_register_grids`` (the trained plugin's ``trained``); ``--grid FILE.toml`` loads one's own.
 Every key is checked: an unknown key, a bad value or an impossible cell raises ``BadInput`` (a ``ValueError``) naming
 the file and the key or the cell, before anything runs. The keys::
 
@@ -59,9 +60,9 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import BadInput
-from ._validate import check_nd, check_ns, check_p, check_r, check_seed, nd_from_r
+from ._validate import DTYPE_NAMES, SAMPLING_DEFAULTS, check_nd, check_ns, check_p, check_r, check_seed, nd_from_r
 
-DTYPES = ("float32", "float64")
+DTYPES = DTYPE_NAMES
 #: The most cells and seeds a grid may have (counted before any cell is built): a run of more units than
 #: this machine could finish is refused in one line instead of building millions of units.
 MAX_CELLS = 10_000
@@ -74,7 +75,6 @@ TOP_KEYS = ("name", "description", "plugins", "encoder", "dtype", "seeds", "cell
 CELL_KEYS = ("n_s", "r", "n_d", "p")
 WHERE_KEYS = ("p_ns_above", "p_over_r_below")
 SAMPLING_KEYS = ("target_rel_se", "min_samples", "max_samples")
-SAMPLING_DEFAULTS = {"target_rel_se": 0.01, "min_samples": 2048, "max_samples": 131072}
 
 
 @dataclass(frozen=True)
@@ -220,16 +220,70 @@ def _check_count(v, name: str) -> int:
 # ----------------------------------------------------------------------------- loading
 
 
-def builtin_grids() -> dict[str, resources.abc.Traversable]:
-    """The grids shipped with decoderbench: name -> file."""
+def core_grids() -> dict[str, resources.abc.Traversable]:
+    """The grids shipped in the harness (``decoderbench/grids/*.toml``): name -> file."""
     base = resources.files("decoderbench") / "grids"
     return {f.name[:-5]: f for f in sorted(base.iterdir(), key=lambda f: f.name) if f.name.endswith(".toml")}
 
 
+_plugin_grids: tuple | None = None  # ((the plugin manager, its grid plugins), {name: file})
+_plugin_grid_errors: dict[str, str] = {}
+
+
+def plugin_grids() -> dict:
+    """Grids that plugins register (hook ``decoderbench_register_grids``): name -> file; loaded on first use.
+
+    A registration that fails, names a taken grid or gives no readable file is refused alone and recorded in
+    :func:`plugin_grid_errors`; the plugin's other grids still load."""
+    global _plugin_grids
+    from . import plugins  # the registry sits below the run stage: a downward import
+
+    pm = plugins.get_plugin_manager()
+    impls = pm.hook.decoderbench_register_grids.get_hookimpls()
+    seen = (pm, tuple(impl.plugin_name for impl in impls))  # plugins.reset() or register_plugin change it
+    if _plugin_grids is None or _plugin_grids[0] != seen:
+        core = core_grids()
+        found: dict = {}
+        _plugin_grid_errors.clear()
+        for impl in impls:
+            def register(name, source, _plugin=impl.plugin_name):
+                name = str(name)
+                if name in core or name in found:
+                    raise ValueError(f"grid name {name!r} is already taken")
+                if not hasattr(source, "read_text"):
+                    source = Path(source)
+                if not source.is_file():
+                    raise ValueError(f"grid {name!r}: no such file {source}")
+                found[name] = source
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # one broken plugin costs only its grids
+                _plugin_grid_errors[impl.plugin_name] = (f"plugin {impl.plugin_name!r} failed to register grids: "
+                                                         f"{type(exc).__name__}: {exc}")
+        _plugin_grids = (seen, found)
+    return dict(_plugin_grids[1])
+
+
+def plugin_grid_errors() -> dict[str, str]:
+    """Plugins whose grids failed to register: {plugin name: message}."""
+    plugin_grids()
+    return dict(_plugin_grid_errors)
+
+
+def builtin_grids() -> dict:
+    """Every grid known by name: the harness's own, then the plugins' (``decoderbench_register_grids``)."""
+    return {**core_grids(), **plugin_grids()}
+
+
 def load_grid(spec: str) -> Grid:
-    """A built-in grid by name, or a TOML file by path (anything ending in .toml or naming a file)."""
+    """A grid by name (the harness's, then the plugins'), or a TOML file by path (anything ending in .toml or
+    naming a file). Plugins load only when ``spec`` is not one of the harness's own grids."""
     spec = str(spec)
-    builtins = builtin_grids()
+    core = core_grids()
+    if spec in core:
+        return parse_grid(core[spec].read_text(encoding="utf-8"), source=spec, default_name=spec)
+    builtins = {**core, **plugin_grids()}
     if spec in builtins:
         return parse_grid(builtins[spec].read_text(encoding="utf-8"), source=spec, default_name=spec)
     path = Path(spec)

@@ -40,3 +40,15 @@ def decoderbench_register_commands(register):
     something that is not a click command, is refused and reported, the others still load. The
     trained plugin registers ``trained-board`` this way.
     """
+
+
+@hookspec
+def decoderbench_register_grids(register):
+    """Register grids: call ``register(name, source)`` once per grid, ``source`` its TOML file (a path, or an
+    ``importlib.resources`` file of the plugin's package).
+
+    ``--grid NAME`` then loads it as it loads a built-in grid (``decoderbench.grids.load_grid``), and
+    ``grids.builtin_grids()`` lists it. The harness's own grids (``decoderbench/grids/*.toml``) keep their
+    names: a plugin grid of a taken name is refused and reported, the plugin's others still load. The trained
+    plugin registers ``trained`` this way.
+    """

@@ -16,15 +16,18 @@ Files, each table with a header naming the command, the versions and the rows th
 **Ranked nowhere.** A row is kept out of every ranking, median, "best" column and figure main
 series, and listed in its own section with its stop reason and samples, when (:func:`row_flags`)
 
-* it stopped on a cap before its stopping rule judged it: ``params.stop_reason`` is ``time_cap`` or
-  ``step_cap`` (the trained model), or ``diverged``;
-* some of its samples hit the iteration cap of an iterative decoder (``params.stop_reasons`` counts
-  ``max_iter``) **and** the row had not reached its plateau (:func:`at_plateau`): its loss is more than
+* it stopped on a cap before its stopping rule judged it: its ``stop_reason`` column (the decoder contract's,
+  ``decoder.STOP_COLUMNS``; ``params.stop_reason`` in rows made before it) is ``time_cap`` or ``step_cap``
+  (the trained model), or ``diverged``;
+* some of its samples hit the iteration cap of an iterative decoder (``converged`` False on ``max_iter``, with
+  the counts from ``params.stop_reasons`` where the decoder gives them; a ``converged`` True row hit no cap)
+  **and** the row had not reached its plateau (:func:`at_plateau`): its loss is more than
   ``PLATEAU_SE`` standard errors (and ``PLATEAU_REL``) away from its own state-evolution prediction, or the
   decoder reported ``params.plateau = false`` (not flat over its last iterations). A capped row at its
   plateau, or one whose plateau cannot be judged, is a result: it is ranked and marked ``capped``. So a
   decoder that reports its caps honestly is placed no worse than one that reports nothing (an iterative
-  row without ``stop_reasons`` is ranked too, marked ``stop not reported``);
+  row that reports none of ``converged``, ``stop_reason``, ``stop_reasons`` is ranked too, marked ``stop not
+  reported``);
 * its loss is above the trivial loss ``p/3`` (the loss of ``x_hat = 0``): worse than outputting nothing;
 * it missed its precision target: ``precision_met`` is False, or, in rows that lack that column,
   ``loss_se > target_rel_se * loss`` while above the absolute floor ``1e-9 p / 3`` of the sampler.
@@ -51,14 +54,16 @@ from collections import defaultdict
 
 from . import __version__
 from ._validate import nominal_r
+from .data import trivial_loss
+from .decoder import CAP_STOP_REASONS, INPUT_OF_KIND, KINDS
 
-Z_KINDS = ("elementwise", "filtering", "reference")  # decoders that see only z = W_out h
-KIND_ORDER = ("elementwise", "filtering", "reference", "iterative", "learned")
+KIND_ORDER = KINDS  # the contract's kinds, in the board's order
+Z_KINDS = tuple(k for k in KINDS if INPUT_OF_KIND[k] == "z")  # decoders that see only z = W_out h
 IDENTITY = ("encoder", "dtype", "n_s", "n_d", "p", "seed", "decoder")
 CELL = ("encoder", "dtype", "n_s", "n_d", "p")
 ROWS_FILE = "rows.json"
 EXACT_REL = 1e-6  # loss <= EXACT_REL * trivial loss: exact recovery to working precision
-CAP_STOPS = ("time_cap", "step_cap", "diverged")
+CAP_STOPS = CAP_STOP_REASONS  # the contract's (decoder.py): stopped before the stopping rule judged the row
 #: Kinds of decoder that see h: the per-cell table shows their fraction of samples recovered (``recovered_frac``).
 RECOVERY_KINDS = ("iterative", "learned")
 PLATEAU_SE = 3.0  # within this many standard errors (or PLATEAU_REL) of its state evolution: at its plateau
@@ -118,10 +123,30 @@ def _num(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
+def stop_reason(row: dict):
+    """The row's stop reason: its ``stop_reason`` column (declared by the decoder contract, ``decoder.STOP_COLUMNS``);
+    rows made before that column fall back to ``params.stop_reason``."""
+    if row.get("stop_reason") not in (None, ""):
+        return row["stop_reason"]
+    return params_of(row).get("stop_reason")
+
+
+def converged(row: dict) -> bool | None:
+    """The row's ``converged`` column (True, False, or None: not reported, or a row made before the column)."""
+    c = row.get("converged")
+    return c if isinstance(c, bool) else None
+
+
 def iteration_cap_hits(row: dict) -> tuple[int, int]:
-    """(samples that hit the iteration cap, samples counted) from ``params.stop_reasons``."""
+    """(samples that hit the iteration cap, samples counted). A row whose ``converged`` column is True hit no cap;
+    otherwise the counts come from ``params.stop_reasons`` when the decoder gives them (how rows made before the
+    column are read); a row reported ``converged = False`` on ``max_iter`` without counts is ``(1, 1)``."""
+    if converged(row) is True:
+        return 0, 0
     reasons = params_of(row).get("stop_reasons")
     if not isinstance(reasons, dict):
+        if converged(row) is False and stop_reason(row) == "max_iter":
+            return 1, 1
         return 0, 0
     counts = {k: int(v) for k, v in reasons.items() if _num(v) is not None}
     return counts.get("max_iter", 0), sum(counts.values())
@@ -158,7 +183,8 @@ def capped_mark(row: dict) -> str:
     if hits:
         state = at_plateau(row)
         return f"capped on {hits}/{counted} samples, " + ("at its plateau" if state else "plateau unknown")
-    if row.get("kind") == "iterative" and not isinstance(params_of(row).get("stop_reasons"), dict):
+    if row.get("kind") == "iterative" and not isinstance(params_of(row).get("stop_reasons"), dict) \
+            and converged(row) is None and stop_reason(row) in (None, ""):
         return "stop not reported"
     return ""
 
@@ -169,7 +195,7 @@ def row_flags(row: dict) -> list[str]:
         return []
     params = params_of(row)
     out = []
-    stop = params.get("stop_reason")
+    stop = stop_reason(row)
     if stop in CAP_STOPS:
         steps = params.get("steps")
         out.append(f"stopped on {stop}" + (f" after {steps} steps" if _num(steps) is not None else ""))
@@ -179,8 +205,8 @@ def row_flags(row: dict) -> list[str]:
         out.append(f"{hits} of {counted} samples hit the iteration cap" + (f" ({cap})" if cap is not None else "")
                    + ", not at its plateau")
     loss, p = _num(row.get("loss")), _num(row.get("p"))
-    if loss is not None and p is not None and loss > p / 3.0:
-        out.append(f"worse than trivial: loss {fmt(loss, 3)} > p/3 = {fmt(p / 3.0, 3)} (the loss of x_hat = 0)")
+    if loss is not None and p is not None and loss > trivial_loss(p):
+        out.append(f"worse than trivial: loss {fmt(loss, 3)} > p/3 = {fmt(trivial_loss(p), 3)} (the loss of x_hat = 0)")
     if precision_missed(row):
         loss, se, target = row.get("loss"), row.get("loss_se"), row.get("target_rel_se")
         rel = f"SE {100 * se / loss:.2g}% of loss" if loss else "SE"
@@ -210,7 +236,7 @@ def stop_text(row: dict) -> str:
     reasons = params.get("stop_reasons")
     if isinstance(reasons, dict) and reasons:
         return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-int(kv[1]), kv[0])))
-    stop = params.get("stop_reason")
+    stop = stop_reason(row)
     return str(stop) if stop not in (None, "") else ""
 
 
@@ -446,15 +472,18 @@ def cells_markdown(agg: dict) -> str:
                  fmt(e.get("ratio_mmse_exact"), 3), str(e["n_eval"]),
                  "; ".join(x for x in (e["stop"], e["note"]) if x)]
                 for i, e in enumerate(a["scored"])]
-        if any(e.get("recovered") for e in a["scored"]):  # decoders that see h: fraction of samples recovered
+        if body:
+            # one header for every row: "/ exact MMSE" always ("-" where a row lacks the exact reference),
+            # "recovered" where any decoder that sees h was scored (each row its value or "-")
+            head = ["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound", "/ elementwise MMSE"]
+            with_exact = True
+            with_rec = any(e.get("recovered") for e in a["scored"])
             for row_, e in zip(body, a["scored"]):
                 rec = e.get("recovered")
-                row_.insert(7, f"{rec[0]:.3f} ± {rec[1]:.2g}" if rec else "-")
-            parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound",
-                                   "/ elementwise MMSE", "recovered", "samples", "stop"], body, "rlllrrrrrl"))
-        elif body:
-            parts.append(md_table(["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound",
-                                   "/ elementwise MMSE", "/ exact MMSE", "samples", "stop"], body, "rlllrrrrrl"))
+                row_[7:8] = ([row_[7]] if with_exact else []) + (
+                    [f"{rec[0]:.3f} ± {rec[1]:.2g}" if rec else "-"] if with_rec else [])
+            head += (["/ exact MMSE"] if with_exact else []) + (["recovered"] if with_rec else []) + ["samples", "stop"]
+            parts.append(md_table(head, body, "rlllrrr" + "r" * (with_exact + with_rec) + "rl"))
         else:
             parts.append("No decoder ranked on this cell.")
         if a["unconverged"]:

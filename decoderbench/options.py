@@ -8,7 +8,7 @@ forbidden, as simonw/llm's per-model ``Options``); every field has a type, a def
             steps: PosInt = Field(10, description="gradient steps")
 
 The harness checks every unit's options against the schema before a sweep starts (:func:`check`, from
-``decoder.check_unit_options``), so a misspelt, unknown or ill-typed option is refused in one line
+``plugins.check_unit_options``), so a misspelt, unknown or ill-typed option is refused in one line
 ``decoder.option: message`` (exit 2 in the CLI) before anything is fitted, instead of an error row
 mid-sweep; ``decoderbench plugins`` lists each decoder's options (:func:`describe`); and the decoder reads
 the validated values, defaults filled in, as ``self.opts`` (set by ``Decoder.__init__``). A check that

@@ -86,7 +86,8 @@ def plot_phase_diagram(rows: list[dict], path, threshold=None) -> Path | None:
     labels.append("r_c(p), state evolution")
     axes[0][-1].legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
                        borderaxespad=0.0)
-    fig.suptitle("Recovery phase diagram: fraction of samples recovered against r; dotted: VAMP state-evolution "
-                 "threshold r_c(p)", fontsize="small")
+    # (two lines over a single panel: one line is wider than the figure and its ends were cut off)
+    fig.suptitle("Recovery phase diagram: fraction of samples recovered against r;"
+                 + ("\n" if len(decs) == 1 else " ") + "dotted: VAMP state-evolution threshold r_c(p)", fontsize="small")
     fig.tight_layout()
     return _save(fig, plt, Path(path), rows)

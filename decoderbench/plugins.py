@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import pluggy
 
 from . import hookspecs
-from .decoder import Decoder, check_decoder_class
+from .decoder import Cell, Decoder, check_decoder_class
 from .errors import BadInput
 
 ENTRY_POINT_GROUP = "decoderbench"
@@ -407,3 +407,53 @@ def get_encoder(name: str) -> Registered:
                        f"name its entry point {e[name].plugin!r} in {TRUSTED_ENV} to use it (it then runs in this "
                        "process, beside the scorer)")
     return e[name]
+
+
+# here rather than in decoder.py: it looks decoders up in the registry, and decoder.py imports nothing of plugins.py
+def check_unit_options(units) -> None:
+    """Bad decoder options in any of ``units`` (``runner.WorkUnit`` s) raise BadInput (one line
+    ``decoder.option: message``) before anything runs: a decoder's declared ``Options`` schema
+    (:mod:`decoderbench.options`) checks its unit's options; a decoder that declares none may still have a
+    ``validate_options(options, cell)`` classmethod (the older protocol)."""
+    import json as _json
+
+    seen = set()
+    remote = []  # described third-party decoders: checked in the worker that described them
+    for u in units:
+        sig = (u.decoder, u.options, u.n_s, u.n_d, u.p)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        try:
+            reg = get_decoder(u.decoder)
+        except ValueError:
+            continue  # a broken plugin becomes its row
+        desc = described(reg)
+        if desc is not None:  # a described third-party decoder: its options are checked in the describing worker
+            if desc.get("options") is not None or desc.get("legacy_validate"):
+                remote.append(sig)
+            if desc.get("legacy_validate"):
+                import warnings
+
+                warnings.warn(f"{u.decoder}: validate_options is deprecated; declare the options as a nested "
+                              "`class Options(decoderbench.Options)` instead", DeprecationWarning, stacklevel=2)
+            continue
+        if getattr(reg.cls, "Options", None) is not None:
+            from .options import check as check_declared
+
+            check_declared(reg.cls, _json.loads(u.options), Cell(u.n_s, u.n_d, u.p), name=u.decoder)
+            continue
+        check = getattr(reg.cls, "validate_options", None)
+        if callable(check) and getattr(check, "__func__", None) is not Decoder.validate_options.__func__:
+            import warnings
+
+            warnings.warn(f"{u.decoder}: validate_options is deprecated; declare the options as a nested "
+                          "`class Options(decoderbench.Options)` instead", DeprecationWarning, stacklevel=2)
+            try:
+                check(_json.loads(u.options), Cell(u.n_s, u.n_d, u.p))
+            except ValueError as exc:  # the decoder's one line, as the project's bad-input error (CLI: exit 2)
+                raise BadInput(str(exc).splitlines()[0] if str(exc) else f"{u.decoder}: bad options") from None
+    if remote:
+        for line in validate_described(remote):
+            if line:
+                raise BadInput(line)

@@ -26,7 +26,7 @@ import torch
 
 from .errors import BadInput, Skip
 from . import __version__
-from ._validate import MAX_SAMPLES, check_seed, nominal_r
+from ._validate import DTYPE_NAMES, MAX_SAMPLES, SAMPLING_DEFAULTS, check_seed, nominal_r
 from .data import SparseSampler  # noqa: F401
 from .evalkey import eval_purpose, eval_sampler, eval_stream_id
 from . import scoring
@@ -34,7 +34,7 @@ from .decoder import Cell, CellOnlyEncoder, DecoderContext, TrainingSet, input_e
 from .scoring import Accumulator, eval_batch_size  # noqa: F401 (re-exported)
 
 RESULTS_FORMAT = 2  # 2: the absolute SE floor and sampling_stop/precision_met; bump when the meaning of a stored number changes
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,9 @@ class WorkUnit:
     encoder: str = "rug"
     device: str = "cpu"
     dtype: str = "float32"
-    target_rel_se: float = 0.01
-    min_samples: int = 2048
-    max_samples: int = 131072
+    target_rel_se: float = SAMPLING_DEFAULTS["target_rel_se"]
+    min_samples: int = SAMPLING_DEFAULTS["min_samples"]
+    max_samples: int = SAMPLING_DEFAULTS["max_samples"]
     options: str = "{}"  # JSON object of decoder options, sorted keys
     se_floor: float = scoring.SE_FLOOR  # absolute SE floor, as a fraction of the trivial loss p/3
 
@@ -173,6 +173,15 @@ def _exact_cached(n_s: int, n_d: int, p: float, seed: int) -> tuple:
     return tuple((k, e[k]) for k in EXACT_COLUMNS)
 
 
+def stop_columns(params: dict) -> dict:
+    """The row's declared stop columns (``decoder.STOP_COLUMNS``) from what the decoder reported: ``converged``
+    a bool or None, ``stop_reason`` a string or None."""
+    conv = params.get("converged")
+    stop = params.get("stop_reason")
+    return {"converged": conv if isinstance(conv, bool) else None,
+            "stop_reason": str(stop) if stop not in (None, "") else None}
+
+
 def run_unit(unit: WorkUnit, registered=None) -> dict:
     """Fit and score one decoder on one cell; return the result row. Never raises for a plugin's fault."""
     from . import plugins
@@ -190,7 +199,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         "support_precision": None, "support_recall": None, "support_f1": None, "feature_loss_spread": None,
         "features_never_firing": None,
         "ratio_e2": None, "ratio_mmse": None, "ratio_mmse_exact": None, "params": {}, "status": "error", "error": None,
-        "predicted": None, "ratio_predicted": None,
+        "predicted": None, "ratio_predicted": None, "converged": None, "stop_reason": None,
         "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,
         "decoderbench_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "options": unit.options,
@@ -251,6 +260,7 @@ def run_unit(unit: WorkUnit, registered=None) -> dict:
         if isinstance(pred, (int, float)) and not isinstance(pred, bool):
             row["predicted"] = float(pred)
             row["ratio_predicted"] = acc_mean / pred if pred > 0 else None
+        row.update(stop_columns(row["params"]))
         row["status"] = "ok"
     except Skip as exc:  # the decoder declined the unit, with its reason
         row["status"] = "skipped"

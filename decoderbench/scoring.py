@@ -29,6 +29,8 @@ import time
 
 import torch
 
+from .data import trivial_loss  # noqa: F401 (re-exported: scoring.trivial_loss)
+
 #: Default absolute floor of the standard error, as a fraction of the cell's trivial loss p/3.
 SE_FLOOR = 1e-3
 #: Entries per evaluation batch (float32: 16 MB per (B, n_s) tensor).
@@ -88,10 +90,6 @@ def eval_batch_size(n_s: int, device=None) -> int:
         b = min(b, free // (64 * 4 * n_s))
     return int(min(4096, max(1, b)))
 
-
-def trivial_loss(p: float) -> float:
-    """``E[x^2] = p/3`` for ``x = c u``, ``c ~ Bernoulli(p)``, ``u ~ U[0, 1]``: the loss of x_hat = 0."""
-    return p / 3.0
 
 
 class Accumulator:

@@ -72,6 +72,7 @@ _FLOAT = ("p", "r", "r_exact", "target_rel_se", "loss", "loss_se", "ratio_e2", "
           "feature_loss_spread")
 _INT = ("n_s", "n_d", "seed", "n_eval", "min_samples", "max_samples", "results_format", "store_format",
         "features_never_firing", "threads")
+_BOOL = ("converged",)  # True/False, or null (typed even when null, so every row file has one schema)
 _JSON = ("params",)  # dicts, stored as JSON strings and parsed back on reading
 
 
@@ -80,6 +81,8 @@ def _arrow_type(name: str, value):
         return pa.float64()
     if name in _INT:
         return pa.int64()
+    if name in _BOOL:
+        return pa.bool_()
     if isinstance(value, bool):
         return pa.bool_()
     if isinstance(value, int):
@@ -219,6 +222,9 @@ def check_row(cells: dict, key: str) -> None:
         v = cells.get(col)
         if not _is(v, (int, float)) or (v is not None and not math.isfinite(v)):
             raise BadRow(f"column {col} must be a finite number or empty, got {v!r}")
+    for col in _BOOL:  # absent in rows of versions before the column
+        if cells.get(col) is not None and not isinstance(cells[col], bool):
+            raise BadRow(f"column {col} must be true, false or empty, got {cells[col]!r}")
     if cells["status"] == "ok":
         if not _finite_nonneg(cells.get("loss")):
             raise BadRow(f"an ok row needs a finite loss >= 0, got {cells.get('loss')!r}")

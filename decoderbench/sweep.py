@@ -16,6 +16,7 @@ The pieces are separate so that a later executor can fan units out over processe
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import shutil
 import sys
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from .errors import BadInput
 from . import __version__
 from .grids import Grid
-from .runner import RESULTS_FORMAT, WorkUnit, resolve_device, run_unit  # noqa: F401 (resolve_device is re-exported)
+from .runner import RESULTS_FORMAT, WorkUnit, resolve_device, run_unit  # noqa: F401 (resolve_device, run_unit re-exported)
 from .store import STORE_FORMAT, ResultsStore
 
 BROKEN_VERSION = "?"  # the version runner.run_unit uses in the key of a decoder that failed to load
@@ -86,13 +87,18 @@ def plan(units: list[WorkUnit], store: ResultsStore | None, force: bool = False)
     return pl
 
 
-def execute_serial(units: Iterable[WorkUnit], before: Callable[[WorkUnit], None] | None = None
+def execute_serial(units: Iterable[WorkUnit], before: Callable[[WorkUnit], None] | None = None, guard=None
                    ) -> Iterator[tuple[WorkUnit, dict]]:
-    """The in-process executor: run the units one by one, yielding ``(unit, row)`` as each finishes."""
+    """The serial executor: run the units one by one, yielding ``(unit, row)`` as each finishes, each decoder
+    guarded (``worker.run_guarded`` under ``guard``, default ``worker.Guard()``: third-party decoders in a child
+    process). The one serial loop: ``make_executor("local", 1)`` and ``run_sweep``'s default both use it."""
+    from . import worker
+
+    guard = guard or worker.Guard()
     for u in units:
         if before is not None:
             before(u)
-        yield u, run_unit(u)
+        yield u, worker.run_guarded(u, guard)
 
 
 EXECUTORS = ("local", "ray")
@@ -124,13 +130,7 @@ def make_executor(kind: str = "local", workers: int = 1, guard=None, address: st
     if address is not None:
         raise BadInput("--address is for --executor ray (the address of a Ray cluster)")
     if workers == 1:
-        def serial(units, before=None):
-            for u in units:
-                if before is not None:
-                    before(u)
-                yield u, worker.run_guarded(u, guard)
-
-        return serial
+        return functools.partial(execute_serial, guard=guard)
 
     def processes(units, before=None):
         return worker.execute_processes(units, before, guard=guard, workers=workers)

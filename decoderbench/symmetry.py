@@ -29,7 +29,6 @@ Plotting and table helpers at the end of the module do only I/O; ``decoderbench 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ._validate import check_nd, check_ns, check_p, check_seed
-from .data import SparseSampler, variance
+from .data import SparseSampler, interference_sigma, variance
 
 #: A feature whose diagonal W_ii is below this is counted as dead (it never reconstructs its input).
 DEAD_DIAG = 0.1
@@ -167,7 +166,7 @@ def diagnostics(W, b=None, p: float = 0.045, n_d: int | None = None, dead_thresh
     out["dead_features"] = int((~live).sum())
     if n_d is not None:
         n_d = check_nd(n_d, n_s)
-        out["welch_sigma"] = math.sqrt(variance(p) * (n_s / n_d - 1.0))
+        out["welch_sigma"] = interference_sigma(n_s, n_d, p)
         if out["sigma_rel_rms"] is not None:
             out["sigma_rel_over_welch"] = out["sigma_rel_rms"] / out["welch_sigma"]
     return out

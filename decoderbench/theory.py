@@ -33,6 +33,7 @@ from scipy import optimize
 from scipy.special import ndtr
 
 from . import channel
+from .data import interference_sigma as _interference_sigma, trivial_loss, variance
 from ._validate import check_nd, check_ns, check_p, check_r, check_sigma
 
 __all__ = [
@@ -63,15 +64,14 @@ _RECOVERY_REL = 1e-14  # an SE fixed point below this fraction of v is reported 
 
 def feature_variance(p: float) -> float:
     """``v = p/3 - p^2/4``, the variance of one feature ``x = c u``."""
-    p = check_p(p)
-    return p / 3.0 - p * p / 4.0
+    return variance(check_p(p))
 
 
 def interference_sigma(n_s: int, n_d: int, p: float) -> float:
     """Standard deviation of the rug's interference: ``sqrt(v (n_s/n_d - 1))``."""
     n_s = check_ns(n_s)
     n_d = check_nd(n_d, n_s)
-    return math.sqrt(feature_variance(p) * (n_s / n_d - 1.0))
+    return _interference_sigma(n_s, n_d, check_p(p))
 
 
 def interference_mean(n_s: int, n_d: int, p: float, col0: bool) -> float:
@@ -89,7 +89,7 @@ def interference_mean(n_s: int, n_d: int, p: float, col0: bool) -> float:
 
 def trivial(p: float) -> float:
     """Loss of the zero output, ``E[x^2] = p/3`` (the ``r -> 0`` limit)."""
-    return check_p(p) / 3.0
+    return trivial_loss(check_p(p))
 
 
 def best_linear(p: float, r: float) -> float:

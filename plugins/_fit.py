@@ -55,7 +55,7 @@ def gaussian_predictions(ctx) -> dict:
     from decoderbench import theory
 
     sigma = float(ctx.sigma)
-    v = ctx.p / 3.0 - ctx.p * ctx.p / 4.0
+    v = theory.feature_variance(ctx.p)
     th = ctx.theory()
     if abs(sigma - th["sigma"]) <= 1e-12 * th["sigma"]:
         relu, a, b, mmse = th["relu_theory"], th["relu_a"], th["relu_b"], th["mmse_elementwise"]

@@ -117,3 +117,20 @@ def test_a_hand_edit_is_named_with_the_command(tmp_path, monkeypatch):
     message = str(err.value)
     assert "leaderboards/" + folder.name + "/summary.md is not what `decoderbench leaderboard" in message
     assert "regenerate it by running" in message
+
+
+@pytest.mark.parametrize("path", sorted(BOARDS.rglob("*.md")), ids=lambda p: str(p.relative_to(BOARDS)))
+def test_every_table_row_has_its_header_columns(path):
+    """A Markdown table whose rows carry more (or fewer) cells than its header renders shifted under the wrong
+    headings (the per-cell tables once added a "recovered" column to the rows but not to the header)."""
+    bad, width = [], None
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = len(re.findall(r"(?<!\\)\|", line)) - 1
+        if width is None:
+            width = cells
+        elif cells != width:
+            bad.append(f"line {i}: {cells} cells under a {width}-column header")
+    assert not bad, f"{path.relative_to(BOARDS.parent)}: " + "; ".join(bad[:5])

@@ -9,6 +9,7 @@ import torch
 
 from decoderbench import PersianRug, SparseSampler
 from decoderbench.data import variance
+from decoderbench.hadamard import hadamard_matrix
 
 
 def rug_with(n_s, n_d, want_col0, start=0):
@@ -175,3 +176,33 @@ def test_autograd_through_the_rug():
     x.grad = None
     rug.apply(x, inplace=True).sum().backward()  # inplace is only allowed, never forced on a grad tensor
     assert torch.allclose(x.grad, torch.ones(3, n_s, dtype=torch.float64) @ (W.T @ W), atol=1e-10)
+
+
+def test_scratch_buffers_are_per_thread_and_never_returned():
+    """encode/adjoint reuse a per-thread scratch buffer (fht-cpu): results never alias it, threads sharing one
+    encoder get their own, shapes may alternate, and a pickled encoder starts with empty caches."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    rug = PersianRug(1024, 100, seed=3)
+    H = hadamard_matrix(1024, torch.float64)
+    xs = [torch.rand(b, 1024) for b in (5, 9, 5, 9)]
+
+    def run(x):
+        h = rug.encode(x)
+        h_ref = (x.double() @ H)[:, rug.S] / rug.n_d**0.5
+        a = rug.adjoint(h)
+        a_ref = torch.zeros(x.shape[0], 1024, dtype=torch.float64)
+        a_ref[:, rug.S] = h.double() / rug.n_d**0.5
+        return h, h_ref, a, a_ref @ H
+
+    first = run(xs[0])
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, xs * 4))
+    for h, h_ref, a, a_ref in [first] + results:
+        assert torch.allclose(h.double(), h_ref, atol=1e-4) and torch.allclose(a.double(), a_ref, atol=1e-4)
+    h0 = first[0].clone()
+    run(xs[0])  # the scratch buffer is reused: what encode returned before must not change
+    assert torch.equal(first[0], h0)
+    back = pickle.loads(pickle.dumps(rug))
+    assert torch.equal(back.encode(xs[1]), rug.encode(xs[1]))

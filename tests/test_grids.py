@@ -24,6 +24,37 @@ def test_builtin_grids_are_shipped_and_named():
         assert load_grid(name).name == name
 
 
+def test_plugins_contribute_grids_through_the_hook(tmp_path):
+    """The trained grid ships with its plugin, not in the harness, and loads by name as before; any plugin may
+    register a grid; a grid of a taken name is refused alone (the harness's own keep their names)."""
+    from importlib import resources
+
+    from decoderbench import hookimpl, plugins
+    from decoderbench.grids import core_grids, plugin_grid_errors
+
+    assert "trained" not in core_grids() and "trained" in builtin_grids()
+    assert str(builtin_grids()["trained"]).endswith("trained.toml")
+    assert resources.files("decoderbench_plugins.trained").joinpath("trained.toml").is_file()
+    assert load_grid("trained").name == "trained"
+    mine = tmp_path / "mine.toml"
+    mine.write_text('name = "mine"\n[cells]\nn_s = [64]\nr = [0.25]\np = [0.1]\n')
+
+    class GridPlugin:
+        @hookimpl
+        def decoderbench_register_grids(self, register):
+            register("mine-test", mine)
+            register("default", mine)  # taken: refused, mine-test stays
+
+    name = plugins.register_plugin(GridPlugin(), name="grid_plugin_test")
+    try:
+        assert load_grid("mine-test").cells() == [(64, 16, 0.1)]
+        assert load_grid("default").name == "default"
+        assert "already taken" in plugin_grid_errors()["grid_plugin_test"]
+    finally:
+        plugins.unregister_plugin(name)
+    assert "mine-test" not in builtin_grids()
+
+
 def test_default_grid_says_something():
     g = load_grid("default")
     cells = g.cells()

@@ -3,7 +3,9 @@
 * no module of the harness (``decoderbench/``) imports the built-in plugins (``decoderbench_plugins``): the
   harness knows no decoder by name; plugins reach it through hooks only;
 * no plugin imports a private name (``_x``) or a private module (``decoderbench._x``) of the harness: plugins
-  use the public API, as a third-party plugin must.
+  use the public API, as a third-party plugin must;
+* no import cycle among the harness's modules (imports inside functions count), but for the listed back edges
+  still to be removed (``KNOWN_BACK_EDGES``); ``python docs/import_graph.py`` prints the graph's numbers.
 """
 
 from __future__ import annotations
@@ -42,3 +44,51 @@ def test_plugins_import_only_public_names_of_the_harness():
             if private_mod or private_name:
                 bad.append(f"{p.relative_to(ROOT)}:{line} imports {mod}" + (f".{name}" if name else ""))
     assert not bad, bad
+
+
+# ----------------------------------------------------------------------------- cycles (docs/import_graph.py)
+
+
+def _import_graph():
+    import importlib.util
+    import sys
+
+    if "decoderbench_import_graph" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("decoderbench_import_graph", ROOT / "docs" / "import_graph.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # its dataclass looks its module up there
+        spec.loader.exec_module(mod)
+    return sys.modules["decoderbench_import_graph"]
+
+
+#: Imports (made inside functions) that still close a cycle, each to be removed, never added to: ``theory``'s
+#: callable-module shim calls ``api.theory``; ``store.check_row`` calls ``runner.key_of_row`` (one row schema
+#: and key below both is the fix); ``plots.make_figures`` draws ``phase``'s diagram while ``phase`` draws with
+#: ``plots``' helpers; ``runner`` runs an isolated decoder through ``worker``, which runs units with ``runner``.
+KNOWN_BACK_EDGES = {("theory", "api"), ("store", "runner"), ("plots", "phase"), ("runner", "worker")}
+
+
+def test_no_import_cycles_but_the_known_back_edges():
+    """No cycle among decoderbench's modules, counting imports at module level and inside functions, once the
+    listed back edges are left out; each listed edge still exists (remove it from the list when it goes)."""
+    ig = _import_graph()
+    modules, edges = ig.graph(ROOT / "decoderbench")
+
+    def short(m):
+        return m.rpartition(".")[2]
+
+    kept = [e for e in edges if (short(e.src), short(e.dst)) not in KNOWN_BACK_EDGES]
+    _, cycles = ig._levels(modules, kept)
+    assert not cycles, f"import cycles: {cycles}"
+    present = {(short(e.src), short(e.dst)) for e in edges}
+    assert KNOWN_BACK_EDGES <= present, f"gone, drop from KNOWN_BACK_EDGES: {KNOWN_BACK_EDGES - present}"
+    # the decoder contract sits below the registry: decoder.py imports nothing of plugins.py, even in a function
+    assert not [e for e in edges if e.src == "decoderbench.decoder" and e.dst == "decoderbench.plugins"]
+
+
+def test_the_import_graph_script_reports_its_numbers(capsys):
+    ig = _import_graph()
+    assert ig.main([str(ROOT / "decoderbench")]) == 0
+    out = capsys.readouterr().out
+    for word in ("modules", "layers", "cycles", "upward", "in-function"):
+        assert f"\n{word}" in out

@@ -377,3 +377,25 @@ def test_recovered_fraction_is_shown_for_decoders_that_see_h():
     for r in rows:
         del r["recovered_frac"]
     assert "recovered" not in render(rows, title="t", command="c")["cells.md"]
+
+
+def test_the_board_reads_the_declared_stop_columns_and_falls_back_to_params():
+    """``converged`` and ``stop_reason`` are row columns of the decoder contract (decoder.STOP_COLUMNS); the board
+    reads them, and a row made before them (no column) is read from its params as before."""
+    from decoderbench.leaderboard import capped_mark, iteration_cap_hits, row_flags, stop_text
+
+    base = _row("thirdparty", "iterative", 1024, 1e-3, 1e-5)
+    # the columns alone, no plugin-specific params: a cap stop is ranked nowhere, an iteration cap is marked
+    capped = dict(base, converged=False, stop_reason="time_cap")
+    assert any("stopped on time_cap" in f for f in row_flags(capped)) and stop_text(capped) == "time_cap"
+    iter_capped = dict(base, converged=False, stop_reason="max_iter")
+    assert iteration_cap_hits(iter_capped) == (1, 1) and capped_mark(iter_capped).startswith("capped on 1/1")
+    done = dict(base, converged=True, stop_reason="converged")
+    assert not row_flags(done) and capped_mark(done) == "" and stop_text(done) == "converged"
+    assert capped_mark(base) == "stop not reported"
+    # the column wins over params; a row without the columns is read from params as before
+    assert not row_flags(dict(base, stop_reason="converged", params={"stop_reason": "time_cap"}))
+    old = dict(base, params={"stop_reason": "step_cap", "steps": 7})
+    assert "stopped on step_cap after 7 steps" in row_flags(old)
+    old = dict(base, params={"stop_reasons": {"max_iter": 3, "converged": 5}})
+    assert iteration_cap_hits(old) == (3, 8) and iteration_cap_hits(dict(old, converged=True)) == (0, 0)

@@ -26,7 +26,7 @@ def throwaway():
 def test_every_hook_has_a_docstring_and_a_builtin_implementation():
     specs = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("decoderbench_")]
     assert set(specs) == {"decoderbench_register_decoders", "decoderbench_register_encoders",
-                          "decoderbench_register_commands"}
+                          "decoderbench_register_commands", "decoderbench_register_grids"}
     pm = plugins.get_plugin_manager()
     for name in specs:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), name

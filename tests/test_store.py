@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -105,6 +106,30 @@ def test_new_store_has_marker_and_row_roundtrip(tmp_path):
     assert st.keys() == [k]
     # a reopened store reads the same
     assert ResultsStore(tmp_path / "res").read(k)["status"] == "error"
+
+
+def test_declared_stop_columns_are_typed_and_checked(tmp_path):
+    """converged (bool or null, typed even when null) and stop_reason (text) are declared row columns: the runner
+    copies them from what the decoder reports (runner.stop_columns), the store keeps their types."""
+    from decoderbench.runner import stop_columns
+    from decoderbench.store import BadRow, check_row, row_table
+
+    assert stop_columns({"converged": True, "stop_reason": "converged"}) == {"converged": True,
+                                                                             "stop_reason": "converged"}
+    assert stop_columns({"converged": 1, "stop_reason": ""}) == {"converged": None, "stop_reason": None}
+    assert stop_columns({}) == {"converged": None, "stop_reason": None}
+    st = ResultsStore(tmp_path / "res")
+    for conv in (True, None):
+        row = valid_row(seed=0 if conv else 1, converged=conv, stop_reason="converged" if conv else None)
+        assert row_table(row).schema.field("converged").type == pa.bool_()
+        st.write(row)
+        assert st.read(row["key"])["converged"] is conv
+    from decoderbench.store import HASH_COLUMN, content_hash
+
+    cells = dict(row_table(valid_row()).to_pylist()[0], converged="yes")  # a forged row, its hash recomputed
+    cells[HASH_COLUMN] = content_hash(cells)
+    with pytest.raises(BadRow, match="converged"):
+        check_row(cells, cells["key"])
 
 
 def test_leftover_temporary_files_are_ignored_and_cleaned(tmp_path):

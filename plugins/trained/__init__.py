@@ -289,6 +289,13 @@ def decoderbench_register_commands(register):
 
 
 @hookimpl
+def decoderbench_register_grids(register):
+    from importlib import resources
+
+    register("trained", resources.files(__name__) / "trained.toml")  # `decoderbench run --grid trained`
+
+
+@hookimpl
 def decoderbench_register_decoders(register):
     register(Trained)
     for cls in DECODERS.values():

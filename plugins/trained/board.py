@@ -313,6 +313,7 @@ def command():
         """Board of the trained architectures against their fixed-rug counterparts: per cell the
         trained and rug losses, their ratios to each other and to the E.2 bound and elementwise MMSE, the spread
         among the architectures, and the trained models' symmetry diagnostics; a figure of loss against n_s."""
+        from decoderbench.api import default_board_dir
         from decoderbench.cli import command_line as _command_line, parse_floats as _floats
         from decoderbench.errors import BadInput
         from decoderbench.grids import load_grid
@@ -330,7 +331,7 @@ def command():
         if not rows:
             raise BadInput(f"--results {results}: the store holds no rows of grid {grid.name}'s cells")
         files, sums = render(rows, _command_line(ctx), cells)
-        out_dir = Path(out) if out is not None else Path(results) / "board" / "trained"
+        out_dir = Path(out) if out is not None else default_board_dir(results, "trained")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for name, text in files.items():
