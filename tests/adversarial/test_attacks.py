@@ -52,6 +52,7 @@ def attack(tmp_path_factory):
     mp.setattr("decoderbench.worker.harden_harness", lambda: False)  # (it would last for the whole test session)
     scorer = scoring.sample_losses
     plugins.reset()
+    _restart_forkserver()  # a forkserver started by an earlier test keeps that test's environment (no ADV_*)
     capsys_out = tmp / "stdout"
     try:
         import contextlib
@@ -71,6 +72,16 @@ def attack(tmp_path_factory):
     finally:
         mp.undo()
         plugins.reset()
+        _restart_forkserver()  # ... and later tests must not inherit this one's
+
+
+def _restart_forkserver() -> None:
+    """Stop multiprocessing's forkserver (the next worker starts a fresh one from the current environment)."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)
+    if stop is not None:
+        stop()
 
 
 def _rows(attack) -> dict:
@@ -137,6 +148,8 @@ def check_signals(attack):
     assert set(rows) == set(DECODERS)  # the run completed with every row
     for name in ("relu", "linear", "faulty_prints", "adv_key", "cheat_frames"):  # scored before and after it
         assert rows[name]["status"] == "ok", rows[name]
+    # the attack ran (its decode forked and wrote the grandchild's pid): an error before it would pass vacuously
+    assert attack["files"]["signals"].is_file(), f"the attack never ran: {rows['adv_signals']['error']}"
     pids = [int(x) for x in attack["files"]["signals"].read_text().split()]
     for _ in range(50):
         if not any(_alive(p) for p in pids):
