@@ -42,7 +42,7 @@ KIND_MARKERS = {"elementwise": "o", "filtering": "s", "reference": "D", "iterati
 KIND_PALETTES = {"elementwise": "Blues", "filtering": "Greens", "reference": "copper", "iterative": "Reds",
                  "learned": "Oranges"}
 # theory curves: grey and black lines, told apart by dash
-CURVES = (("E.2 bound", "e2", "black", "-"), ("elementwise MMSE", "mmse", "0.25", "--"),
+CURVES = (("E.2 bound", "e2", "black", "-"), ("elementwise MMSE (Gaussian interference)", "mmse", "0.25", "--"),
           ("ReLU theory", "relu", "0.45", ":"), ("VAMP state evolution", "vamp", "0.1", "-."),
           ("best linear", "linear", "0.6", (0, (5, 1))), ("trivial (x_hat = E x)", "trivial", "0.7", (0, (1, 3))))
 DPI = 100
@@ -186,6 +186,13 @@ def plot_loss_vs_r(rows: list[dict], path: Path, curves_for=theory_curves, agg: 
                 ys = [y if y > EXACT_REL * p / 3.0 else band_mid for y in c[key]]
                 (h,) = ax.plot(xs, ys, color=colour, ls=ls, lw=1.4, zorder=2)
                 handles.setdefault(("theory", label), h)
+            # the exact elementwise MMSE of each cell's own rug (no Gaussian assumption), where rows carry it:
+            # a marker per r beside the Gaussian curve (they part where p n_s is small)
+            ex = sorted({(e["r"], e["mmse_exact"]) for e in es if e.get("mmse_exact")})
+            if ex:
+                (h,) = ax.plot([r for r, _ in ex], [v for _, v in ex], ls="none", marker="_", ms=14, mew=2.2,
+                               color="0.25", zorder=2)
+                handles.setdefault(("theory", "exact elementwise MMSE of the rug (no Gaussian assumption)"), h)
             # the z-decoders: their min-max over r as one band
             zs = [e for e in es if e["kind"] in Z_KINDS]
             rs = sorted({e["r"] for e in zs})

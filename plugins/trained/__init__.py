@@ -78,10 +78,10 @@ from pathlib import Path
 
 import torch
 
-from decoderbench import Decoder, Skip, hookimpl
+from decoderbench import BadInput, Decoder, Skip, TrainingSet, hookimpl
 from decoderbench.data import derive_seed, make_generator
 
-from .arch import ARCHS, BANDWIDTH, THETA_INIT, Arch
+from .arch import ARCHS, BANDWIDTH, K_MULTS, THETA_INIT, Arch
 from .cache import load_cached
 from .fileformat import MODEL_FORMAT, ModelFileError, content_hash, load_model, read_model_file, save_model
 from .model import TrainedModel
@@ -91,7 +91,7 @@ from .trainer import _Trainer
 
 __all__ = ["Trained", "TrainedModel", "save_model", "load_model", "read_model_file", "plateau_reached",
            "PlateauRule", "Settings", "parse_options", "cache_key", "default_cache_dir", "STOP_REASONS", "ARCHS",
-           "DECODERS", "MODEL_FORMAT", "ModelFileError", "content_hash", "BANDWIDTH", "THETA_INIT", "KNOWN_OPTIONS"]
+           "DECODERS", "PRACTITIONER", "MODEL_FORMAT", "ModelFileError", "content_hash", "BANDWIDTH", "THETA_INIT", "KNOWN_OPTIONS"]
 
 STOP_REASONS = ("converged", "step_cap", "time_cap", "diverged")
 
@@ -280,6 +280,59 @@ DECODERS = {a.name: _alias(a.name, a.description + (" (alias of trained)" if a.n
             for a in ARCHS.values()}
 
 
+class _Practitioner(Trained):
+    """TopK trained as practitioners train it (:mod:`.arch`, recipe ``practitioner``), ``k`` swept over
+    :data:`~.arch.K_MULTS` times ``p n_s`` unless the option ``k`` fixes it; the least training loss decides."""
+
+    @classmethod
+    def _parse(cls, options, n_s: int, p: float, device):
+        opts = dict(options or {})
+        if opts.get("recipe", "practitioner") != "practitioner":
+            raise BadInput(f"{cls.name} option recipe must be 'practitioner' (or absent), got {opts['recipe']!r}; "
+                           f"the paper's recipe is trained-{cls.activation}")
+        opts["recipe"] = "practitioner"
+        return parse_options(opts, n_s, device, p=p, fixed=cls.activation, who=cls.name)
+
+    def fit(self, train) -> dict:
+        ctx = self.ctx
+        base = dict(self.caps["arch_options"])
+        if "k" in (ctx.options or {}):
+            ks = [base["k"]]
+        else:
+            ks = sorted({max(1, min(ctx.n_s, int(round(m * ctx.p * ctx.n_s)))) for m in K_MULTS})
+        tried = []
+        for k in ks:
+            self.caps["arch_options"] = {**base, "k": k}
+            # each k on its own training stream, so that what one k finds in the cache never moves another's data
+            stream = train if len(ks) == 1 else TrainingSet(ctx, getattr(train, "input_kind", "code"),
+                                                            purpose=f"train/{self.name}/k={k}")
+            params = Trained.fit(self, stream)
+            tried.append((k, params, self.model))
+        def rank(t):
+            v = t[1].get("loss_train_last")
+            return (not (isinstance(v, float) and math.isfinite(v)), v if isinstance(v, float) else 0.0, t[0])
+        k, params, self.model = min(tried, key=rank)
+        self.caps["arch_options"] = {**base, "k": k}
+        sweep = {str(kk): {"loss_train_last": pp.get("loss_train_last"), "steps": pp.get("steps"),
+                           "stop_reason": pp.get("stop_reason"),
+                           "features_never_encoded": pp.get("features_never_encoded")} for kk, pp, _ in tried}
+        return {**params, "k_best": k, "k_sweep": sweep, "k_mults": list(K_MULTS),
+                "k_chosen_by": "least training loss (mean of the last window of training batches)"}
+
+
+def _practitioner(act: str) -> type:
+    desc = (f"{act} trained as practitioners do: tied init, unit-norm W_in columns, AuxK, k annealed; "
+            f"k swept over {'/'.join(f'{m:g}' for m in K_MULTS)} x p n_s, the least training loss kept")
+    return type(f"Trained_{act}_practitioner", (_Practitioner,), {
+        "name": f"trained-{act}-practitioner", "activation": act, "description": desc,
+        "Options": options_schema(act, f"trained-{act}-practitioner"),
+        "__doc__": f"``trained-{act}`` with the practitioner recipe: {desc}.", "__module__": __name__})
+
+
+#: ``trained-topk-practitioner`` and ``trained-batchtopk-practitioner``.
+PRACTITIONER = {a: _practitioner(a) for a in ("topk", "batchtopk")}
+
+
 @hookimpl
 def decoderbench_register_commands(register):
     from . import board, compare
@@ -298,5 +351,5 @@ def decoderbench_register_grids(register):
 @hookimpl
 def decoderbench_register_decoders(register):
     register(Trained)
-    for cls in DECODERS.values():
+    for cls in (*DECODERS.values(), *PRACTITIONER.values()):
         register(cls)

@@ -40,6 +40,31 @@ Gradients through the steps (the Heaviside ``1[.]`` has derivative 0 almost ever
   ``round(p n_s)``, the expected number of active features, at least 1). BatchTopK keeps the ``k B`` largest
   over the batch it is given: the training batch (``B = batch``, 1024) and, at evaluation, the harness's
   batch (``runner.eval_batch_size(n_s)``), as the fixed-rug ``batchtopk`` does.
+
+Two recipes for topk and batchtopk (option ``recipe``):
+
+* ``paper`` (the default): the paper's protocol, the same for every architecture (the trainer's docstring).
+* ``practitioner``: TopK as sparse-autoencoder practitioners train it (Gao et al. 2024, openai/sparse_autoencoder;
+  saprmarks/dictionary_learning ``trainers/top_k.py``), mapped onto the toy model. There the SAE's decoder maps
+  latents to activations and its encoder activations to latents; here ``W_in`` maps the features ``x`` to ``h``
+  (the SAE decoder's role: its column ``j`` is feature ``j``'s direction) and ``act(W_out h + b)`` maps ``h``
+  back to the features (the SAE encoder's role), whose output is itself the reconstruction. So:
+
+  - tied initialisation: ``W_in``'s columns scaled to unit norm, ``W_out = W_in^T``;
+  - unit-norm "decoder" columns: ``W_in``'s columns renormalised after every Adam step (dictionary_learning
+    also removes the gradient's component along each column before the step; not done here);
+  - AuxK (Gao et al. 2024, appendix A.2): a feature that has not fired (output > 0) in the last
+    :data:`DEAD_STEPS` training batches is dead; the ``k_aux = n_d / 2`` (at most the number dead) largest
+    pre-activations ``ReLU(W_out h + b)`` among dead features reconstruct the residual ``e = x - f(x)``
+    (detached), and the loss adds ``AUXK_ALPHA = 1/32`` times ``|e - e_aux|^2 / |e - mean e|^2`` (the
+    normalised form of both references). In the toy model the reconstruction lives in the latent space itself,
+    so a dead feature is pulled toward its own ``x_j`` on the samples where it ranks among the ``k_aux``;
+  - k annealing: ``k`` falls linearly from ``K_ANNEAL_START = 4`` times its value to its value over the first
+    ``K_ANNEAL_STEPS`` steps (the stopping rule looks only after them);
+  - ``trained-topk-practitioner`` and ``trained-batchtopk-practitioner`` sweep ``k`` over ``K_MULTS`` (1, 1.5, 2)
+    times ``p n_s`` (rounded, at least 1), each on its own training stream, and keep the ``k`` whose training
+    loss (the mean of the last window of training batches: no evaluation sample is used) is least; the row's
+    params name every ``k``'s training loss, steps and stop reason.
 """
 
 from __future__ import annotations
@@ -55,6 +80,18 @@ from decoderbench.errors import BadInput
 BANDWIDTH = 0.01
 #: Initial threshold of JumpReLU/TRec (Rajamanoharan et al. 2024b initialise theta at 0.001).
 THETA_INIT = 1e-3
+
+#: TopK training recipes (option ``recipe``): the paper's protocol, or the practitioners' (module docstring).
+RECIPES = ("paper", "practitioner")
+#: AuxK loss weight (Gao et al. 2024; dictionary_learning's ``auxk_alpha``).
+AUXK_ALPHA = 1.0 / 32.0
+#: A feature is dead after this many training batches without firing (1024 samples each: about 1.3e5 samples).
+DEAD_STEPS = 128
+#: k annealing: k starts at this multiple of its value and reaches it after K_ANNEAL_STEPS steps.
+K_ANNEAL_START = 4
+K_ANNEAL_STEPS = 2000
+#: The practitioner decoders' sweep of k, in multiples of p n_s.
+K_MULTS = (1.0, 1.5, 2.0)
 
 
 class _JumpFn(torch.autograd.Function):
@@ -161,6 +198,13 @@ class Arch:
             return torch.where(gate, mag, torch.zeros((), dtype=mag.dtype, device=mag.device))
         raise AssertionError(n)  # pragma: no cover - ARCHS is closed
 
+    def k_at(self, opts: dict, step: int) -> dict:
+        """The options at a training step: the practitioner recipe's annealed ``k`` (else ``opts`` as given)."""
+        if opts.get("recipe") != "practitioner" or "k" not in opts or step >= K_ANNEAL_STEPS:
+            return opts
+        k0 = K_ANNEAL_START * opts["k"]
+        return {**opts, "k": max(opts["k"], int(round(k0 + (opts["k"] - k0) * step / K_ANNEAL_STEPS)))}
+
     def aux(self, m: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
         """An auxiliary training loss (gated: the gate path's own reconstruction), else None."""
         if self.name == "gated":
@@ -171,8 +215,8 @@ class Arch:
 ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("relu", "ReLU(W_out W_in x + b), the paper's model"),
     Arch("linear", "W_out W_in x + b, the affine baseline"),
-    Arch("topk", "the k largest of ReLU(W_out W_in x + b) per sample, k = round(p n_s)", options=("k",)),
-    Arch("batchtopk", "the k B largest of ReLU(W_out W_in x + b) over a batch of B", options=("k",)),
+    Arch("topk", "the k largest of ReLU(W_out W_in x + b) per sample, k = round(p n_s)", options=("k", "recipe")),
+    Arch("batchtopk", "the k B largest of ReLU(W_out W_in x + b) over a batch of B", options=("k", "recipe")),
     Arch("jumprelu", "y 1[y > theta], y = W_out W_in x + b, theta by a straight-through estimator",
          extras=("theta",), options=("bandwidth",)),
     Arch("trec", "m 1[m > theta], m = W_out W_in x (no bias), theta by a straight-through estimator",
@@ -192,6 +236,12 @@ def check_arch_options(arch: Arch, options: dict, n_s: int, p: float, who: str) 
                 or not 1 <= int(k) <= n_s:
             raise BadInput(f"{who} option k must be an integer in 1..n_s={n_s}, got {k!r}")
         out["k"] = int(k)
+    if "recipe" in arch.options and "recipe" in options:
+        rec = options["recipe"]
+        if rec not in RECIPES:
+            raise BadInput(f"{who} option recipe must be one of {', '.join(RECIPES)}, got {rec!r}")
+        if rec != "paper":  # (the paper's recipe is the default and stays out of the cache key: older models stay valid)
+            out["recipe"] = rec
     if "bandwidth" in arch.options and "bandwidth" in options:
         e = options["bandwidth"]
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not e > 0:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from .arch import ARCHS
 
+#: Architectures also trained with the practitioners' recipe (``trained-<a>-practitioner``).
+PRACTITIONER = ("topk", "batchtopk")
+
 #: Architectures whose spread is "the constant factor" (the nonlinear ones; linear is the affine baseline).
 NONLINEAR = tuple(a for a in ARCHS if a != "linear")
 #: ... and without the two k-sparse ones (trained with k = round(p n_s), they lose many features).
@@ -44,37 +47,43 @@ def _ratio(a, b):
     return a / b if (a is not None and b) else None
 
 
-def cell_summary(cell: tuple, by: dict) -> dict:
-    """The numbers of one cell: per architecture (trained, rug, ratios, diagnostics) and the spreads."""
+def _entry(arch: str, t, r, theory: dict) -> dict:
+    """One architecture's numbers at a cell: trained row ``t``, fixed-rug row ``r``, their ratios."""
     from decoderbench.leaderboard import params_of
 
+    tp = params_of(t) if t else {}
+    e = {"arch": arch, "trained": t, "rug": r, "params": tp,
+         "t_loss": t["loss"] if _ok(t) else None, "t_se": t.get("loss_se") if _ok(t) else None,
+         "r_loss": r["loss"] if _ok(r) else None, "r_se": r.get("loss_se") if _ok(r) else None}
+    e["converged"] = tp.get("stop_reason") == "converged"
+    e["ratio"] = _ratio(e["t_loss"], e["r_loss"])
+    if e["ratio"] is not None and e["t_se"] is not None and e["r_se"] is not None:
+        e["ratio_se"] = e["ratio"] * math.hypot(e["t_se"] / e["t_loss"], e["r_se"] / e["r_loss"])
+    else:
+        e["ratio_se"] = None
+    for who in ("t", "r"):
+        e[f"{who}_e2"] = _ratio(e[f"{who}_loss"], theory["e2_bound"])
+        e[f"{who}_mmse"] = _ratio(e[f"{who}_loss"], theory["mmse_elementwise"])
+    if e["t_loss"] is not None and e["t_se"]:
+        e["z_mmse"] = (e["t_loss"] - theory["mmse_elementwise"]) / e["t_se"]
+        e["z_e2"] = (e["t_loss"] - theory["e2_bound"]) / e["t_se"]
+    own = tp.get("own_mmse_elementwise_exact")
+    e["t_own"] = _ratio(e["t_loss"], own)  # trained loss / the exact elementwise MMSE of its own W
+    if e["t_own"] is not None and e["t_se"]:
+        e["z_own"] = (e["t_loss"] - own) / math.hypot(e["t_se"], tp.get("own_exact_se") or 0.0)
+    return e
+
+
+def cell_summary(cell: tuple, by: dict) -> dict:
+    """The numbers of one cell: per architecture (trained, rug, ratios, diagnostics) and the spreads."""
     any_row = next(iter(by.values()))
     theory = {k: any_row.get(k) for k in ("e2_bound", "mmse_elementwise", "linear", "relu_theory", "vamp_se",
                                           "trivial", "sigma")}
-    archs = []
-    for a in ARCHS:
-        t, r = by.get(f"trained-{a}"), by.get(a)
-        tp = params_of(t) if t else {}
-        e = {"arch": a, "trained": t, "rug": r, "params": tp,
-             "t_loss": t["loss"] if _ok(t) else None, "t_se": t.get("loss_se") if _ok(t) else None,
-             "r_loss": r["loss"] if _ok(r) else None, "r_se": r.get("loss_se") if _ok(r) else None}
-        e["converged"] = tp.get("stop_reason") == "converged"
-        e["ratio"] = _ratio(e["t_loss"], e["r_loss"])
-        if e["ratio"] is not None and e["t_se"] is not None and e["r_se"] is not None:
-            e["ratio_se"] = e["ratio"] * math.hypot(e["t_se"] / e["t_loss"], e["r_se"] / e["r_loss"])
-        else:
-            e["ratio_se"] = None
-        for who in ("t", "r"):
-            e[f"{who}_e2"] = _ratio(e[f"{who}_loss"], theory["e2_bound"])
-            e[f"{who}_mmse"] = _ratio(e[f"{who}_loss"], theory["mmse_elementwise"])
-        if e["t_loss"] is not None and e["t_se"]:
-            e["z_mmse"] = (e["t_loss"] - theory["mmse_elementwise"]) / e["t_se"]
-            e["z_e2"] = (e["t_loss"] - theory["e2_bound"]) / e["t_se"]
-        own = tp.get("own_mmse_elementwise_exact")
-        e["t_own"] = _ratio(e["t_loss"], own)  # trained loss / the exact elementwise MMSE of its own W
-        if e["t_own"] is not None and e["t_se"]:
-            e["z_own"] = (e["t_loss"] - own) / math.hypot(e["t_se"], tp.get("own_exact_se") or 0.0)
-        archs.append(e)
+    archs = [_entry(a, by.get(f"trained-{a}"), by.get(a), theory) for a in ARCHS]
+    # TopK trained with the practitioners' recipe, beside the same fixed-rug counterpart (not in the spreads,
+    # which measure the paper's protocol)
+    archs += [_entry(f"{a} (practitioner)", by[f"trained-{a}-practitioner"], by.get(a), theory)
+              for a in PRACTITIONER if f"trained-{a}-practitioner" in by]
 
     def spread(key, names):
         vals = [(e[key], e["arch"]) for e in archs if e["arch"] in names and e[key] is not None
@@ -117,7 +126,10 @@ def _stop(e) -> str:
 def _extras(e) -> str:
     p, a = e["params"], e["arch"]
     parts = []
-    if "k" in p and a in ("topk", "batchtopk"):
+    if "k_sweep" in p:  # the practitioner recipe: the k kept and every k's training loss
+        sweep = ", ".join(f"{k}: {_f(v.get('loss_train_last'), 4)}" for k, v in p["k_sweep"].items())
+        parts.append(f"k={p.get('k_best')} (training loss by k: {sweep})")
+    elif "k" in p and a in ("topk", "batchtopk"):
         parts.append(f"k={p['k']}")
     if a in ("jumprelu", "trec"):
         parts.append(f"theta={_f(p.get('theta_mean'), 3)}±{_f(p.get('theta_std'), 2)}")
@@ -229,8 +241,11 @@ def plot(sums: list[dict], path: Path, rows: list[dict]) -> Path | None:
     if not groups:
         return None
     plt, sns = _pyplot()
-    colours = dict(zip(ARCHS, sns.color_palette("tab10", len(ARCHS))))
-    shift = {a: 2 ** (0.045 * (i - (len(ARCHS) - 1) / 2)) for i, a in enumerate(ARCHS)}
+    prac = [f"{a} (practitioner)" for a in PRACTITIONER
+            if any(e["arch"] == f"{a} (practitioner)" and e["t_loss"] is not None for s in sums for e in s["archs"])]
+    series = list(ARCHS) + prac  # (the practitioner recipes: trained points only; their rug line is topk's)
+    colours = dict(zip(series, sns.color_palette("tab10", len(ARCHS)) + [sns.color_palette("dark", 10)[2 + PRACTITIONER.index(a.split()[0])] for a in prac]))
+    shift = {a: 2 ** (0.045 * (i - (len(series) - 1) / 2)) for i, a in enumerate(series)}
     bounds = (("e2_bound", "E.2 bound", "black", "-"), ("mmse_elementwise", "elementwise MMSE", "0.35", "--"),
               ("linear", "best linear v(1-r)", "0.6", ":"))
     fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups) + 2.6, 6.2), squeeze=False, layout="constrained")
@@ -241,8 +256,8 @@ def plot(sums: list[dict], path: Path, rows: list[dict]) -> Path | None:
             for s in ss:
                 n = s["cell"][0]
                 ax.plot([n / 1.3, n * 1.3], [s["theory"][key]] * 2, color=colour, ls=style, lw=1.8, zorder=1)
-        for a in ARCHS:
-            for who, ls, mk in (("t", "-", "o"), ("r", "--", "x")):
+        for a in series:
+            for who, ls, mk in (("t", "-", "o"), ("r", "--", "x"))[: 1 if a in prac else 2]:
                 pts = [(s["cell"][0] * shift[a], e[f"{who}_loss"], e[f"{who}_se"], e["converged"] or who == "r")
                        for s in ss for e in s["archs"] if e["arch"] == a and e[f"{who}_loss"] is not None]
                 if not pts:
@@ -263,7 +278,7 @@ def plot(sums: list[dict], path: Path, rows: list[dict]) -> Path | None:
         ax.set_xlabel("n_s  (n_d = round(r n_s))")
         ax.set_ylabel("loss  n_s^-1 E ||x - x_hat||^2")
         ax.set_title(f"r = {r:g}, p = {p:g}")
-    handles = [Line2D([], [], color=colours[a], lw=2.2, label=a) for a in ARCHS]
+    handles = [Line2D([], [], color=colours[a], lw=2.2, label=a) for a in series]
     handles += [Line2D([], [], color="0.2", ls="-", marker="o", label="trained (all of W_in, W_out, b learned)"),
                 Line2D([], [], color="0.2", ls="--", marker="x", ms=8, label="same activation on the fixed rug"),
                 Line2D([], [], color="0.2", ls="none", marker="o", mfc="white", label="trained, not converged"),
@@ -287,7 +302,10 @@ def render(rows: list[dict], command: str, cells=None) -> tuple[dict[str, str], 
             "Trained models: `act(W_out W_in x + b)`, every parameter learned by Adam with the paper's appendix G "
             "protocol (batch 1024, lr 3e-3/sqrt(n_s), the 200/200 stopping rule checked every 30 batches, b = 0 at "
             "start; all architectures start from the same W). TopK and BatchTopK use k = round(p n_s); the rug's "
-            "topk/batchtopk fit their k. JumpReLU and TRec train their threshold with a straight-through "
+            "topk/batchtopk fit their k. \"topk (practitioner)\" and \"batchtopk (practitioner)\": the same architectures "
+            "trained as sparse-autoencoder practitioners train them (tied unit-norm initialisation, unit-norm feature "
+            "directions W_in, the AuxK loss on dead features, k annealed from 4k; k swept over 1, 1.5, 2 x p n_s and "
+            "the least training loss kept; not in the spreads, which measure the paper's protocol). JumpReLU and TRec train their threshold with a straight-through "
             "pseudo-derivative (Rajamanoharan et al. 2024, rectangle kernel, bandwidth 0.01); gated is the tied form "
             "with its auxiliary gate loss and no sparsity term. A dead feature has diag(W_ii) < 0.1.", "",
             summary_markdown(sums)]

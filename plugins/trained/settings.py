@@ -94,7 +94,9 @@ OPTION_DOCS = {
 }
 ARCH_OPTION_DOCS = {"k": (None, "latents kept (per sample; per unit of the batch for batchtopk), 1..n_s "
                                 "[round(p n_s)]"),
-                    "bandwidth": (None, "straight-through estimator's bandwidth [arch.BANDWIDTH]")}
+                    "bandwidth": (None, "straight-through estimator's bandwidth [arch.BANDWIDTH]"),
+                    "recipe": ("paper", "topk/batchtopk training recipe: paper (the paper's protocol) or "
+                                        "practitioner (tied init, unit-norm W_in columns, AuxK, k annealing)")}
 
 
 def options_schema(fixed: str | None, who: str):

@@ -9,7 +9,7 @@ from collections import deque
 
 import torch
 
-from .arch import ARCHS, Arch
+from .arch import ARCHS, AUXK_ALPHA, DEAD_STEPS, K_ANNEAL_STEPS, Arch
 from .model import TrainedModel
 from .rule import PlateauRule
 from .settings import Settings
@@ -20,7 +20,9 @@ class _Trainer:
 
     Initialisation (the same draws for every architecture, so all start from one ``W``): ``W_in`` then ``W_out``
     uniform on ``(-1/sqrt(fan_in), 1/sqrt(fan_in))`` from ``generator`` (torch's ``nn.Linear`` default for these
-    shapes), ``b = 0``, the extras at their :meth:`Arch.init_extras` values (no random draws).
+    shapes), ``b = 0``, the extras at their :meth:`Arch.init_extras` values (no random draws). The practitioner
+    recipe (option ``recipe``, :mod:`.arch`) then scales ``W_in``'s columns to unit norm and ties ``W_out = W_in^T``,
+    keeps the columns at unit norm after every step, adds the AuxK loss and anneals ``k``.
     """
 
     def __init__(self, n_s: int, n_d: int, p: float, settings: Settings, device: torch.device,
@@ -34,6 +36,13 @@ class _Trainer:
         self.W_in = ((torch.rand(n_d, n_s, generator=generator, device=device, dtype=dtype) * 2 - 1) * bi)
         self.W_out = ((torch.rand(n_s, n_d, generator=generator, device=device, dtype=dtype) * 2 - 1) * bo)
         self.b = torch.zeros(n_s, device=device, dtype=dtype)
+        self.practitioner = self.arch_options.get("recipe") == "practitioner"
+        if self.practitioner:  # tied initialisation with unit-norm feature directions (the columns of W_in)
+            self.W_in = self.W_in / self.W_in.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            self.W_out = self.W_in.T.clone()
+        #: training batches since each feature last fired (the AuxK dead-feature count)
+        self.since_fired = torch.zeros(n_s, dtype=torch.long, device=device)
+        self.n_dead: int | None = None
         self.extras = self.arch.init_extras(n_s, device, dtype)
         self._names = ("W_in", "W_out") + (("b",) if self.arch.trains_b else ()) + tuple(self.extras)
         self.params = [self._tensor(n).requires_grad_() for n in self._names]
@@ -59,6 +68,8 @@ class _Trainer:
             for k in ("exp_avg", "exp_avg_sq", "step"):
                 if k in st:
                     extra[f"adam.{name}.{k}"] = torch.as_tensor(st[k]).reshape(-1) if k == "step" else st[k]
+        if self.practitioner:
+            extra["aux.since_fired"] = self.since_fired
         extra["rule_losses"] = torch.tensor(list(self.rule.losses), dtype=torch.float64)
         extra["last_losses"] = torch.tensor(list(self.last_losses), dtype=torch.float64)
         if gen_state is not None:
@@ -84,6 +95,8 @@ class _Trainer:
                     "exp_avg": tensors[f"adam.{name}.exp_avg"].to(self.device, self.dtype),
                     "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(self.device, self.dtype),
                 }
+        if self.practitioner and "aux.since_fired" in tensors:
+            self.since_fired = tensors["aux.since_fired"].to(self.device, torch.long).clone()
         self.rule = PlateauRule(self.s.window, tensors["rule_losses"].tolist())
         self.last_losses = deque(tensors["last_losses"].tolist(), maxlen=self.s.window)
         self.step = int(meta["steps"])
@@ -92,16 +105,44 @@ class _Trainer:
         return tensors.get("generator_state")
 
     # -- the loop --------------------------------------------------------------------------------------
+    @property
+    def rule_start(self) -> int:
+        """First step whose loss the stopping rule sees: after the warm phase, and after k's annealing."""
+        return max(self.s.rule_start, K_ANNEAL_STEPS if self.practitioner else 0)
+
     def loss_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the model's reconstruction loss, the loss Adam minimises): equal except for gated (plus its
-        auxiliary gate loss)."""
+        auxiliary gate loss) and the practitioner recipe (plus AuxK)."""
         use_ac = self.s.autocast == "bf16"
+        opts = self.arch.k_at(self.arch_options, self.step)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_ac):
             m = (x @ self.W_in.T) @ self.W_out.T
-            y = self.arch.act(m, self.b, self.extras, self.arch_options)
+            y = self.arch.act(m, self.b, self.extras, opts)
             aux = self.arch.aux(m, self.b, x)
         loss = ((y.to(x.dtype) - x) ** 2).mean()
+        if self.practitioner and torch.is_grad_enabled():
+            aux = self._auxk(m, x, y.to(x.dtype))
         return loss, (loss if aux is None else loss + aux.to(loss.dtype))
+
+    def _auxk(self, m: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """AuxK (Gao et al. 2024, A.2): the ``k_aux`` largest pre-activations among dead features reconstruct
+        the detached residual; ``AUXK_ALPHA`` times its normalised squared error. Updates the firing counts."""
+        with torch.no_grad():
+            fired = (y > 0).any(0)
+            self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + 1)
+            dead = self.since_fired >= DEAD_STEPS
+            self.n_dead = int(dead.sum())
+        if self.n_dead == 0:
+            return None
+        k_aux = min(max(1, self.n_d // 2), self.n_dead)
+        pre = torch.relu(m + self.b).to(x.dtype)
+        cand = torch.where(dead[None, :], pre, torch.full_like(pre, -math.inf))
+        vals, idx = torch.topk(cand, k_aux, dim=-1)
+        e_aux = torch.zeros_like(pre).scatter(-1, idx, vals.clamp_min(0.0))
+        e = (x - y).detach()
+        denom = (e - e.mean(0, keepdim=True)).square().sum(-1).mean()
+        num = (e - e_aux).square().sum(-1).mean()
+        return AUXK_ALPHA * torch.nan_to_num(num / denom, nan=0.0, posinf=0.0)
 
     def train(self, sample, max_steps: int, max_time_s: float | None) -> str:
         """Train until the rule or a cap stops it; returns the stop reason.
@@ -138,7 +179,7 @@ class _Trainer:
             for i, v in enumerate(values):
                 self.last_losses.append(v)
                 k = first + i  # the rule is evaluated after every check_every-th batch past rule_start
-                if self.rule.push(v, k >= s.rule_start and (k + 1) % s.check_every == 0):
+                if self.rule.push(v, k >= self.rule_start and (k + 1) % s.check_every == 0):
                     out = "converged"
                     break
             with torch.no_grad():  # the state whose loss was checked last
@@ -168,6 +209,9 @@ class _Trainer:
                     break
             self.opt.step()
             self.arch.project(self.extras)
+            if self.practitioner:  # unit-norm feature directions (the SAE decoder's columns)
+                with torch.no_grad():
+                    self.W_in.div_(self.W_in.norm(dim=0, keepdim=True).clamp_min(1e-12))
             self.step += 1
         if pending and reason != "diverged":  # a time cap between two host checks (CUDA)
             reason = check(self.step - 1) or reason
