@@ -243,7 +243,7 @@ def exact_references(n_s: int, n_d: int, p: float, seed: int = 0, M: int = DEFAU
 def references_for_weights(W, p: float, rows=None, M: int = 512, max_points: int = MAX_POINTS) -> dict:
     """Exact elementwise MMSE and E.2 bound of a fixed ``W`` (``n_s x n_s``, e.g. a trained ``W_out W_in``),
     averaged over ``rows`` (default: every row): row ``i`` sees ``z_i / W_ii = x_i + sum_{j != i} (W_ij / W_ii)
-    x_j``. Rows with ``W_ii`` at most ``NOT_ENCODED`` times the median ``|W_ii|`` (features never encoded: their
+    x_j``. Rows with ``|W_ii|`` at most ``NOT_ENCODED`` times the median ``|W_ii|`` (features never encoded: their
     own signal is lost in the interference) count at the loss of the best constant, ``v = p/3 - p^2/4``, and
     are reported. ``max_points`` bounds each row's grid (a law wider than ``max_points / M`` raises
     :class:`BadInput` before any transform is taken)."""
@@ -254,11 +254,11 @@ def references_for_weights(W, p: float, rows=None, M: int = 512, max_points: int
     v = p / 3.0 - p * p / 4.0
     floor = NOT_ENCODED * float(np.median(np.abs(np.diag(W))))
     for i in idx:  # every row's grid first: a law too wide fails before any transform is taken
-        if W[i, i] > floor:
+        if abs(W[i, i]) > floor:
             _grid(*_values_counts(np.delete(W[i], i) / W[i, i], None), p, M, max_points)
     for i in idx:
         d = W[i, i]
-        if not d > floor:
+        if not abs(d) > floor:  # (a large negative W_ii carries the feature, inverted: z_i / W_ii undoes it)
             dead += 1
             mm.append(v)
             e2.append(p * (1.0 / 3.0 - 0.25))

@@ -175,3 +175,20 @@ def test_the_board_shows_the_exact_line_and_ratio():
         rows.append({**row, "key": name, "finished_at": "2026"})
     cells = render(rows, "t", "cmd")["cells.md"]
     assert "Exact elementwise MMSE of this rug" in cells and "| / exact MMSE |" in cells
+
+
+def test_a_negative_diagonal_is_encoded_inverted_not_lost():
+    """A row whose W_ii is large and negative carries its feature (inverted): the exact references treat it as
+    the same row with the sign flipped, and count it as encoded, as the trained models' diagnostics do."""
+    import numpy as np
+
+    from decoderbench.exact import references_for_weights
+
+    rng = np.random.default_rng(0)
+    W = np.eye(64) + 0.05 * rng.standard_normal((64, 64))
+    flipped = W.copy()
+    flipped[3] = -flipped[3]  # row 3 of W x negated: z_3 -> -z_3, an elementwise decoder loses nothing
+    a = references_for_weights(W, 0.05, rows=[3])
+    b = references_for_weights(flipped, 0.05, rows=[3])
+    assert b["rows_not_encoded"] == 0
+    assert b["mmse_elementwise_exact"] == pytest.approx(a["mmse_elementwise_exact"], rel=1e-9)
