@@ -31,7 +31,8 @@ CHEAP = {
     "trained": {"max_steps": 40, "batch": 64, "window": 10, "warm_steps": 0, "cache": False, "max_time_s": 30},
 }
 CHEAP.update({f"trained-{a}": CHEAP["trained"] for a in ("relu", "linear", "topk", "batchtopk", "jumprelu", "trec",
-                                                           "prolu", "gated")})
+                                                           "prolu", "gated", "topk-practitioner",
+                                                           "batchtopk-practitioner")})
 CAPABILITIES = {"fast_transform", "orthogonal_rows"}
 
 NAMES = sorted(plugins.decoders())
