@@ -51,7 +51,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from . import __version__, rows as _schema
 from .errors import BadInput
 
 MARKER = "decoderbench-store.json"
@@ -59,21 +59,16 @@ STORE_FORMAT = 2  # bump when the layout or the column meanings change (2: row_h
 ROWS_DIR = "rows"
 LOCKS_DIR = "locks"
 CREATE_LOCK = ".decoderbench-store.lock"
-DONE_STATUSES = ("ok", "skipped")
-STATUSES = ("ok", "skipped", "error", "timeout")
+DONE_STATUSES = _schema.DONE_STATUSES
+STATUSES = _schema.STATUSES
 HASH_COLUMN = "row_hash"
 
-# Columns with a fixed type, so that every row file has the same schema whatever is None in it.
-_FLOAT = ("p", "r", "r_exact", "target_rel_se", "loss", "loss_se", "ratio_e2", "ratio_mmse", "fit_time_s", "eval_time_s",
-          "wall_time_s", "sigma", "trivial", "linear", "mmse_elementwise", "e2_bound", "relu_theory", "vamp_se",
-          "amp_se", "predicted", "ratio_predicted", "se_floor", "se_floor_abs", "mmse_elementwise_exact", "e2_bound_exact",
-          "relu_theory_exact", "ratio_mmse_exact",
-          "recovered_frac", "recovered_frac_se", "support_precision", "support_recall", "support_f1",
-          "feature_loss_spread")
-_INT = ("n_s", "n_d", "seed", "n_eval", "min_samples", "max_samples", "results_format", "store_format",
-        "features_never_firing", "threads")
-_BOOL = ("converged",)  # True/False, or null (typed even when null, so every row file has one schema)
-_JSON = ("params",)  # dicts, stored as JSON strings and parsed back on reading
+# Columns with a fixed type, so that every row file has the same schema whatever is None in it: the row
+# schema's declaration (decoderbench/rows.py) says which and what type.
+_FLOAT = _schema.FLOAT
+_INT = _schema.INT
+_BOOL = _schema.BOOL  # True/False, or null (typed even when null, so every row file has one schema)
+_JSON = _schema.JSON  # dicts, stored as JSON strings and parsed back on reading
 
 
 def _arrow_type(name: str, value):
@@ -204,6 +199,11 @@ def _finite_nonneg(v) -> bool:
     return _is(v, (int, float), none_ok=False) and math.isfinite(v) and v >= 0
 
 
+#: The columns the row check types beyond the typed ones: the strings a row must have, and its integers.
+_CHECKED_STR = tuple(c for c in _schema.STR_REQUIRED if c not in ("key", "status"))  # those two: checked first
+_CHECKED_INT = tuple(c for c in _schema.UNIT_COLUMNS if _schema.COLUMN[c].type == "int") + ("n_eval",)
+
+
 def check_row(cells: dict, key: str) -> None:
     """Raise BadRow unless the stored cells of ``rows/<key>.parquet`` are a row decoderbench wrote."""
     if cells.get("key") != key:
@@ -212,11 +212,11 @@ def check_row(cells: dict, key: str) -> None:
         raise BadRow("its content hash does not match its contents (edited or damaged after it was written)")
     if cells.get("status") not in STATUSES:
         raise BadRow(f"status {cells.get('status')!r} is not one of {', '.join(STATUSES)}")
-    for col in ("decoder", "encoder", "device", "dtype"):
+    for col in _CHECKED_STR:
         if not _is(cells.get(col), (str,), none_ok=False):
             raise BadRow(f"column {col} must be a string, got {cells.get(col)!r}")
-    for col in ("n_s", "n_d", "seed", "n_eval", "min_samples", "max_samples"):
-        if not _is(cells.get(col), (int,), none_ok=col in ("min_samples", "max_samples")):
+    for col in _CHECKED_INT:
+        if not _is(cells.get(col), (int,), none_ok=_schema.COLUMN[col].nullable):
             raise BadRow(f"column {col} must be an integer, got {cells.get(col)!r}")
     for col in _FLOAT:
         v = cells.get(col)
@@ -237,10 +237,10 @@ def check_row(cells: dict, key: str) -> None:
             _json_cell(cells["params"])
         except BadRow:
             raise BadRow("column params is not JSON (or nested absurdly deep)") from None
-    from .runner import key_of_row
+    from .scoring import process_key_columns
 
     try:
-        expected = key_of_row(cells)
+        expected = _schema.key_of_row(cells, process_key_columns)
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild the unit is a bad row
         raise BadRow(f"its columns do not describe a work unit ({type(exc).__name__}: {exc})") from None
     if expected != key:
