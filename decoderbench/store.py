@@ -5,7 +5,8 @@ Layout of a store directory (``results/`` by default)::
     decoderbench-store.json      marker: {"store": "decoderbench", "format_version": 1, ...}
     rows/<key>.parquet           one row per (cell, encoder, decoder, seed, ...) key
 
-``key`` is ``WorkUnit.key(decoder_version)``: a hash of everything that determines the row's numbers
+``key`` is ``WorkUnit.key(decoder_version)`` (``rows.key``: the row schema, decoderbench/rows.py, declares the
+key columns and every column's type): a hash of everything that determines the row's numbers
 (cell, encoder, decoder and its version, seed, resolved device, dtype, sampling target, options).
 A row is written the moment it is finished: to a temporary file in ``rows/``, flushed and fsynced,
 then renamed over ``rows/<key>.parquet`` (``os.replace`` is atomic), so a run killed at any point, even
@@ -25,7 +26,7 @@ Trust (format version 2):
 * **Every row is validated when read** (:func:`check_row`): its ``key`` column equals its file name, a
   content hash (``row_hash``, sha256 of every other stored cell) matches, the columns have their
   types, an ``ok`` row has a finite non-negative loss and SE and at least one sample, and the key
-  recomputed from the row's own columns (``WorkUnit.key``) is the key it is stored under. A row that
+  recomputed from the row's own columns (``rows.key_of_row``) is the key it is stored under. A row that
   fails is not done (the next ``run`` recomputes it when it is one of its units) and is reported by
   file name; :meth:`ResultsStore.rows` refuses (``StoreError`` naming the files) to hand out a store
   it cannot fully read, so ``leaderboard`` never averages in silence. The hash catches edits and
