@@ -17,6 +17,8 @@ DTYPE_NAMES = ("float32", "float64")
 #: ad-hoc cell, a ``runner.WorkUnit`` built by hand): until the standard error is 1% of the loss, between
 #: 2048 and 131072 samples.
 SAMPLING_DEFAULTS = {"target_rel_se": 0.01, "min_samples": 2048, "max_samples": 131072}
+#: The absolute SE floor, as a fraction of the trivial loss p/3 (``scoring.SE_FLOOR``; a unit's ``se_floor``).
+SE_FLOOR = 1e-3
 
 
 def _finite(name: str, value) -> float:

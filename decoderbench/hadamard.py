@@ -187,3 +187,13 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
         return _fwht_cuda_kernel(x)
     return _fwht_torch(x)
 
+
+def backend_for(device: str, dtype: str, n_s: int) -> str:
+    """The ``fwht`` backend this process uses for (B, n_s) tensors of ``device`` and ``dtype`` (names)."""
+    from types import SimpleNamespace
+
+    from ._validate import DTYPE_NAMES
+
+    dev = torch.device("cpu" if device in ("auto", None) else device)
+    dt = getattr(torch, dtype) if dtype in DTYPE_NAMES else torch.float32
+    return backend(SimpleNamespace(dtype=dt, requires_grad=False, device=dev, shape=(1, n_s)))

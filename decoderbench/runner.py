@@ -14,26 +14,25 @@ cell's E.2 bound and elementwise MMSE.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import platform
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .errors import BadInput, Skip
 from . import __version__
-from ._validate import DTYPE_NAMES, MAX_SAMPLES, SAMPLING_DEFAULTS, check_seed, nominal_r
+from ._validate import DTYPE_NAMES, SAMPLING_DEFAULTS, nominal_r
 from .data import SparseSampler  # noqa: F401
-from .evalkey import eval_purpose, eval_sampler, eval_stream_id
-from . import scoring
+from .evalkey import eval_purpose, eval_sampler
+from . import rows, scoring
 from .decoder import Cell, CellOnlyEncoder, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
 from .scoring import Accumulator, eval_batch_size  # noqa: F401 (re-exported)
 
-RESULTS_FORMAT = 2  # 2: the absolute SE floor and sampling_stop/precision_met; bump when the meaning of a stored number changes
+from .rows import RESULTS_FORMAT  # noqa: E402,F401 (re-exported; the row schema is its home)
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
@@ -56,19 +55,11 @@ class WorkUnit:
     se_floor: float = scoring.SE_FLOOR  # absolute SE floor, as a fraction of the trivial loss p/3
 
     def __post_init__(self):
-        Cell(self.n_s, self.n_d, self.p)  # validates
-        check_seed(self.seed)
-        if self.dtype not in DTYPES:
-            raise BadInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not (0 < self.target_rel_se < 1):
-            raise BadInput(f"target_rel_se must be in (0, 1), got {self.target_rel_se!r}")
-        if not (isinstance(self.se_floor, (int, float)) and 0 <= self.se_floor < 1):
-            raise BadInput(f"se_floor must be a number in [0, 1), got {self.se_floor!r}")
-        if not (isinstance(self.max_samples, int) and self.max_samples <= MAX_SAMPLES):
-            raise BadInput(f"max_samples must be an integer of at most 2^40, got {self.max_samples!r}")
-        if not (1 <= self.min_samples <= self.max_samples):
-            raise BadInput("min_samples must be >= 1 and <= max_samples, "
-                             f"got min_samples={self.min_samples}, max_samples={self.max_samples}")
+        rows.check_unit(self.fields())  # the row schema's check of a unit
+
+    def fields(self) -> dict:
+        """The unit's fields, in order (the unit columns of its row: ``rows.UNIT_COLUMNS``)."""
+        return {k: getattr(self, k) for k in rows.UNIT_COLUMNS}
 
     @property
     def cell(self) -> Cell:
@@ -76,52 +67,35 @@ class WorkUnit:
 
     def key(self, decoder_version: str = "1", eval_batch: int | None = None, transform_backend: str | None = None,
             eval_stream: str | None = None) -> str:
-        """A hash of everything that determines the row's numbers: the unit's fields, the decoder's version,
-        the results format, the evaluation batch size (batchtopk's output depends on it) and the
-        Walsh-Hadamard backend this process uses for the unit's device and dtype (defaults: this process's)."""
-        from dataclasses import fields
-
-        d = asdict(self)
-        for f in fields(self):  # 0 and 0.0 are one unit: the key must not depend on how a number was typed
-            if f.type in ("float", float):
-                d[f.name] = float(d[f.name])
-            elif f.type in ("int", int):
-                d[f.name] = int(d[f.name])
-        d["decoder_version"] = str(decoder_version)
-        d["results_format"] = RESULTS_FORMAT
-        d["eval_batch"] = int(eval_batch if eval_batch is not None else eval_batch_size(self.n_s))
-        d["transform_backend"] = str(transform_backend or transform_backend_for(self.device, self.dtype, self.n_s))
-        d["eval_stream"] = str(eval_stream or eval_stream_id())  # which evaluation key drew the samples
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
+        """A hash of everything that determines the row's numbers (``rows.key``): the unit's fields, the decoder's
+        version, the results format, the evaluation batch size (batchtopk's output depends on it), the
+        Walsh-Hadamard backend this process uses for the unit's device and dtype and the evaluation stream
+        (defaults: this process's)."""
+        u = self.fields()
+        proc = {"eval_batch": eval_batch, "transform_backend": transform_backend, "eval_stream": eval_stream}
+        if eval_batch is None or not transform_backend or not eval_stream:
+            own = scoring.process_key_columns(u)
+            proc = {"eval_batch": eval_batch if eval_batch is not None else own["eval_batch"],
+                    "transform_backend": transform_backend or own["transform_backend"],
+                    "eval_stream": eval_stream or own["eval_stream"]}
+        return rows.key(u, decoder_version, **proc)
 
     @classmethod
     def from_row(cls, row: dict) -> "WorkUnit":
         """The unit a stored row measured (its own columns; a field the row lacks takes its default)."""
-        from dataclasses import fields
-
-        required = ("n_s", "n_d", "p", "decoder")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise KeyError(", ".join(missing))
-        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row and row[f.name] is not None})
+        return cls(**rows.unit_of_row(row))
 
 
 def key_of_row(row: dict) -> str:
     """The key a row's own columns give (what the store checks against the row's file name)."""
-    return WorkUnit.from_row(row).key(row.get("decoder_version") or "?", eval_batch=row.get("eval_batch"),
-                                      transform_backend=row.get("transform_backend"),
-                                      eval_stream=row.get("eval_stream"))
+    return rows.key_of_row(row, scoring.process_key_columns)
 
 
 def transform_backend_for(device: str, dtype: str, n_s: int) -> str:
     """The ``decoderbench.fwht`` backend this process uses for (B, n_s) tensors of ``device`` and ``dtype``."""
-    from types import SimpleNamespace
+    from .hadamard import backend_for
 
-    from .hadamard import backend
-
-    dev = torch.device("cpu" if device in ("auto", None) else device)
-    return backend(SimpleNamespace(dtype=DTYPES.get(dtype, torch.float32), requires_grad=False, device=dev,
-                                   shape=(1, n_s)))
+    return backend_for(device, dtype, n_s)
 
 
 def resolve_device(device: str) -> str:
@@ -182,31 +156,44 @@ def stop_columns(params: dict) -> dict:
             "stop_reason": str(stop) if stop not in (None, "") else None}
 
 
+def start_row(unit: WorkUnit) -> dict:
+    """The row of ``unit`` before its decoder runs (``rows.new_row``: status error, no loss), with the cell's
+    theory and exact references."""
+    cell = unit.cell
+    row = rows.new_row(
+        decoder=unit.decoder, encoder=unit.encoder, n_s=cell.n_s, n_d=cell.n_d,
+        r=nominal_r(cell.n_s, cell.n_d), r_exact=cell.r, p=cell.p,
+        seed=unit.seed, device=unit.device, dtype=unit.dtype, target_rel_se=unit.target_rel_se,
+        decoderbench_version=__version__, torch_version=torch.__version__,
+        python_version=platform.python_version(), options=unit.options,
+        threads=torch.get_num_threads())  # torch's intra-op threads while this row ran (not part of the key)
+    row.update(_theory_columns(cell))
+    row.update(_exact_columns(unit))
+    return row
+
+
+def error_row(unit: WorkUnit, reg, message: str, status: str = "error") -> dict:
+    """The row of a unit whose decoder could not run at all (its worker died, timed out, failed to start):
+    the unit's row with ``status`` and ``message``, under the key of the registered decoder ``reg``."""
+    t_start = time.perf_counter()
+    row = start_row(unit)
+    row.update(kind=reg.kind, source=reg.source, decoder_version=reg.version)
+    row["key"] = unit.key(reg.version)
+    try:
+        row["device"] = str(torch.device(resolve_device(unit.device)))
+    except Exception:  # noqa: BLE001 - the unit's device as asked, as a run that failed there records it
+        pass
+    row.update(status=status, error=message)
+    return _finish(row, t_start)
+
+
 def run_unit(unit: WorkUnit, registered=None) -> dict:
     """Fit and score one decoder on one cell; return the result row. Never raises for a plugin's fault."""
     from . import plugins
 
     t_start = time.perf_counter()
     cell = unit.cell
-    row: dict = {
-        "decoder": unit.decoder, "kind": None, "source": None, "decoder_version": None,
-        "encoder": unit.encoder, "n_s": cell.n_s, "n_d": cell.n_d,
-        "r": nominal_r(cell.n_s, cell.n_d), "r_exact": cell.r, "p": cell.p,
-        "seed": unit.seed, "device": unit.device, "dtype": unit.dtype,
-        "target_rel_se": unit.target_rel_se, "n_eval": 0, "loss": None, "loss_se": None,
-        "sampling_stop": None, "precision_met": None, "se_floor_abs": None,
-        "recovered_frac": None, "recovered_frac_se": None,
-        "support_precision": None, "support_recall": None, "support_f1": None, "feature_loss_spread": None,
-        "features_never_firing": None,
-        "ratio_e2": None, "ratio_mmse": None, "ratio_mmse_exact": None, "params": {}, "status": "error", "error": None,
-        "predicted": None, "ratio_predicted": None, "converged": None, "stop_reason": None,
-        "fit_time_s": None, "eval_time_s": None, "wall_time_s": None,
-        "decoderbench_version": __version__, "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "options": unit.options,
-        "threads": torch.get_num_threads(),  # torch's intra-op threads while this row ran (not part of the key)
-    }
-    row.update(_theory_columns(cell))
-    row.update(_exact_columns(unit))
+    row = start_row(unit)
     try:
         reg = registered if registered is not None else plugins.get_decoder(unit.decoder)
     except ValueError as exc:

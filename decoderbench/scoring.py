@@ -31,8 +31,7 @@ import torch
 
 from .data import trivial_loss  # noqa: F401 (re-exported: scoring.trivial_loss)
 
-#: Default absolute floor of the standard error, as a fraction of the cell's trivial loss p/3.
-SE_FLOOR = 1e-3
+from ._validate import SE_FLOOR  # noqa: E402,F401 default absolute SE floor, a fraction of the trivial loss p/3
 #: Entries per evaluation batch (float32: 16 MB per (B, n_s) tensor).
 BATCH_ENTRIES = 2**22
 #: A sample is recovered when its loss is below this fraction of the trivial loss p/3.
@@ -77,6 +76,17 @@ class SupportCounts:
             never = int((self.fires == 0).sum())
         return {"support_precision": prec, "support_recall": rec, "support_f1": f1,
                 "feature_loss_spread": spread, "features_never_firing": never}
+
+
+def process_key_columns(unit: dict) -> dict:
+    """The key columns this process gives a unit (its fields, a mapping): the evaluation batch, the
+    Walsh-Hadamard backend for its device and dtype, the evaluation stream (``rows.PROCESS_KEY_COLUMNS``)."""
+    from .evalkey import eval_stream_id
+    from .hadamard import backend_for
+
+    return {"eval_batch": eval_batch_size(unit["n_s"]),
+            "transform_backend": backend_for(unit["device"], unit["dtype"], unit["n_s"]),
+            "eval_stream": eval_stream_id()}
 
 
 def eval_batch_size(n_s: int, device=None) -> int:

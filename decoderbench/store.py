@@ -5,7 +5,8 @@ Layout of a store directory (``results/`` by default)::
     decoderbench-store.json      marker: {"store": "decoderbench", "format_version": 1, ...}
     rows/<key>.parquet           one row per (cell, encoder, decoder, seed, ...) key
 
-``key`` is ``WorkUnit.key(decoder_version)``: a hash of everything that determines the row's numbers
+``key`` is ``WorkUnit.key(decoder_version)`` (``rows.key``: the row schema, decoderbench/rows.py, declares the
+key columns and every column's type): a hash of everything that determines the row's numbers
 (cell, encoder, decoder and its version, seed, resolved device, dtype, sampling target, options).
 A row is written the moment it is finished: to a temporary file in ``rows/``, flushed and fsynced,
 then renamed over ``rows/<key>.parquet`` (``os.replace`` is atomic), so a run killed at any point, even
@@ -25,7 +26,7 @@ Trust (format version 2):
 * **Every row is validated when read** (:func:`check_row`): its ``key`` column equals its file name, a
   content hash (``row_hash``, sha256 of every other stored cell) matches, the columns have their
   types, an ``ok`` row has a finite non-negative loss and SE and at least one sample, and the key
-  recomputed from the row's own columns (``WorkUnit.key``) is the key it is stored under. A row that
+  recomputed from the row's own columns (``rows.key_of_row``) is the key it is stored under. A row that
   fails is not done (the next ``run`` recomputes it when it is one of its units) and is reported by
   file name; :meth:`ResultsStore.rows` refuses (``StoreError`` naming the files) to hand out a store
   it cannot fully read, so ``leaderboard`` never averages in silence. The hash catches edits and
@@ -51,7 +52,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from . import __version__, rows as _schema
 from .errors import BadInput
 
 MARKER = "decoderbench-store.json"
@@ -59,21 +60,16 @@ STORE_FORMAT = 2  # bump when the layout or the column meanings change (2: row_h
 ROWS_DIR = "rows"
 LOCKS_DIR = "locks"
 CREATE_LOCK = ".decoderbench-store.lock"
-DONE_STATUSES = ("ok", "skipped")
-STATUSES = ("ok", "skipped", "error", "timeout")
+DONE_STATUSES = _schema.DONE_STATUSES
+STATUSES = _schema.STATUSES
 HASH_COLUMN = "row_hash"
 
-# Columns with a fixed type, so that every row file has the same schema whatever is None in it.
-_FLOAT = ("p", "r", "r_exact", "target_rel_se", "loss", "loss_se", "ratio_e2", "ratio_mmse", "fit_time_s", "eval_time_s",
-          "wall_time_s", "sigma", "trivial", "linear", "mmse_elementwise", "e2_bound", "relu_theory", "vamp_se",
-          "amp_se", "predicted", "ratio_predicted", "se_floor", "se_floor_abs", "mmse_elementwise_exact", "e2_bound_exact",
-          "relu_theory_exact", "ratio_mmse_exact",
-          "recovered_frac", "recovered_frac_se", "support_precision", "support_recall", "support_f1",
-          "feature_loss_spread")
-_INT = ("n_s", "n_d", "seed", "n_eval", "min_samples", "max_samples", "results_format", "store_format",
-        "features_never_firing", "threads")
-_BOOL = ("converged",)  # True/False, or null (typed even when null, so every row file has one schema)
-_JSON = ("params",)  # dicts, stored as JSON strings and parsed back on reading
+# Columns with a fixed type, so that every row file has the same schema whatever is None in it: the row
+# schema's declaration (decoderbench/rows.py) says which and what type.
+_FLOAT = _schema.FLOAT
+_INT = _schema.INT
+_BOOL = _schema.BOOL  # True/False, or null (typed even when null, so every row file has one schema)
+_JSON = _schema.JSON  # dicts, stored as JSON strings and parsed back on reading
 
 
 def _arrow_type(name: str, value):
@@ -204,6 +200,11 @@ def _finite_nonneg(v) -> bool:
     return _is(v, (int, float), none_ok=False) and math.isfinite(v) and v >= 0
 
 
+#: The columns the row check types beyond the typed ones: the strings a row must have, and its integers.
+_CHECKED_STR = tuple(c for c in _schema.STR_REQUIRED if c not in ("key", "status"))  # those two: checked first
+_CHECKED_INT = tuple(c for c in _schema.UNIT_COLUMNS if _schema.COLUMN[c].type == "int") + ("n_eval",)
+
+
 def check_row(cells: dict, key: str) -> None:
     """Raise BadRow unless the stored cells of ``rows/<key>.parquet`` are a row decoderbench wrote."""
     if cells.get("key") != key:
@@ -212,11 +213,11 @@ def check_row(cells: dict, key: str) -> None:
         raise BadRow("its content hash does not match its contents (edited or damaged after it was written)")
     if cells.get("status") not in STATUSES:
         raise BadRow(f"status {cells.get('status')!r} is not one of {', '.join(STATUSES)}")
-    for col in ("decoder", "encoder", "device", "dtype"):
+    for col in _CHECKED_STR:
         if not _is(cells.get(col), (str,), none_ok=False):
             raise BadRow(f"column {col} must be a string, got {cells.get(col)!r}")
-    for col in ("n_s", "n_d", "seed", "n_eval", "min_samples", "max_samples"):
-        if not _is(cells.get(col), (int,), none_ok=col in ("min_samples", "max_samples")):
+    for col in _CHECKED_INT:
+        if not _is(cells.get(col), (int,), none_ok=_schema.COLUMN[col].nullable):
             raise BadRow(f"column {col} must be an integer, got {cells.get(col)!r}")
     for col in _FLOAT:
         v = cells.get(col)
@@ -237,10 +238,10 @@ def check_row(cells: dict, key: str) -> None:
             _json_cell(cells["params"])
         except BadRow:
             raise BadRow("column params is not JSON (or nested absurdly deep)") from None
-    from .runner import key_of_row
+    from .scoring import process_key_columns
 
     try:
-        expected = key_of_row(cells)
+        expected = _schema.key_of_row(cells, process_key_columns)
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild the unit is a bad row
         raise BadRow(f"its columns do not describe a work unit ({type(exc).__name__}: {exc})") from None
     if expected != key:

@@ -139,16 +139,16 @@ def make_executor(kind: str = "local", workers: int = 1, guard=None, address: st
 
 
 def stamp(row: dict, unit: WorkUnit, command: str, grid: str) -> dict:
-    """Add the provenance columns a stored row carries (the runner's row has the rest)."""
-    from .worker import with_key_columns
+    """Add the provenance columns a stored row carries (the runner's row has the rest): ``rows.stamped``."""
+    from . import rows
+    from .scoring import process_key_columns
 
-    row = with_key_columns(dict(row), unit)
-    row.setdefault("min_samples", unit.min_samples)
-    row.setdefault("max_samples", unit.max_samples)
-    row.update(command=command, grid=grid, store_format=STORE_FORMAT, results_format=RESULTS_FORMAT,
-               finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    row.setdefault("decoderbench_version", __version__)
-    return row
+    u = unit.fields()
+    return rows.stamped(row, u, process_key_columns(u),
+                        provenance=dict(command=command, grid=grid, store_format=STORE_FORMAT,
+                                        results_format=RESULTS_FORMAT,
+                                        finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")),
+                        defaults={"decoderbench_version": __version__})
 
 
 @dataclass

@@ -775,18 +775,13 @@ def run_guarded(unit, guard: Guard | None = None, env: dict | None = None) -> di
 
 
 def with_key_columns(row: dict, unit) -> dict:
-    """The row with every column its key is made of (the unit's fields, eval batch, transform backend)."""
-    from dataclasses import asdict
+    """The row with every column its key is made of (the unit's fields, eval batch, transform backend, eval
+    stream: ``rows.with_key_columns``)."""
+    from . import rows
+    from .scoring import process_key_columns
 
-    from .evalkey import eval_stream_id
-    from .runner import eval_batch_size, transform_backend_for
-
-    for k, v in asdict(unit).items():
-        row.setdefault(k, v)
-    row.setdefault("eval_batch", eval_batch_size(unit.n_s))
-    row.setdefault("transform_backend", transform_backend_for(unit.device, unit.dtype, unit.n_s))
-    row.setdefault("eval_stream", eval_stream_id())
-    return row
+    u = unit.fields()
+    return rows.with_key_columns(row, u, process_key_columns(u))
 
 
 def _run_guarded(unit, guard: Guard | None = None, env: dict | None = None) -> dict:
@@ -822,24 +817,12 @@ def _run_guarded(unit, guard: Guard | None = None, env: dict | None = None) -> d
 
 
 def failure_row(unit, reg, message: str, status: str = "error") -> dict:
-    """The row of a unit that could not run at all (built by the runner, so its columns are the usual ones)."""
-    from .decoder import Decoder
-    from .runner import run_unit
-
-    class Failed(Decoder):
-        name = reg.cls.name if reg is not None else unit.decoder
-        kind = reg.cls.kind if reg is not None else "elementwise"
-        requires = frozenset()
-
-        def __init__(self, ctx):
-            raise _remote_error("WorkerFailed", message)
+    """The row of a unit that could not run at all (``runner.error_row``, so its columns are the usual ones)."""
+    from .runner import error_row, run_unit
 
     if reg is None:
-        return run_unit(unit)
-    row = run_unit(unit, registered=dataclasses.replace(reg, cls=Failed))
-    row["status"] = status
-    row["error"] = message
-    return row
+        return run_unit(unit)  # the plugin failed to load: run_unit writes its error row
+    return error_row(unit, reg, message, status)
 
 
 # ----------------------------------------------------------------------------- whole units in worker processes
