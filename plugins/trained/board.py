@@ -292,8 +292,9 @@ def plot(sums: list[dict], path: Path, rows: list[dict]) -> Path | None:
 
 def render(rows: list[dict], command: str, cells=None) -> tuple[dict[str, str], list[dict]]:
     """(files {name: text}, per-cell summaries) for the rows of a trained grid."""
-    from decoderbench.leaderboard import ROWS_FILE, header, rows_json
+    from decoderbench.leaderboard import ROWS_FILE, header, rows_json, select_rows
 
+    rows = select_rows(rows)  # one row per identity (the latest), so the header counts the rows the board uses
     by = _rows_by(rows)
     keys = [c for c in (cells or sorted(by)) if c in by]
     sums = [cell_summary(c, by[c]) for c in keys]
