@@ -62,7 +62,7 @@ def test_auxk_pulls_dead_features_and_counts_them(monkeypatch):
         loss, objective = t.loss_of(x)
         t.step += 1
     assert t.n_dead == 32
-    assert float(objective) > float(loss)  # AuxK adds to what Adam minimises, never to the reported loss
+    assert float(objective.detach()) > float(loss.detach())  # AuxK adds to what Adam minimises, never to the reported loss
     with torch.no_grad():
         l2, o2 = t.loss_of(x)
     assert float(l2) == float(o2)  # no AuxK outside training
