@@ -81,7 +81,7 @@ import torch
 from decoderbench import BadInput, Decoder, Skip, TrainingSet, hookimpl
 from decoderbench.data import derive_seed, make_generator
 
-from .arch import ARCHS, BANDWIDTH, K_MULTS, THETA_INIT, Arch
+from .arch import ARCHS, BANDWIDTH, K_MULTS, PRACTITIONER_ARCHS, THETA_INIT, Arch, k_for
 from .cache import load_cached
 from .fileformat import MODEL_FORMAT, ModelFileError, content_hash, load_model, read_model_file, save_model
 from .model import TrainedModel
@@ -268,11 +268,12 @@ def _own_exact(W: torch.Tensor, p: float) -> dict:
 Trained.Options = options_schema(None, "trained")  # declared options: listed, checked before a sweep
 
 
-def _alias(act: str, desc: str) -> type:
-    return type(f"Trained_{act}", (Trained,), {
-        "name": f"trained-{act}", "activation": act, "description": desc,
-        "Options": options_schema(act, f"trained-{act}"),
-        "__doc__": f"``trained`` with activation {act}: {desc}.", "__module__": __name__})
+def _alias(act: str, desc: str, base: type | None = None, suffix: str = "") -> type:
+    """The decoder ``trained-<act><suffix>``: ``base`` (default :class:`Trained`) with the activation fixed."""
+    name = f"trained-{act}{suffix}"
+    return type(f"Trained_{act}{suffix.replace('-', '_')}", (base or Trained,), {
+        "name": name, "activation": act, "description": desc, "Options": options_schema(act, name),
+        "__doc__": f"``{name}``: {desc}.", "__module__": __name__})
 
 
 #: The ``trained-<act>`` decoders, one per activation of :data:`~.arch.ARCHS`.
@@ -299,7 +300,7 @@ class _Practitioner(Trained):
         if "k" in (ctx.options or {}):
             ks = [base["k"]]
         else:
-            ks = sorted({max(1, min(ctx.n_s, int(round(m * ctx.p * ctx.n_s)))) for m in K_MULTS})
+            ks = sorted({k_for(ctx.n_s, ctx.p, m) for m in K_MULTS})
         tried = []
         for k in ks:
             self.caps["arch_options"] = {**base, "k": k}
@@ -320,17 +321,10 @@ class _Practitioner(Trained):
                 "k_chosen_by": "least training loss (mean of the last window of training batches)"}
 
 
-def _practitioner(act: str) -> type:
-    desc = (f"{act} trained as practitioners do: tied init, unit-norm W_in columns, AuxK, k annealed; "
-            f"k swept over {'/'.join(f'{m:g}' for m in K_MULTS)} x p n_s, the least training loss kept")
-    return type(f"Trained_{act}_practitioner", (_Practitioner,), {
-        "name": f"trained-{act}-practitioner", "activation": act, "description": desc,
-        "Options": options_schema(act, f"trained-{act}-practitioner"),
-        "__doc__": f"``trained-{act}`` with the practitioner recipe: {desc}.", "__module__": __name__})
-
-
-#: ``trained-topk-practitioner`` and ``trained-batchtopk-practitioner``.
-PRACTITIONER = {a: _practitioner(a) for a in ("topk", "batchtopk")}
+#: ``trained-topk-practitioner`` and ``trained-batchtopk-practitioner`` (the architectures taking ``recipe``).
+PRACTITIONER = {a: _alias(a, f"{a} trained as practitioners do: tied init, unit-norm W_in columns, AuxK, k annealed; "
+                             f"k swept over {'/'.join(f'{m:g}' for m in K_MULTS)} x p n_s, the least training loss kept",
+                          _Practitioner, "-practitioner") for a in PRACTITIONER_ARCHS}
 
 
 @hookimpl

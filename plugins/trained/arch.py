@@ -146,6 +146,11 @@ def _batchtopk(r: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(r >= thr, r, torch.zeros((), dtype=r.dtype, device=r.device))
 
 
+def k_for(n_s: int, p: float, mult: float = 1.0) -> int:
+    """``k = round(mult p n_s)``, at least 1 and at most ``n_s``: the default k (mult 1) and the practitioner sweep's."""
+    return max(1, min(n_s, int(round(mult * p * n_s))))
+
+
 @dataclass(frozen=True)
 class Arch:
     """One activation: its name, which of ``b`` and the extra per-feature tensors it trains, its options."""
@@ -160,7 +165,7 @@ class Arch:
         """The architecture options' defaults at a cell."""
         out = {}
         if "k" in self.options:
-            out["k"] = max(1, min(n_s, int(round(p * n_s))))
+            out["k"] = k_for(n_s, p)
         if "bandwidth" in self.options:
             out["bandwidth"] = BANDWIDTH
         return out
@@ -225,6 +230,10 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("gated", "1[m + b > 0] ReLU(exp(r_mag) m + b_mag), m = W_out W_in x (tied gated SAE)",
          extras=("r_mag", "b_mag")),
 )}
+
+
+#: The architectures that take the option ``recipe`` (each also trained as ``trained-<a>-practitioner``).
+PRACTITIONER_ARCHS = tuple(a.name for a in ARCHS.values() if "recipe" in a.options)
 
 
 def check_arch_options(arch: Arch, options: dict, n_s: int, p: float, who: str) -> dict:

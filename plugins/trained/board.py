@@ -17,10 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .arch import ARCHS
-
-#: Architectures also trained with the practitioners' recipe (``trained-<a>-practitioner``).
-PRACTITIONER = ("topk", "batchtopk")
+from .arch import ARCHS, PRACTITIONER_ARCHS as PRACTITIONER
 
 #: Architectures whose spread is "the constant factor" (the nonlinear ones; linear is the affine baseline).
 NONLINEAR = tuple(a for a in ARCHS if a != "linear")
@@ -31,10 +28,9 @@ FIGURE = "trained_loss_vs_ns.png"
 
 
 def _rows_by(rows: list[dict]) -> dict:
-    from decoderbench.leaderboard import select_rows
-
+    """{cell: {decoder: row}} of rows already selected (one per identity: :func:`render` selects them)."""
     out: dict = {}
-    for r in select_rows(rows):
+    for r in rows:
         out.setdefault((int(r["n_s"]), int(r["n_d"]), float(r["p"])), {})[r["decoder"]] = r
     return out
 
@@ -244,7 +240,7 @@ def plot(sums: list[dict], path: Path, rows: list[dict]) -> Path | None:
     prac = [f"{a} (practitioner)" for a in PRACTITIONER
             if any(e["arch"] == f"{a} (practitioner)" and e["t_loss"] is not None for s in sums for e in s["archs"])]
     series = list(ARCHS) + prac  # (the practitioner recipes: trained points only; their rug line is topk's)
-    colours = dict(zip(series, sns.color_palette("tab10", len(ARCHS)) + [sns.color_palette("dark", 10)[2 + PRACTITIONER.index(a.split()[0])] for a in prac]))
+    colours = dict(zip(series, sns.color_palette("tab10", len(ARCHS)) + [sns.color_palette("dark", 10)[list(ARCHS).index(a.split()[0])] for a in prac]))
     shift = {a: 2 ** (0.045 * (i - (len(series) - 1) / 2)) for i, a in enumerate(series)}
     bounds = (("e2_bound", "E.2 bound", "black", "-"), ("mmse_elementwise", "elementwise MMSE", "0.35", "--"),
               ("linear", "best linear v(1-r)", "0.6", ":"))

@@ -15,6 +15,11 @@ from .rule import PlateauRule
 from .settings import Settings
 
 
+def _unit_columns_(W: torch.Tensor) -> torch.Tensor:
+    """Scale ``W``'s columns to unit norm, in place (the practitioner recipe's feature directions)."""
+    return W.div_(W.norm(dim=0, keepdim=True).clamp_min(1e-12))
+
+
 class _Trainer:
     """Adam on the model's parameters with the plateau rule, caps, divergence guard and checkpointing.
 
@@ -38,7 +43,7 @@ class _Trainer:
         self.b = torch.zeros(n_s, device=device, dtype=dtype)
         self.practitioner = self.arch_options.get("recipe") == "practitioner"
         if self.practitioner:  # tied initialisation with unit-norm feature directions (the columns of W_in)
-            self.W_in = self.W_in / self.W_in.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            _unit_columns_(self.W_in)
             self.W_out = self.W_in.T.clone()
         #: training batches since each feature last fired (the AuxK dead-feature count)
         self.since_fired = torch.zeros(n_s, dtype=torch.long, device=device)
@@ -138,7 +143,7 @@ class _Trainer:
         pre = torch.relu(m + self.b).to(x.dtype)
         cand = torch.where(dead[None, :], pre, torch.full_like(pre, -math.inf))
         vals, idx = torch.topk(cand, k_aux, dim=-1)
-        e_aux = torch.zeros_like(pre).scatter(-1, idx, vals.clamp_min(0.0))
+        e_aux = torch.zeros_like(pre).scatter(-1, idx, vals)  # (k_aux <= n_dead: only dead entries, all >= 0)
         e = (x - y).detach()
         denom = (e - e.mean(0, keepdim=True)).square().sum(-1).mean()
         num = (e - e_aux).square().sum(-1).mean()
@@ -211,7 +216,7 @@ class _Trainer:
             self.arch.project(self.extras)
             if self.practitioner:  # unit-norm feature directions (the SAE decoder's columns)
                 with torch.no_grad():
-                    self.W_in.div_(self.W_in.norm(dim=0, keepdim=True).clamp_min(1e-12))
+                    _unit_columns_(self.W_in)
             self.step += 1
         if pending and reason != "diverged":  # a time cap between two host checks (CUDA)
             reason = check(self.step - 1) or reason
