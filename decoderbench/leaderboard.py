@@ -475,15 +475,14 @@ def cells_markdown(agg: dict) -> str:
         if body:
             # one header for every row: "/ exact MMSE" always ("-" where a row lacks the exact reference),
             # "recovered" where any decoder that sees h was scored (each row its value or "-")
-            head = ["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound", "/ elementwise MMSE"]
-            with_exact = True
             with_rec = any(e.get("recovered") for e in a["scored"])
-            for row_, e in zip(body, a["scored"]):
-                rec = e.get("recovered")
-                row_[7:8] = ([row_[7]] if with_exact else []) + (
-                    [f"{rec[0]:.3f} ± {rec[1]:.2g}" if rec else "-"] if with_rec else [])
-            head += (["/ exact MMSE"] if with_exact else []) + (["recovered"] if with_rec else []) + ["samples", "stop"]
-            parts.append(md_table(head, body, "rlllrrr" + "r" * (with_exact + with_rec) + "rl"))
+            if with_rec:
+                for row_, e in zip(body, a["scored"]):
+                    rec = e.get("recovered")
+                    row_.insert(8, f"{rec[0]:.3f} ± {rec[1]:.2g}" if rec else "-")
+            head = ["rank", "decoder", "kind", "loss ± SE", "seeds (error)", "/ E.2 bound", "/ elementwise MMSE",
+                    "/ exact MMSE"] + (["recovered"] if with_rec else []) + ["samples", "stop"]
+            parts.append(md_table(head, body, "rlllrrrr" + "r" * with_rec + "rl"))
         else:
             parts.append("No decoder ranked on this cell.")
         if a["unconverged"]:
