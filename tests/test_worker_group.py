@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import textwrap
-import time
 
 import pytest
+from helpers import survivors
 
 import decoderbench as db
 from decoderbench import api
@@ -58,14 +58,6 @@ def _isolated_row(tmp_path, monkeypatch, module: str, source: str, cls_name: str
                                    progress=False, **kwargs))[0]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
 @pytest.mark.parametrize("name, status, words", [("spawner", "ok", None),
                                                  ("fork_then_die", "error", "exited with code 3")])
@@ -80,11 +72,7 @@ def test_what_a_decoder_starts_dies_with_its_unit(tmp_path, monkeypatch, name, s
     # (status error, not timeout: the worker's exit was seen although the forked child held its pipe open)
     pids = [int(x) for x in pidfile.read_text().split()]
     assert pids
-    for _ in range(50):
-        if not any(_alive(p) for p in pids):
-            break
-        time.sleep(0.1)
-    assert not any(_alive(p) for p in pids), [p for p in pids if _alive(p)]
+    assert not survivors(pids)
 
 
 REDUCER = textwrap.dedent('''

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import survivors
 
 from decoderbench import plugins, scoring
 from decoderbench.cli import main
@@ -22,14 +23,6 @@ DECODERS = ["relu", "adv_signals", "linear", "adv_unpickle", "adv_monkeypatch", 
             "adv_probe", "adv_overflow", "faulty_prints"]
 SECRET = "adversarial-secret-key"
 CELL = ["--ns", "256", "--r", "0.25", "--p", "0.05", "--max-samples", "256", "--device", "cpu", "--timeout", "15"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +144,7 @@ def check_signals(attack):
     # the attack ran (its decode forked and wrote the grandchild's pid): an error before it would pass vacuously
     assert attack["files"]["signals"].is_file(), f"the attack never ran: {rows['adv_signals']['error']}"
     pids = [int(x) for x in attack["files"]["signals"].read_text().split()]
-    for _ in range(50):
-        if not any(_alive(p) for p in pids):
-            break
-        time.sleep(0.1)
-    assert not any(_alive(p) for p in pids)
+    assert not survivors(pids)
 
 
 def check_prints(attack):
