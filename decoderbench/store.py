@@ -38,6 +38,9 @@ Trust (format version 2):
   other run's attempt failed). Rows are written before their claim is released, and a run re-checks
   the store after claiming, so two runs into one store compute and write each row once. A lock per
   key, not one per store, lets two runs share the work of one sweep.
+* **Other users**: the store's folders are made 0775 and its lock files 0660 whatever the umask (rows are
+  written 0644), so no other user, such as the ``nobody`` that a root harness's workers run as, can write a
+  row or hold a claim (``flock`` needs only a descriptor it could open for reading).
 """
 
 from __future__ import annotations
@@ -248,6 +251,12 @@ def check_row(cells: dict, key: str) -> None:
         raise BadRow(f"the key of its contents is {expected}, not its file name")
 
 
+# never writable by others, whatever the umask, and lock files not even readable by them (flock needs only a
+# read-only descriptor): a root harness's workers run as nobody (worker.py)
+DIR_MODE = 0o775
+LOCK_MODE = 0o660
+
+
 class ResultsStore:
     """A results directory. ``ResultsStore(path)`` creates it when absent or empty, else checks its marker."""
 
@@ -267,8 +276,8 @@ class ResultsStore:
         else:
             self._create(marker)
         if create:
-            self.rows_dir.mkdir(exist_ok=True)
-            self.locks_dir.mkdir(exist_ok=True)
+            self.rows_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+            self.locks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
 
     def _foreign(self) -> bool:
         """The directory holds something that is not a store's own (a store being created holds only
@@ -301,8 +310,8 @@ class ResultsStore:
     def _create(self, marker: Path) -> None:
         from filelock import FileLock
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path / CREATE_LOCK)):  # two runs creating one store: one writes the marker
+        self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        with FileLock(str(self.path / CREATE_LOCK), mode=LOCK_MODE):  # two runs creating one store: one writes the marker
             if marker.is_file():
                 self._check_marker(marker)
                 return
@@ -312,7 +321,7 @@ class ResultsStore:
                          "created_by": f"decoderbench {__version__}",
                          "layout": f"{ROWS_DIR}/<key>.parquet, one row each; {LOCKS_DIR}/<key>.lock, claims"}
             _atomic_write_bytes(marker, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
-            self.rows_dir.mkdir(exist_ok=True)
+            self.rows_dir.mkdir(mode=DIR_MODE, exist_ok=True)
 
     # -- rows -----------------------------------------------------------------------------------
 
@@ -395,12 +404,17 @@ class ResultsStore:
         from filelock import FileLock, Timeout
 
         self.row_path(key)  # validates the key
-        self.locks_dir.mkdir(exist_ok=True)
+        self.locks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
         path = self.locks_dir / f"{key}.lock"
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise StoreError(f"results store {self.path}: {LOCKS_DIR}/{key}.lock is not a lock file (a directory, "
                              "link or special file); delete it and run again")
-        lock = FileLock(str(path), thread_local=False)
+        try:
+            if path.stat().st_mode & 0o007:  # a lock file of an older store: others could lock it too
+                path.chmod(LOCK_MODE)
+        except OSError:  # none yet, or another user's
+            pass
+        lock = FileLock(str(path), mode=LOCK_MODE, thread_local=False)
         try:
             lock.acquire(timeout=-1 if wait else 0)
         except Timeout:
