@@ -11,10 +11,18 @@ unit; the difference is about a worker's start and the pipe round trips of fit a
 ``describe``: the discovery of one third-party entry point (examples/decoderbench-softshrink, installed as a
 ``.dist-info`` on ``sys.path``): a describing worker started, the module imported there, its description
 read back. Paid once per run, whatever the number of units (``plugins.discovery_cost()``).
+
+``third_party``: a unit of that third-party decoder (``softshrink``, the cell above), isolated as by default.
+Where the harness runs as root, ``nobody`` is its worker's user as by default (the worker drops its privileges,
+gets a private home, reaches the Python environment through descriptors), ``root`` keeps the worker root
+(``DECODERBENCH_WORKER_USER=root``): their ratio is the price of the change of user (skipped where not root).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,15 +52,40 @@ def test_unit(benchmark, isolate):
     benchmark.extra_info["n_samples"] = rows["n_eval"] if "n_eval" in rows else None
 
 
-def test_describe(benchmark, tmp_path, monkeypatch):
-    info = tmp_path / "decoderbench_softshrink-0.1.0.dist-info"
+@pytest.fixture
+def softshrink(monkeypatch):
+    """The example plugin installed as a .dist-info in a folder other users can read (a root harness's worker
+    for it runs as nobody), removed after."""
+    where = Path(tempfile.mkdtemp(prefix="decoderbench-bench-"))
+    where.chmod(0o755)
+    info = where / "decoderbench_softshrink-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: decoderbench-softshrink\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text("[decoderbench]\nsoftshrink = decoderbench_softshrink\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(where))
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "decoderbench-softshrink"))
     monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,softshrink")
+    plugins.reset()
+    yield
+    plugins.reset()
+    shutil.rmtree(where, ignore_errors=True)
 
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="the harness is not root")
+@pytest.mark.parametrize("user", ["nobody", "root"])
+def test_third_party(benchmark, softshrink, monkeypatch, user):
+    monkeypatch.setenv(worker.WORKER_USER_ENV, user)
+    unit = WorkUnit(256, 64, 0.05, "softshrink", seed=0, min_samples=256, max_samples=256, device="cpu")
+
+    def row():
+        r = worker.run_guarded(unit, worker.Guard())
+        assert r["status"] == "ok" and r["isolated"], r["error"]
+
+    row()  # described once (not part of a unit's cost)
+    benchmark.pedantic(row, rounds=5, iterations=1)
+
+
+def test_describe(benchmark, softshrink):
     def discover():
         plugins.reset()  # forget the cache and the describing worker: a cold discovery
         assert plugins.described(plugins.get_decoder("softshrink")) is not None

@@ -151,6 +151,9 @@ def plugins_cmd(as_json):
     """List every registered decoder and encoder with its kind and source."""
     from . import plugins
     from .options import describe, describe_text
+    from .worker import worker_user
+
+    worker_user()  # a DECODERBENCH_WORKER_USER naming no user: one line, exit 2 (as run)
 
     def options_of(d):  # a described third-party decoder: what its worker reported (its code is not imported)
         desc = plugins.described(d)

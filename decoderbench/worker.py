@@ -21,6 +21,13 @@ raises for the decoder's fault, nor lets the decoder end the run:
 Hand-registered plugins (``plugins.register_plugin``, source ``local:...``) run in-process under
 ``isolate="auto"``: whoever registered them in this process vouches for them (``isolate=True`` sends
 them to a child too when their class can be imported by name there).
+
+Where the harness runs as root, a worker that imports third-party code this process has not imported (the
+describing worker; an isolated third-party decoder's worker) becomes an unprivileged user before that code runs
+(:func:`worker_user`: ``nobody``, or ``DECODERBENCH_WORKER_USER``; :func:`_become`): no groups, its gid, its
+real, effective and saved uid, ``no_new_privs``, not dumpable, a private HOME and TMPDIR that the harness makes
+and removes. Code this process runs itself (built-ins, hand-registered classes, trusted entry points) keeps
+its user: a worker gains nothing from changing user for code the harness has already run.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class Guard:
             check_timeout(t, f"timeout.{name}")
         if self.memory_limit_mb is not None:
             check_memory_limit(self.memory_limit_mb)
+        worker_user()  # a DECODERBENCH_WORKER_USER that names no user is refused before anything runs
 
     def timeout_for(self, decoder: str) -> float:
         return float(self.timeouts.get(decoder, self.timeout_s))
@@ -230,15 +238,321 @@ def harden_harness() -> bool:
     a decoder's worker, can then neither read its ``/proc/<pid>/environ`` (which still holds a key given in the
     environment at start) nor its memory, nor attach a debugger. Root (CAP_SYS_PTRACE) is not stopped by it.
     Called by ``decoderbench run`` when an evaluation key is set; True where it took effect."""
+    return _prctl(4, 0)  # PR_SET_DUMPABLE = 4
+
+
+# ----------------------------------------------------------------------------- the worker's user (a root harness)
+
+
+WORKER_USER_ENV = "DECODERBENCH_WORKER_USER"
+DEFAULT_WORKER_USER = "nobody"
+NOBODY_ID = 65534  # the default where no user is named nobody
+
+
+@dataclass(frozen=True)
+class WorkerUser:
+    """The unprivileged user a worker that imports untrusted code runs as."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def __str__(self):
+        return f"{self.name} (uid {self.uid})"
+
+
+def worker_user() -> WorkerUser | None:
+    """Who a worker importing third-party code the harness has not imported runs as: None (no change) where
+    the harness is not root, or ``DECODERBENCH_WORKER_USER`` names root; else that variable's user (a name or
+    a uid), by default ``nobody`` (uid 65534 where no user has that name). BadInput (one line; the CLI exits
+    2) when the variable names no user, or names another user while the harness is not root."""
+    if not hasattr(os, "geteuid"):  # pragma: no cover (not POSIX)
+        return None
+    import pwd
+
+    raw = os.environ.get(WORKER_USER_ENV, "").strip()
+    euid = os.geteuid()
+    if not raw:
+        if euid != 0:
+            return None
+        try:
+            pw = pwd.getpwnam(DEFAULT_WORKER_USER)
+        except KeyError:
+            return WorkerUser(f"uid {NOBODY_ID}", NOBODY_ID, NOBODY_ID)
+        return WorkerUser(pw.pw_name, pw.pw_uid, pw.pw_gid)
+    try:
+        pw = pwd.getpwuid(int(raw)) if raw.isdigit() else pwd.getpwnam(raw)
+    except (KeyError, OverflowError):
+        raise BadInput(f"{WORKER_USER_ENV}={raw!r} names no user of this system (give a user name or uid, e.g. "
+                       f"{DEFAULT_WORKER_USER}, or unset it)") from None
+    if pw.pw_uid == euid:  # the harness's own user: nothing to change (root: workers stay root, as asked)
+        return None
+    if euid != 0:
+        raise BadInput(f"{WORKER_USER_ENV}={raw!r}: only a harness running as root runs its workers as another "
+                       f"user (this one runs as uid {euid}); unset it")
+    return WorkerUser(pw.pw_name, pw.pw_uid, pw.pw_gid)
+
+
+_homes: set = set()  # private homes of dropped workers not yet removed (removed at exit at the latest)
+
+
+def _make_home(user: WorkerUser) -> str:
+    """A fresh folder owned by ``user`` (mode 0700): the worker's HOME and TMPDIR, removed when it ends."""
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="decoderbench-worker-")
+    try:
+        os.chown(home, user.uid, user.gid)
+    except OSError:
+        os.rmdir(home)
+        raise
+    if not _homes:
+        import atexit
+
+        atexit.register(_remove_homes)
+    _homes.add(home)
+    return home
+
+
+def _remove_home(home: str | None) -> None:
+    if home:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)  # (fd-based on Linux: never follows a link the worker made)
+        _homes.discard(home)
+
+
+def _remove_homes() -> None:
+    for home in list(_homes):
+        _remove_home(home)
+
+
+_plugin_paths_cache: dict = {}
+
+
+def plugin_paths(r: dict) -> list[str]:
+    """Where third-party entry point ``r`` (``{name, value, dist}``) lives, found without importing anything:
+    its distribution's metadata folder and its top-level module (the first ``sys.path`` entry holding a package
+    folder or a module file of that name). A worker that runs as another user checks that it can read them
+    before it imports the entry point (:func:`_check_readable`). Empty where not found (an editable install's
+    own finder, say): the worker's import then fails as it fails."""
+    import importlib.metadata as md
+
+    from .plugins import ENTRY_POINT_GROUP, _dist_label
+
+    key = (r["name"], r["value"], r["dist"], tuple(sys.path))
+    if key in _plugin_paths_cache:
+        return _plugin_paths_cache[key]
+    out: list[str] = []
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == r["name"] and ep.value == r["value"] and _dist_label(getattr(ep, "dist", None)) == r["dist"]:
+            info = getattr(getattr(ep, "dist", None), "_path", None)  # a PathDistribution's .dist-info folder
+            if info is not None:
+                out.append(os.path.abspath(str(info)))
+            break
+    top = r["value"].split(":")[0].split(".")[0].strip()
+    for entry in sys.path if top else []:
+        base = os.path.abspath(entry or os.curdir)
+        hits = [p for p in (os.path.join(base, top), os.path.join(base, top + ".py")) if os.path.exists(p)]
+        if not hits and os.path.isdir(base):  # an extension module (top.cpython-311-x86_64-linux-gnu.so)
+            try:
+                hits = sorted(os.path.join(base, n) for n in os.listdir(base)
+                              if n.startswith(top + ".") and n.endswith((".so", ".pyd")))
+            except OSError:
+                continue
+        if hits:
+            out.append(hits[0])
+            break
+    _plugin_paths_cache[key] = out
+    return out
+
+
+def drop_spec(user: WorkerUser | None) -> dict | None:
+    """What a worker needs to become ``user`` (None: it does not change user): the user and a fresh home."""
+    if user is None:
+        return None
+    return {"name": user.name, "uid": user.uid, "gid": user.gid, "home": _make_home(user)}
+
+
+def _remote_entry(plugin: str) -> dict | None:
+    """The harness's record (``{name, value, dist}``) of third-party entry point ``plugin`` when it is not imported
+    in this process (None: imported here, so trusted: a built-in, or named in DECODERBENCH_TRUSTED_PLUGINS)."""
+    from . import plugins
+
+    return next((r for r in plugins._remote if r["name"] == plugin), None)
+
+
+def _environment_roots() -> list[str]:
+    """The folders of the Python environment a worker imports from: the interpreter's and the environment's
+    ``sys.path`` entries (standard library, lib-dynload, site-packages) and decoderbench's own package folder.
+    Other entries (the working directory, ``PYTHONPATH``, a test's folder) are not part of it: a plugin there
+    must be readable by the worker's user."""
+    prefixes = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    try:
+        import site
+
+        sites = {os.path.abspath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    except Exception:  # noqa: BLE001 (an embedded interpreter may lack them)
+        sites = set()
+    out = []
+    for entry in sys.path:
+        if not entry:
+            continue
+        e = os.path.abspath(entry)
+        if e in sites or any(e == p or e.startswith(p + os.sep) for p in prefixes):
+            out.append(e)
+    out += [os.path.abspath(p) for p in getattr(sys.modules.get("decoderbench"), "__path__", [])]
+    return list(dict.fromkeys(p for p in out if os.path.isdir(p)))
+
+
+def _blocked_at(path: str) -> str:
+    """The first folder on the way to ``path``, or ``path`` itself, that this process may not search or read:
+    named with its mode and owner (for the one-line error)."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        p = os.sep.join(parts[:i]) or os.sep
+        last = i == len(parts)
+        want = (os.R_OK | (os.X_OK if os.path.isdir(p) else 0)) if last else os.X_OK
+        if not os.access(p, want):
+            try:
+                import pwd
+
+                st = os.stat(p)
+                try:
+                    owner = pwd.getpwuid(st.st_uid).pw_name
+                except KeyError:
+                    owner = str(st.st_uid)
+                return f"{p} (mode {st.st_mode & 0o7777:04o}, owner {owner})"
+            except OSError:
+                return p
+    return os.path.abspath(path)
+
+
+class CannotRead(PermissionError):
+    """A worker that runs as another user cannot read what it must import (one line naming the path)."""
+
+
+def _unreadable(path: str) -> bool:
+    want = os.R_OK | (os.X_OK if os.path.isdir(path) else 0)
+    return not os.access(path, want)
+
+
+def _become(drop: dict) -> dict:
+    """In a worker, before any third-party code runs: become ``drop``'s user for good (no supplementary groups,
+    its group, real, effective and saved uid), with its private home as HOME and TMPDIR. The folders of the
+    Python environment that the user can read but not reach (a parent folder such as ``/root`` is closed to
+    it, as with an interpreter installed under root's home) are reached through descriptors opened before the
+    change (``/proc/self/fd/N``): the standard library and site-packages stay importable, and nothing else
+    under that parent opens. Returns ``{folder: the path it is reached by}``; CannotRead when the
+    environment cannot be read at all."""
+    import pwd  # noqa: F401 (what runs after the change imports nothing it might not read)
+    import tempfile
+
+    roots = {}
+    for root in _environment_roots():
+        try:
+            roots[root] = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: no setuid program it runs later gives it privileges back
+    try:
+        os.setgroups([])
+        os.setgid(drop["gid"])
+        os.setuid(drop["uid"])  # as root: real, effective and saved uid (so it can never come back)
+    except OSError as exc:  # e.g. a user namespace that maps no such uid, or root without CAP_SETUID
+        raise PermissionError(f"the worker could not become {drop['name']} (uid {drop['uid']}): {exc}; name a user "
+                              f"this system can switch to in {WORKER_USER_ENV} (root keeps workers as root)") from None
+    uids = os.getresuid() if hasattr(os, "getresuid") else (os.getuid(), os.geteuid(), os.geteuid())
+    gids = os.getresgid() if hasattr(os, "getresgid") else (os.getgid(), os.getegid(), os.getegid())
+    if uids != (drop["uid"],) * 3 or gids != (drop["gid"],) * 3:  # pragma: no cover
+        raise PermissionError("the worker could not change its user")
+    _prctl(4, 0)  # PR_SET_DUMPABLE 0: other processes of its user cannot trace it or read its memory
+    home = drop["home"]
+    os.environ.update(HOME=home, TMPDIR=home, TMP=home, TEMP=home, XDG_CACHE_HOME=os.path.join(home, ".cache"),
+                      USER=drop["name"], LOGNAME=drop["name"])
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    via = {}
+    for root, fd in roots.items():
+        if not _unreadable(root):
+            os.close(fd)
+            continue
+        alias = f"/proc/self/fd/{fd}"
+        if os.path.isdir(alias) and not _unreadable(alias):
+            via[root] = alias
+        else:
+            os.close(fd)
+            raise CannotRead(f"the worker runs as {drop['name']} (uid {drop['uid']}, since the harness runs as "
+                             f"root) and cannot read the Python environment at {_blocked_at(root)}: make it readable "
+                             f"by other users, or name a user who can in {WORKER_USER_ENV}")
+    if via:
+        _reroute_imports(via)
+    if _unreadable(home):  # pragma: no cover (a TMPDIR of the harness that others cannot reach)
+        raise CannotRead(f"the worker runs as {drop['name']} and cannot use its home {_blocked_at(home)}: set "
+                         "TMPDIR to a folder other users can reach")
+    return via
+
+
+def _prctl(option: int, value: int) -> bool:
+    """Linux ``prctl(option, value)``; False where it is not there or failed."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE = 4
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):  # pragma: no cover
         return False
+
+
+def _reroute_imports(via: dict) -> None:
+    """Imports from now on find the modules under each folder of ``via`` through its alias: the entries of
+    ``sys.path`` are rewritten (importlib.metadata reads them too), and a path hook serves the search paths of
+    the packages imported before (``http`` of the standard library, say), whose finders are forgotten. No
+    module is touched (after a fork, touching every module would copy its memory pages)."""
+    import importlib
+    import importlib.machinery as im
+
+    order = sorted(via, key=len, reverse=True)
+
+    def alias(p):
+        if isinstance(p, str):
+            for root in order:
+                if p == root or p.startswith(root + os.sep):
+                    return via[root] + p[len(root):]
+        return None
+
+    details = [(im.ExtensionFileLoader, im.EXTENSION_SUFFIXES), (im.SourceFileLoader, im.SOURCE_SUFFIXES),
+               (im.SourcelessFileLoader, im.BYTECODE_SUFFIXES)]
+
+    def hook(path):
+        a = alias(path)
+        if a is None:
+            raise ImportError("not a rerouted folder")
+        return im.FileFinder(a, *details)
+
+    sys.path[:] = [alias(p) or p for p in sys.path]
+    sys.path_hooks.insert(0, hook)
+    for key in [k for k in sys.path_importer_cache if alias(k) is not None]:
+        del sys.path_importer_cache[key]
+    importlib.invalidate_caches()
+
+
+def _check_readable(drop: dict, plugin: str, paths, via: dict) -> None:
+    """CannotRead (one line naming the folder or file) when this worker cannot read plugin ``plugin``'s
+    distribution metadata or module, ``paths`` as the harness found them (:func:`plugin_paths`)."""
+    order = sorted(via, key=len, reverse=True)
+    for path in paths or []:
+        reached = path
+        for root in order:
+            if path == root or path.startswith(root + os.sep):
+                reached = via[root] + path[len(root):]
+                break
+        if not _unreadable(reached):
+            continue
+        where = _blocked_at(path) if reached == path else path
+        raise CannotRead(f"its worker runs as {drop['name']} (uid {drop['uid']}, since the harness runs as root) "
+                         f"and cannot read {where}: make it and the folders above it readable by other users, or "
+                         f"name a user who can in {WORKER_USER_ENV}")
 
 
 _ctx = None
@@ -420,6 +734,13 @@ def _child_main(conn, spec: dict) -> None:
         from . import evalkey
 
         evalkey._in_decoder_worker()  # and its copy of evalkey draws nothing like the harness's stream
+        drop = spec.get("drop")
+        if drop is not None:  # it imports third-party code: as an unprivileged user (a root harness)
+            via = _become(drop)
+            try:
+                _check_readable(drop, drop["plugin"], drop["paths"], via)
+            except CannotRead as exc:
+                raise CannotRead(f"plugin {drop['plugin']!r} failed to load: {exc}") from None
         from . import plugins
         from .decoder import CellOnlyEncoder, DecoderContext, TrainingSet, json_safe
         from .runner import DTYPES, resolve_device
@@ -496,9 +817,16 @@ class Session:
         ctx = mp_context()
         self.conn, child = ctx.Pipe()
         env = {k: v for k, v in (env or child_env()).items() if k != "eval_key"}  # never to the decoder
+        drop = None
         if plugin is not None:  # the worker imports the one entry point whose decoder it runs (and built-ins)
             env["trusted"] = [plugin]
-        spec = {"unit": unit, "env": env, "cls": cls,
+            remote = _remote_entry(plugin)
+            if remote is not None:  # code this process never imported: as an unprivileged user, if root
+                drop = drop_spec(worker_user())
+                if drop is not None:
+                    drop.update(plugin=plugin, paths=plugin_paths(remote))
+        self.home = drop["home"] if drop is not None else None
+        spec = {"unit": unit, "env": env, "cls": cls, "drop": drop,
                 "memory_limit_bytes": int(guard.memory_limit_mb * 2**20) if guard.memory_limit_mb else None}
         self.proc = ctx.Process(target=_child_main, args=(child, spec), daemon=True,
                                 name=f"decoderbench-{unit.decoder}")
@@ -551,14 +879,17 @@ class Session:
 
     def kill(self):
         if getattr(self.proc, "_popen", None) is None:  # never started
+            _remove_home(getattr(self, "home", None))
             return
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(5)
         kill_group(self.proc.pid)  # and whatever the decoder started
+        _remove_home(self.home)
 
     def close(self):
         if getattr(getattr(self, "proc", None), "_popen", None) is None:
+            _remove_home(getattr(self, "home", None))
             return
         try:
             if self.proc.is_alive():
@@ -1014,8 +1345,9 @@ def _describe_decoder(cls) -> dict:
             "encoder_weight": callable(getattr(cls, "encoder_weight", None))}
 
 
-def _describe_one(r: dict, loaded: dict) -> dict:
-    """In the describing worker: import entry point ``r`` and run its registration hooks into lists."""
+def _describe_one(r: dict, loaded: dict, drop: dict | None = None, via: dict | None = None) -> dict:
+    """In the describing worker: import entry point ``r`` and run its registration hooks into lists (first, in a
+    worker that runs as another user, check that it can read the entry point's files: ``r["paths"]``)."""
     import importlib.metadata as md
 
     import pluggy
@@ -1025,6 +1357,11 @@ def _describe_one(r: dict, loaded: dict) -> dict:
     from .plugins import ENTRY_POINT_GROUP, _check_encoder_class, _dist_label
 
     name = r["name"]
+    if drop is not None:
+        try:
+            _check_readable(drop, name, r.get("paths"), via or {})
+        except CannotRead as exc:
+            return {"error": f"plugin {name!r} failed to load: {exc}"}
     eps = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)
            if ep.name == name and ep.value == r["value"] and _dist_label(getattr(ep, "dist", None)) == r["dist"]]
     if not eps:
@@ -1088,16 +1425,20 @@ def _validate_one(loaded: dict, name: str, decoder: str, options: str, n_s, n_d,
     return None
 
 
-def _describer_main(conn, env: dict) -> None:
-    """The describing worker: imports third-party entry points (never the harness), answers in plain data."""
+def _describer_main(conn, env: dict, drop: dict | None = None) -> None:
+    """The describing worker: imports third-party entry points (never the harness), answers in plain data; as
+    an unprivileged user where the harness is root (``drop``)."""
     _own_session()
     _quiet_stdout()
+    via: dict = {}
     try:
         apply_child_env(env)
         from . import evalkey
 
         os.environ.pop(evalkey.ENV, None)
         evalkey._in_decoder_worker()
+        if drop is not None:
+            via = _become(drop)
     except BaseException as exc:  # noqa: BLE001
         _send_error(conn, exc)
         return
@@ -1110,11 +1451,11 @@ def _describer_main(conn, env: dict) -> None:
         try:
             if msg[0] == "describe":
                 for r in msg[1]:
-                    conn.send(("ep", r["name"], plain(_describe_one(r, loaded))))
+                    conn.send(("ep", r["name"], plain(_describe_one(r, loaded, drop, via))))
             elif msg[0] == "validate":
                 for r, decoder, options, n_s, n_d, p in msg[1]:
                     if r["name"] not in loaded:
-                        _describe_one(r, loaded)
+                        _describe_one(r, loaded, drop, via)
                     conn.send(("ok", _validate_one(loaded, r["name"], decoder, options, n_s, n_d, p)))
             else:
                 return
@@ -1131,9 +1472,15 @@ class _Describer:
         self.conn, child = ctx.Pipe()
         env = {k: v for k, v in child_env().items() if k not in ("eval_key", "described")}
         env["trusted"] = "all"
-        self.proc = ctx.Process(target=_describer_main, args=(child, env), daemon=True, name="decoderbench-describe")
-        with _main_not_reimported():
-            self.proc.start()
+        self.drop = drop_spec(worker_user())  # it imports third-party code: as an unprivileged user, if root
+        self.proc = ctx.Process(target=_describer_main, args=(child, env, self.drop), daemon=True,
+                                name="decoderbench-describe")
+        try:
+            with _main_not_reimported():
+                self.proc.start()
+        except BaseException:
+            _remove_home(self.drop and self.drop["home"])
+            raise
         child.close()
         stats["worker_starts"] = stats.get("worker_starts", 0) + 1
         stats["start_s"] = time.monotonic() - t0
@@ -1163,6 +1510,7 @@ class _Describer:
         except (OSError, ValueError, AssertionError):
             pass
         kill_group(self.proc.pid)
+        _remove_home(self.drop and self.drop["home"])
         try:
             self.conn.close()
         except OSError:
@@ -1198,6 +1546,8 @@ def describe_entry_points(remote: list, stats: dict) -> dict:
     with stdout_to_stderr():
         while todo:
             d = _get_describer(stats)
+            if d.drop is not None:  # where each entry point's files are, for the worker to check it can read them
+                todo = [dict(r, paths=plugin_paths(r)) for r in todo]
             try:
                 d.send(("describe", todo))
             except (BrokenPipeError, OSError):
@@ -1231,6 +1581,8 @@ def validate_described_options(todo: list, stats: dict) -> list:
     with stdout_to_stderr():
         for item in todo:
             d = _get_describer(stats)
+            if d.drop is not None:
+                item = (dict(item[0], paths=plugin_paths(item[0])), *item[1:])
             try:
                 d.send(("validate", [item]))
                 msg = d.recv(DESCRIBE_TIMEOUT_S)

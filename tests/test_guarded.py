@@ -53,9 +53,9 @@ HONEST = ("linear", "faulty_ok", "faulty_prints")  # faulty_prints: `--json` std
 
 
 @pytest.fixture(scope="module")
-def faulty_site(tmp_path_factory):
-    src = copy_source(FAULTY, tmp_path_factory.mktemp("src") / FAULTY.name)
-    target = tmp_path_factory.mktemp("site")
+def faulty_site(shared_tmp_factory):
+    src = copy_source(FAULTY, shared_tmp_factory.mktemp("src") / FAULTY.name)
+    target = shared_tmp_factory.mktemp("site")
     pip_install(src, target)
     return target
 

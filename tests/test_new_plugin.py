@@ -46,17 +46,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, words):
 
 
 @pytest.mark.slow
-def test_a_template_of_every_kind_installs_runs_and_passes_its_own_test(tmp_path, capsys):
+def test_a_template_of_every_kind_installs_runs_and_passes_its_own_test(shared_tmp, capsys):
     names = [f"my-{k}" for k in KINDS]
     for name, kind in zip(names, KINDS):
-        assert cli.main(["new-plugin", name, "--kind", kind, "--dir", str(tmp_path / "src")]) == 0
-    assert cli.main(["new-plugin", names[0], "--dir", str(tmp_path / "src")]) == 2  # never overwrites
+        assert cli.main(["new-plugin", name, "--kind", kind, "--dir", str(shared_tmp / "src")]) == 0
+    assert cli.main(["new-plugin", names[0], "--dir", str(shared_tmp / "src")]) == 2  # never overwrites
     capsys.readouterr()
-    target = tmp_path / "site"
+    target = shared_tmp / "site"
     for name in names:
-        pip_install(tmp_path / "src" / names_for(name)["dist"], target)
+        pip_install(shared_tmp / "src" / names_for(name)["dist"], target)
     allow = ",".join(["rug", *names])
-    out = run_cli(["run", "--plugins", ",".join(names), *CELL, "--json"], target, allow, tmp_path)
+    out = run_cli(["run", "--plugins", ",".join(names), *CELL, "--json"], target, allow, shared_tmp)
     assert out.returncode == 0, out.stderr
     rows = {r["decoder"]: r for r in json.loads(out.stdout)}
     assert set(rows) == set(names)
@@ -67,8 +67,8 @@ def test_a_template_of_every_kind_installs_runs_and_passes_its_own_test(tmp_path
         assert row["loss"] < row["trivial"], (name, row["loss"], row["trivial"])
     env = {**os.environ, "DECODERBENCH_PLUGINS": allow,
            "PYTHONPATH": os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    tests = [str(tmp_path / "src" / names_for(n)["dist"] / "tests") for n in names]
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-                          *tests], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    tests = [str(shared_tmp / "src" / names_for(n)["dist"] / "tests") for n in names]
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(shared_tmp),
+                          *tests], capture_output=True, text=True, env=env, cwd=shared_tmp, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "5 passed" in res.stdout

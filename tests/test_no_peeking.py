@@ -37,9 +37,9 @@ CHEATS = ["cheat_rebuild", "cheat_rebuild_informed", "cheat_rebuild_reimplemente
 
 
 @pytest.fixture(scope="module")
-def cheats_site(tmp_path_factory):
-    src = copy_source(CHEATS_SRC, tmp_path_factory.mktemp("src") / CHEATS_SRC.name)
-    target = tmp_path_factory.mktemp("site")
+def cheats_site(shared_tmp_factory):
+    src = copy_source(CHEATS_SRC, shared_tmp_factory.mktemp("src") / CHEATS_SRC.name)
+    target = shared_tmp_factory.mktemp("site")
     pip_install(src, target)
     return target
 

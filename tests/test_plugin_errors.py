@@ -158,15 +158,15 @@ def test_unknown_plugin_name_is_bad_input(capsys):
         assert name in lines[0]
 
 
-def _dist(tmp_path, dist: str, entry_points: dict[str, str], modules: dict[str, str]):
+def _dist(where, dist: str, entry_points: dict[str, str], modules: dict[str, str]):
     """A minimal installed distribution on sys.path: a .dist-info with entry points, plus modules."""
-    info = tmp_path / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info = where / f"{dist.replace('-', '_')}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
     eps = "[decoderbench]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
     (info / "entry_points.txt").write_text(eps)
     for mod, src in modules.items():
-        (tmp_path / f"{mod}.py").write_text(textwrap.dedent(src))
+        (where / f"{mod}.py").write_text(textwrap.dedent(src))
 
 
 @pytest.mark.parametrize("target,src,msg", [
@@ -174,9 +174,9 @@ def _dist(tmp_path, dist: str, entry_points: dict[str, str], modules: dict[str, 
     ("dbt_raising_import_mod", "raise RuntimeError('needs a library this machine lacks')\n",
      "RuntimeError: needs a library this machine lacks"),
 ])
-def test_broken_entry_point_is_an_error_row(tmp_path, monkeypatch, capsys, fresh_plugins, target, src, msg):
-    _dist(tmp_path, "dbt-broken-plugin", {"broken_thing": target}, {target: src} if src else {})
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_broken_entry_point_is_an_error_row(shared_tmp, monkeypatch, capsys, fresh_plugins, target, src, msg):
+    _dist(shared_tmp, "dbt-broken-plugin", {"broken_thing": target}, {target: src} if src else {})
+    monkeypatch.syspath_prepend(str(shared_tmp))
     monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,linear,broken_thing")
     plugins.reset()
     assert set(plugins.decoders()) == {"linear"}
@@ -196,7 +196,7 @@ def test_broken_entry_point_is_an_error_row(tmp_path, monkeypatch, capsys, fresh
     assert rc == 1 and json.loads(capsys.readouterr().out)[0]["status"] == "error"
 
 
-def test_plugin_that_fails_to_register_is_an_error_row(tmp_path, monkeypatch, capsys, fresh_plugins):
+def test_plugin_that_fails_to_register_is_an_error_row(shared_tmp, monkeypatch, capsys, fresh_plugins):
     src = """
     from decoderbench import hookimpl
 
@@ -204,8 +204,8 @@ def test_plugin_that_fails_to_register_is_an_error_row(tmp_path, monkeypatch, ca
     def decoderbench_register_decoders(register):
         raise ValueError("cannot register today")
     """
-    _dist(tmp_path, "dbt-unregistrable", {"unregistrable": "dbt_unregistrable_mod"}, {"dbt_unregistrable_mod": src})
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _dist(shared_tmp, "dbt-unregistrable", {"unregistrable": "dbt_unregistrable_mod"}, {"dbt_unregistrable_mod": src})
+    monkeypatch.syspath_prepend(str(shared_tmp))
     monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,linear,unregistrable")
     plugins.reset()
     rc = main(["run", "--plugins", "all", *CELL, "--json"])
@@ -214,11 +214,11 @@ def test_plugin_that_fails_to_register_is_an_error_row(tmp_path, monkeypatch, ca
     assert "cannot register today" in rows["unregistrable"]["error"]
 
 
-def test_broken_entry_point_and_a_name_it_may_have_provided(tmp_path, monkeypatch, capsys, fresh_plugins):
+def test_broken_entry_point_and_a_name_it_may_have_provided(shared_tmp, monkeypatch, capsys, fresh_plugins):
     """`run --plugins relu` while a plugin is broken (relu not registered): an error row naming the broken
     plugin, exit 1, not "unknown decoder" (the broken plugin may have been the one providing relu)."""
-    _dist(tmp_path, "dbt-broken-plugin", {"broken_thing": "no_such_module_for_decoderbench_test2"}, {})
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _dist(shared_tmp, "dbt-broken-plugin", {"broken_thing": "no_such_module_for_decoderbench_test2"}, {})
+    monkeypatch.syspath_prepend(str(shared_tmp))
     monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,linear,broken_thing")
     plugins.reset()
     rc = main(["run", "--plugins", "relu,linear", *CELL, "--json"])
@@ -265,10 +265,10 @@ def decoderbench_register_decoders(register):
 """
 
 
-def test_name_collision_is_refused_alone_naming_both(tmp_path, monkeypatch, capsys, fresh_plugins):
+def test_name_collision_is_refused_alone_naming_both(shared_tmp, monkeypatch, capsys, fresh_plugins):
     # entry point named "aaa_collider" so that it would come first in any name order
-    _dist(tmp_path, "dbt-collider", {"aaa_collider": "dbt_collider_mod"}, {"dbt_collider_mod": COLLIDER})
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _dist(shared_tmp, "dbt-collider", {"aaa_collider": "dbt_collider_mod"}, {"dbt_collider_mod": COLLIDER})
+    monkeypatch.syspath_prepend(str(shared_tmp))
     monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,linear,activations,aaa_collider")
     plugins.reset()
     dec = plugins.decoders()
@@ -318,13 +318,13 @@ def decoderbench_register_decoders(register):
 """
 
 
-def test_an_entry_point_named_like_a_builtin_plugin_is_refused(tmp_path, monkeypatch, capsys, fresh_plugins):
+def test_an_entry_point_named_like_a_builtin_plugin_is_refused(shared_tmp, monkeypatch, capsys, fresh_plugins):
     """A third-party entry point called `activations` (a built-in plugin's name) is refused and reported; the
     built-in loads whole (relu, jumprelu, trec, prolu, gated from decoderbench) and `plugins` exits 1."""
     import sys
 
-    _dist(tmp_path, "dbt-impostor", {"activations": "dbt_impostor_mod"}, {"dbt_impostor_mod": IMPOSTOR})
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _dist(shared_tmp, "dbt-impostor", {"activations": "dbt_impostor_mod"}, {"dbt_impostor_mod": IMPOSTOR})
+    monkeypatch.syspath_prepend(str(shared_tmp))
     monkeypatch.setenv("DECODERBENCH_PLUGINS", "rug,activations")
     plugins.reset()
     dec = plugins.decoders()

@@ -55,9 +55,9 @@ def copy_source(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def softshrink_site(tmp_path_factory):
-    src = copy_source(EXAMPLE, tmp_path_factory.mktemp("src") / EXAMPLE.name)
-    target = tmp_path_factory.mktemp("site")
+def softshrink_site(shared_tmp_factory):
+    src = copy_source(EXAMPLE, shared_tmp_factory.mktemp("src") / EXAMPLE.name)
+    target = shared_tmp_factory.mktemp("site")
     pip_install(src, target)
     return target
 
@@ -131,7 +131,7 @@ def readme_example() -> tuple[str, str, str]:
 
 
 @pytest.mark.slow
-def test_readme_plugin_example_works_when_copied(tmp_path):
+def test_readme_plugin_example_works_when_copied(shared_tmp):
     module, pyproject, install = readme_example()
     meta = tomllib.loads(pyproject)
     dist = meta["project"]["name"]
@@ -139,20 +139,20 @@ def test_readme_plugin_example_works_when_copied(tmp_path):
     (mod_name,) = meta["tool"]["setuptools"]["py-modules"]
     assert ep_module == mod_name
     assert f"./{dist}" in install  # the install line installs the folder the README describes
-    src = tmp_path / dist
+    src = shared_tmp / dist
     src.mkdir()
     (src / f"{mod_name}.py").write_text(module)
     (src / "pyproject.toml").write_text(pyproject)
-    target = tmp_path / "site"
+    target = shared_tmp / "site"
     pip_install(src, target)
 
-    out = cli(["plugins", "--json"], target, f"rug,linear,{ep_name}", tmp_path)
+    out = cli(["plugins", "--json"], target, f"rug,linear,{ep_name}", shared_tmp)
     assert out.returncode == 0, out.stderr
     mine = [r for r in json.loads(out.stdout) if (r.get("source") or "").startswith(f"{dist}==")]
     assert len(mine) == 1 and mine[0]["kind"] in ("elementwise", "filtering", "reference", "iterative", "learned")
     name = mine[0]["name"]
 
-    out = cli(["run", "--plugins", "all", *CELL, "--json"], target, f"rug,linear,{ep_name}", tmp_path)
+    out = cli(["run", "--plugins", "all", *CELL, "--json"], target, f"rug,linear,{ep_name}", shared_tmp)
     assert out.returncode == 0, out.stderr
     rows = {r["decoder"]: r for r in json.loads(out.stdout)}
     assert rows[name]["status"] == "ok" and rows[name]["loss"] > 0 and rows["linear"]["status"] == "ok"
@@ -213,24 +213,24 @@ py-modules = ["decoderbench_nbcheck"]
 
 
 @pytest.mark.slow
-def test_notebook_decoder_row_equals_the_installed_plugin_row(tmp_path):
+def test_notebook_decoder_row_equals_the_installed_plugin_row(shared_tmp):
     """A Decoder subclass and an activation defined in a session (no install step) give the rows that the
     same code installed as a third-party plugin gives through `decoderbench run` (there: isolated in a worker
     process), bit for bit: loss, SE, samples, fitted parameters (timings aside)."""
     import decoderbench as db
     from decoderbench import api
 
-    src = tmp_path / "decoderbench-nbcheck"
+    src = shared_tmp / "decoderbench-nbcheck"
     src.mkdir()
     (src / "decoderbench_nbcheck.py").write_text(NOTEBOOK_CODE)
     (src / "pyproject.toml").write_text(NB_PYPROJECT)
-    target = tmp_path / "site"
+    target = shared_tmp / "site"
     pip_install(src, target)
     import torch
 
     # the same torch thread count as this process: fitted float64 sums move in their last bits with it
     out = cli(["run", "--plugins", "scaled,squash", *CELL, "--json", "--threads", str(torch.get_num_threads())],
-              target, "rug,nbcheck", tmp_path)
+              target, "rug,nbcheck", shared_tmp)
     assert out.returncode == 0, out.stderr
     installed = {r["decoder"]: r for r in json.loads(out.stdout)}
     assert {r["source"] for r in installed.values()} == {"decoderbench-nbcheck==0.1.0"}

@@ -1,10 +1,11 @@
 """Adversarial third-party plugins, one per attack class of issue 22, and the outcome each must get.
 
 ``plugins/`` holds the plugin modules; ``test_attacks.py`` installs them as one distribution
-(``decoderbench-adversarial``, a ``.dist-info`` on ``sys.path``: entry points, nothing copied), runs them in one
-``decoderbench run --json`` with a secret ``DECODERBENCH_EVAL_KEY`` and default isolation beside ``relu`` and
-``linear`` (n_s = 256, 256 samples), and checks each class. Two classes reuse the installable fault packages
-of ``tests/faulty`` (``cheat_frames`` of decoderbench-cheats, ``faulty_prints`` of decoderbench-faulty).
+(``decoderbench-adversarial``, a ``.dist-info`` on ``sys.path`` in a folder other users can read: entry points,
+nothing copied), runs them in one ``decoderbench run --json --out STORE`` with a secret ``DECODERBENCH_EVAL_KEY``
+and default isolation beside ``relu`` and ``linear`` (n_s = 256, 256 samples), and checks each class. Two classes
+reuse the installable fault packages of ``tests/faulty`` (``cheat_frames`` of decoderbench-cheats,
+``faulty_prints`` of decoderbench-faulty).
 
 ==============================================  ==================  ==============================================
 attack class                                    plugin              outcome (this branch)
@@ -26,13 +27,25 @@ entrywise on probe calls only, then             adv_probe           error row ("
 ``ctx.encoder``                                                     on the scored batches")
 finite overflow (3e38) outputs                  adv_overflow        no ok row with a non-finite or null loss: a
                                                                     finite loss far above relu's, or an error row
-killing its parent, a grandchild holding the    adv_signals         error (or timeout) row; the run completes, every other
-pipe, SIGSTOP of itself                                             row intact (later isolated rows included);
-                                                                    the grandchild dies with the unit
+killing its parent, a grandchild holding the    adv_signals         error row (same user: its parent, the forkserver,
+pipe, SIGSTOP of itself                                             dies) or timeout row (root harness: the kill is
+                                                                    refused, the SIGSTOP runs into the deadline);
+                                                                    the run completes, every other row intact (later
+                                                                    isolated rows included); the grandchild dies
+                                                                    with the unit
 prints on stdout with ``--json``                faulty_prints       stdout is JSON only, its row is ok
+the harness from its worker (a root harness):   adv_privdrop        (skipped where the harness is not root) it runs
+find it (parent chain in /proc) and its store,                      as nobody: real, effective and saved uid and gid,
+then create, overwrite, rename, delete files                        no groups, in the describing worker too; every
+of the store, flock a lock file, chmod it,                          attempt fails (it may read the store); the store
+mkdir in it; signal the harness and the                             holds every row, valid, nothing added, still
+forkserver; read their ``/proc/<pid>/environ``,                     0755; its row is ok; its private HOME/TMPDIR
+``mem``, ``cwd``; setuid(0)                                         was writable and is gone after its unit
 ==============================================  ==================  ==============================================
 
 What this does not cover, and the README's Trust section states: a worker of the same (non-root) user can still
 signal the harness itself if it finds its pid, leave its process group with its own ``setsid``, and write to the
-results store.
+results store; a worker dropped to ``nobody`` can still do what ``nobody`` may (read files all may read, the
+store's rows included; write to ``/tmp``; signal other processes of ``nobody``, such as concurrent workers; leave
+its process group).
 """

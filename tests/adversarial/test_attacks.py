@@ -10,25 +10,29 @@ from pathlib import Path
 import pytest
 from helpers import survivors
 
-from decoderbench import plugins, scoring
+from decoderbench import plugins, scoring, worker
 from decoderbench.cli import main
+from decoderbench.store import ResultsStore
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
 PATHS = [HERE / "plugins", TESTS / "faulty" / "decoderbench-cheats", TESTS / "faulty" / "decoderbench-faulty"]
 ENTRY_POINTS = {"adv_unpickle": "adv_unpickle", "adv_monkeypatch": "adv_monkeypatch", "adv_key": "adv_key",
                 "activations": "adv_impostor", "adv_probe": "adv_probe", "adv_overflow": "adv_overflow",
-                "adv_signals": "adv_signals", "adv_frames": "decoderbench_cheats", "adv_prints": "decoderbench_faulty"}
+                "adv_signals": "adv_signals", "adv_frames": "decoderbench_cheats", "adv_prints": "decoderbench_faulty",
+                "adv_privdrop": "adv_privdrop"}
 DECODERS = ["relu", "adv_signals", "linear", "adv_unpickle", "adv_monkeypatch", "cheat_frames", "adv_key",
-            "adv_probe", "adv_overflow", "faulty_prints"]
+            "adv_probe", "adv_overflow", "faulty_prints", "adv_privdrop"]
 SECRET = "adversarial-secret-key"
 CELL = ["--ns", "256", "--r", "0.25", "--p", "0.05", "--max-samples", "256", "--device", "cpu", "--timeout", "15"]
 
 
 @pytest.fixture(scope="module")
-def attack(tmp_path_factory):
-    """Install the distribution, run every attack once; yields what the checks read."""
-    tmp = tmp_path_factory.mktemp("adversarial")
+def attack(shared_tmp_factory):
+    """Install the distribution, run every attack once into a store; yields what the checks read. The folder is
+    one other users can read (the workers run as ``nobody`` where the harness is root); the attacks' own files go
+    to a subfolder anyone may write, the store is made by the harness (root-owned, 0755, where root)."""
+    tmp = shared_tmp_factory.mktemp("adversarial")
     info = tmp / "decoderbench_adversarial-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: decoderbench-adversarial\nVersion: 0.1\n")
@@ -36,7 +40,12 @@ def attack(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     for p in [tmp, *PATHS]:
         mp.syspath_prepend(str(p))
-    files = {k: tmp / k for k in ("pids", "plant", "signals")}
+    out = tmp / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    files = {k: out / k for k in ("pids", "plant", "signals")}
+    store = tmp / "store"
+    mp.setenv("ADV_STORE", str(store))
     mp.setenv("ADV_PIDFILE", str(files["pids"]))
     mp.setenv("ADV_PLANT", str(files["plant"]))
     mp.setenv("ADV_PIDFILE_SIGNALS", str(files["signals"]))
@@ -46,7 +55,7 @@ def attack(tmp_path_factory):
     scorer = scoring.sample_losses
     plugins.reset()
     _restart_forkserver()  # a forkserver started by an earlier test keeps that test's environment (no ADV_*)
-    capsys_out = tmp / "stdout"
+    capsys_out = out / "stdout"
     try:
         import contextlib
         import io
@@ -58,10 +67,11 @@ def attack(tmp_path_factory):
         buf = io.StringIO()
         t0 = time.monotonic()
         with contextlib.redirect_stdout(buf):
-            rc = main(["run", "--plugins", ",".join(DECODERS), *CELL, "--json"])
+            rc = main(["run", "--plugins", ",".join(DECODERS), *CELL, "--out", str(store), "--json"])
         capsys_out.write_text(buf.getvalue())
         yield {"rc": rc, "stdout": buf.getvalue(), "rc_plugins": rc_plugins, "listed": listed, "files": files,
-               "scorer": scorer, "wall": time.monotonic() - t0, "cost": plugins.discovery_cost()}
+               "scorer": scorer, "wall": time.monotonic() - t0, "cost": plugins.discovery_cost(), "store": store,
+               "user": worker.worker_user()}
     finally:
         mp.undo()
         plugins.reset()
@@ -153,11 +163,46 @@ def check_prints(attack):
     assert _rows(attack)["faulty_prints"]["status"] == "ok"
 
 
+def check_privdrop(attack):
+    user = attack["user"]
+    if user is None:
+        pytest.skip("the harness does not run as root: its workers run as its own user (README, Trust)")
+    rows = _rows(attack)
+    row = rows["adv_privdrop"]
+    assert row["status"] == "ok", row  # the attack had no effect: nothing to refuse but the attempts themselves
+    got = row["params"]
+    who = f"uid={(user.uid,) * 3} gid={(user.gid,) * 3} groups=[]"
+    assert got["who"] == who, got  # real, effective and saved ids: unprivileged, and no way back
+    assert got["regain_root"] is False and got["no_new_privs"] is True, got
+    desc = next(r["description"] for r in attack["listed"] if r["name"] == "adv_privdrop")
+    assert desc == f"imported as {who}"  # the describing worker too
+    assert got["harness"] == os.getpid(), got  # it found the harness ...
+    assert got["processes"]["harness"] == got["processes"]["forkserver"] == \
+        {"signal": False, "environ": False, "mem": False, "cwd": False, "sigkill": False}, got["processes"]
+    store = attack["store"]
+    attempts = dict(got["store"])
+    assert attempts.pop("store_files_seen") > 0  # ... and the store (which it may read) ...
+    assert attempts == dict.fromkeys(attempts, False), attempts  # ... and could change neither
+    assert not any(p.name.startswith("adv_") or p.suffix == ".moved" for p in store.rglob("*"))
+    assert store.stat().st_mode & 0o777 == 0o755
+    stored = ResultsStore(store, create=False)
+    assert stored.problems() == {}
+    assert sorted(r["decoder"] for r in stored.rows()) == sorted(DECODERS)
+    assert {r["decoder"]: r["loss"] for r in stored.rows() if r["status"] == "ok"} == \
+        {k: r["loss"] for k, r in rows.items() if r["status"] == "ok"}
+    # its private home: its own, writable, gone after the unit
+    assert got["home"] == got["tmpdir"] and os.path.basename(got["home"]).startswith("decoderbench-worker-")
+    assert got["home_writable"] and not os.path.exists(got["home"])
+    for name in ("relu", "linear"):  # built-ins (run as root, in-process) are untouched
+        assert rows[name]["status"] == "ok" and not rows[name]["isolated"], rows[name]
+
+
 CLASSES = {"output runs code when unpickled": check_unpickle, "module-level monkeypatch of the scorer": check_monkeypatch,
            "frame walk to the scored x": check_frames, "key from env or /proc/*/environ": check_key,
            "name collision with a built-in": check_collision, "entrywise on probe calls, then ctx.encoder": check_probe,
            "finite-overflow outputs": check_overflow, "signals, grandchildren": check_signals,
-           "prints on stdout with --json": check_prints}
+           "prints on stdout with --json": check_prints,
+           "the harness's process and store (root)": check_privdrop}
 
 
 @pytest.mark.slow
