@@ -1,12 +1,28 @@
-"""Fixtures shared by the test modules."""
+"""Suite-wide settings, and fixtures shared by the test modules."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_model_cache(tmp_path_factory):
+    """The trained plugin's model cache in a folder of this test session, not the user's ~/.cache (a test must
+    not depend on, or write into, models another run left there; two suites running at once would share it),
+    unless DECODERBENCH_CACHE says otherwise. Set before any worker or forkserver starts, so they inherit it."""
+    if "DECODERBENCH_CACHE" in os.environ:
+        yield
+        return
+    os.environ["DECODERBENCH_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("DECODERBENCH_CACHE", None)
 
 
 def _shared_dir(prefix: str, parent=None) -> Path:

@@ -12,10 +12,12 @@ import textwrap
 import pytest
 
 import decoderbench as db
-from decoderbench import api, plugins, worker
+from decoderbench import api
 from decoderbench.cli import main
+from decoderbench.contract import registry as plugins
 from decoderbench.errors import BadInput
-from decoderbench.runner import WorkUnit
+from decoderbench.run import worker
+from decoderbench.run.runner import WorkUnit
 
 ROOT_ONLY = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                                reason="the harness does not run as root: its workers keep its user")
@@ -199,7 +201,7 @@ def test_the_decoders_worker_checks_too(shared_tmp, monkeypatch, fresh_plugins):
 def test_a_store_is_writable_and_lockable_by_its_owner_only_whatever_the_umask(tmp_path):
     """A dropped worker may read the store, but neither write in it nor hold a claim (flock needs only a
     descriptor opened for reading), even where the harness runs with umask 0."""
-    from decoderbench.store import ResultsStore
+    from decoderbench.results.store import ResultsStore
 
     old = os.umask(0)
     try:

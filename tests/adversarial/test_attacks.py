@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import survivors
 
-from decoderbench import plugins, scoring, worker
 from decoderbench.cli import main
-from decoderbench.store import ResultsStore
+from decoderbench.contract import registry as plugins
+from decoderbench.results.store import ResultsStore
+from decoderbench.run import scoring, worker
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
@@ -51,7 +52,7 @@ def attack(shared_tmp_factory):
     mp.setenv("ADV_PIDFILE_SIGNALS", str(files["signals"]))
     mp.setenv("DECODERBENCH_EVAL_KEY", SECRET)
     mp.setenv("DECODERBENCH_PLUGINS", "rug,linear," + ",".join(ENTRY_POINTS))
-    mp.setattr("decoderbench.worker.harden_harness", lambda: False)  # (it would last for the whole test session)
+    mp.setattr("decoderbench.run.worker.harden_harness", lambda: False)  # (it would last for the whole test session)
     scorer = scoring.sample_losses
     plugins.reset()
     _restart_forkserver()  # a forkserver started by an earlier test keeps that test's environment (no ADV_*)
