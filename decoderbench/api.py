@@ -460,10 +460,12 @@ class RunResult:
 
 def execute(plan: RunPlan, *, command: str = "", force: bool = False, progress=False) -> RunResult:
     """Run a prepared plan: rows reused from and written to its store (if any) exactly as ``run`` does."""
-    from .run import sweep
     from .results.store import ResultsStore
+    from .run import sweep, worker
 
     store = plan.store_dir
+    if store is not None:  # a root harness's third-party workers (another user) must not be able to change it
+        worker.check_store_private(store.path if isinstance(store, ResultsStore) else store)
     if store is not None and not isinstance(store, ResultsStore):
         store = ResultsStore(store)
     bad_before = store.problems() if store is not None else {}

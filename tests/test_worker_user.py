@@ -213,3 +213,63 @@ def test_a_store_is_writable_and_lockable_by_its_owner_only_whatever_the_umask(t
     modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "store", *(tmp_path / "store").rglob("*")]}
     assert all(m & 0o002 == 0 for m in modes.values()), modes
     assert all(m & 0o007 == 0 for name, m in modes.items() if name.endswith(".lock")), modes
+
+
+def test_which_folders_let_another_user_change_a_store(tmp_path):
+    """store_exposed_to, from the folders' modes and owners alone (so it runs as any user): the store's own
+    folders must not be writable by that user; a folder above it must not be, unless sticky (as /tmp)."""
+    stranger = worker.WorkerUser("stranger", 4242, 4242)
+    base = tmp_path / "base"
+    store = base / "store"
+    (store / "rows").mkdir(parents=True)
+    for p in (base, store, store / "rows"):
+        p.chmod(0o755)
+    assert worker.store_exposed_to(store, stranger) is None
+    assert worker.store_exposed_to(base / "not-made-yet", stranger) is None
+    (store / "rows").chmod(0o777)
+    assert worker.store_exposed_to(store, stranger).startswith(f"{store / 'rows'} (mode 0777")
+    (store / "rows").chmod(0o755)
+    store.chmod(0o775)  # group-writable: only a user of that group
+    assert worker.store_exposed_to(store, stranger) is None
+    assert worker.store_exposed_to(store, worker.WorkerUser("g", 4242, store.stat().st_gid)) is not None
+    store.chmod(0o755)
+    base.chmod(0o777)  # above the store: it could rename the store away
+    assert worker.store_exposed_to(store, stranger).startswith(f"{base} (mode 0777")
+    assert worker.store_exposed_to(base / "not-made-yet", stranger).startswith(f"{base} (mode 0777")
+    base.chmod(0o1777)  # sticky: it may not rename what it does not own
+    assert worker.store_exposed_to(store, stranger) is None
+    link = tmp_path / "link"
+    link.symlink_to(store)
+    base.chmod(0o777)
+    assert worker.store_exposed_to(link, stranger).startswith(f"{base} (mode 0777")  # the real path counts
+    base.chmod(0o755)
+    mine = worker.WorkerUser("owner", store.stat().st_uid, 4242)
+    assert worker.store_exposed_to(store, mine).startswith(f"{store / 'rows'} (mode 0755")  # its own folders
+
+
+@ROOT_ONLY
+def test_a_root_run_refuses_a_store_its_workers_could_change(shared_tmp, monkeypatch, fresh_plugins, capsys):
+    """With a third-party entry point installed, a root run into a store that nobody could change is one line,
+    exit 2, before anything runs or the store is made; a sticky folder above it, or workers kept root, are fine."""
+    _install(shared_tmp, monkeypatch)
+    open_ = shared_tmp / "open"
+    open_.mkdir()
+    open_.chmod(0o777)
+    args = ["run", "--plugins", "relu", *CELL, "--json", "--out"]
+    assert main([*args, str(open_ / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"results store {open_ / 'store'}: third-party decoders' workers run as nobody (uid 65534) (the " \
+           f"harness runs as root) and could change the store through {open_} (mode 0777, owner root)" in err
+    assert not (open_ / "store").exists()
+    open_.chmod(0o1777)
+    assert main([*args, str(open_ / "store")]) == 0
+    (open_ / "store").chmod(0o777)  # a store made before, opened up since
+    assert main([*args, str(open_ / "store")]) == 2
+    assert f"through {open_ / 'store'} (mode 0777, owner root)" in capsys.readouterr().err
+    monkeypatch.setenv(worker.WORKER_USER_ENV, "root")  # its workers keep root: nobody runs anything
+    assert main([*args, str(open_ / "store")]) == 0
+    monkeypatch.delenv(worker.WORKER_USER_ENV)
+    monkeypatch.setenv("DECODERBENCH_PLUGINS", "activations,rug")  # no third-party code: nothing runs as nobody
+    plugins.reset()
+    assert main([*args, str(open_ / "store")]) == 0

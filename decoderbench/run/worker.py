@@ -374,6 +374,70 @@ def drop_spec(user: WorkerUser | None) -> dict | None:
     return {"name": user.name, "uid": user.uid, "gid": user.gid, "home": _make_home(user)}
 
 
+def _may_change(st, user: WorkerUser) -> bool:
+    """Whether ``user`` (no supplementary groups: a dropped worker has none) may write in a folder with stat ``st``."""
+    if st.st_uid == user.uid:
+        return True
+    return bool(st.st_mode & 0o002 or (st.st_gid == user.gid and st.st_mode & 0o020))
+
+
+def store_exposed_to(path, user: WorkerUser) -> str | None:
+    """The first folder through which ``user`` could change results store ``path`` (None: none): the store's own
+    folders (``rows/``, ``locks/``, the store) if it may write in them, or a folder above the store it may write
+    in without the sticky bit (it could rename the store away and put its own in its place). Links are followed
+    (the real path is checked); folders not made yet are skipped (the store makes them 0775)."""
+    import stat
+
+    from ..results.store import LOCKS_DIR, ROWS_DIR
+
+    real = os.path.realpath(os.fspath(path))
+    own = [os.path.join(real, ROWS_DIR), os.path.join(real, LOCKS_DIR), real]
+    above = []
+    p = real
+    while os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+        above.append(p)
+    for folder in own + above:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or not _may_change(st, user):
+            continue
+        if folder in above and st.st_mode & stat.S_ISVTX and st.st_uid != user.uid:
+            continue  # sticky (/tmp): it may not rename or delete what it does not own
+        return f"{folder} (mode {st.st_mode & 0o7777:04o}, owner {_owner(st.st_uid)})"
+    return None
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def check_store_private(path) -> None:
+    """BadInput (one line) where this harness runs third-party workers as another user (a root harness with
+    third-party entry points) and that user could change results store ``path`` (:func:`store_exposed_to`):
+    before anything runs, and before the store is made."""
+    user = worker_user()
+    if user is None:
+        return
+    from ..contract import registry as plugins
+
+    plugins.get_plugin_manager()
+    if not plugins._remote:  # no third-party code runs as that user in this process
+        return
+    where = store_exposed_to(path, user)
+    if where is not None:
+        raise BadInput(f"results store {path}: third-party decoders' workers run as {user} (the harness runs as "
+                       f"root) and could change the store through {where}: make it writable by its owner only "
+                       f"(chmod go-w), or choose another --out")
+
+
 def _remote_entry(plugin: str) -> dict | None:
     """The harness's record (``{name, value, dist}``) of third-party entry point ``plugin`` when it is not imported
     in this process (None: imported here, so trusted: a built-in, or named in DECODERBENCH_TRUSTED_PLUGINS)."""
@@ -415,16 +479,10 @@ def _blocked_at(path: str) -> str:
         want = (os.R_OK | (os.X_OK if os.path.isdir(p) else 0)) if last else os.X_OK
         if not os.access(p, want):
             try:
-                import pwd
-
                 st = os.stat(p)
-                try:
-                    owner = pwd.getpwuid(st.st_uid).pw_name
-                except KeyError:
-                    owner = str(st.st_uid)
-                return f"{p} (mode {st.st_mode & 0o7777:04o}, owner {owner})"
             except OSError:
                 return p
+            return f"{p} (mode {st.st_mode & 0o7777:04o}, owner {_owner(st.st_uid)})"
     return os.path.abspath(path)
 
 
