@@ -448,9 +448,9 @@ def _remote_entry(plugin: str) -> dict | None:
 
 def _environment_roots() -> list[str]:
     """The folders of the Python environment a worker imports from: the interpreter's and the environment's
-    ``sys.path`` entries (standard library, lib-dynload, site-packages) and decoderbench's own package folder.
-    Other entries (the working directory, ``PYTHONPATH``, a test's folder) are not part of it: a plugin there
-    must be readable by the worker's user."""
+    ``sys.path`` entries (standard library, lib-dynload, site-packages) and the package folders of decoderbench
+    and its built-in plugins. Other entries (the working directory, ``PYTHONPATH``, a test's folder) are not
+    part of it: a plugin there must be readable by the worker's user."""
     prefixes = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
     try:
         import site
@@ -465,7 +465,8 @@ def _environment_roots() -> list[str]:
         e = os.path.abspath(entry)
         if e in sites or any(e == p or e.startswith(p + os.sep) for p in prefixes):
             out.append(e)
-    out += [os.path.abspath(p) for p in getattr(sys.modules.get("decoderbench"), "__path__", [])]
+    for pkg in ("decoderbench", "decoderbench_plugins"):  # an editable install's folders are on no sys.path entry
+        out += [os.path.abspath(p) for p in getattr(sys.modules.get(pkg), "__path__", [])]
     return list(dict.fromkeys(p for p in out if os.path.isdir(p)))
 
 
@@ -500,8 +501,9 @@ def _become(drop: dict) -> dict:
     its group, real, effective and saved uid), with its private home as HOME and TMPDIR. The folders of the
     Python environment that the user can read but not reach (a parent folder such as ``/root`` is closed to
     it, as with an interpreter installed under root's home) are reached through descriptors opened before the
-    change (``/proc/self/fd/N``): the standard library and site-packages stay importable, and nothing else
-    under that parent opens. Returns ``{folder: the path it is reached by}``; CannotRead when the
+    change (``/proc/self/fd/N``): the standard library and site-packages stay importable; through ``..`` the
+    descriptors also reach what others may read below that parent (all of ``/root/.pyenv``), never the parent
+    itself nor its other entries. Returns ``{folder: the path it is reached by}``; CannotRead when the
     environment cannot be read at all."""
     import pwd  # noqa: F401 (what runs after the change imports nothing it might not read)
     import tempfile
