@@ -137,6 +137,19 @@ def test_a_third_party_worker_runs_unprivileged_with_a_private_home(shared_tmp, 
     assert not worker._homes
 
 
+@ROOT_ONLY
+def test_with_workers_too(shared_tmp, monkeypatch, fresh_plugins, capsys):
+    """--workers N runs an isolated decoder's worker from the harness (scored on a thread): it drops as well."""
+    import json
+
+    _install(shared_tmp, monkeypatch)
+    user = worker.worker_user()
+    assert main(["run", "--plugins", "whoami,relu", *CELL, "--workers", "2", "--json"]) == 0
+    rows = {r["decoder"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["whoami"]["isolated"] and rows["whoami"]["params"]["ids"] == [user.uid, user.uid, user.gid, user.gid]
+    assert rows["relu"]["status"] == "ok"
+
+
 class Local(db.Decoder):
     """Hand-registered (this session's code): with isolate=True it runs in a worker, as the harness's user."""
     name = "local_whoami"
