@@ -74,8 +74,13 @@ COLUMNS: tuple[Column, ...] = (
     _r("dtype", "str", "the evaluation's floating-point type", key=True, nullable=False),
     _r("target_rel_se", "float", "sampling stops when SE <= this times the mean loss", key=True),
     _r("n_eval", "int", "evaluation samples scored", nullable=False, initial=0),
-    _r("loss", "float", "mean loss n_s^-1 ||x - x_hat||^2 (null unless ok)"),
-    _r("loss_se", "float", "standard error of the mean loss"),
+    _r("loss", "float", "estimated expected loss n_s^-1 ||x - x_hat||^2 (null unless ok; see loss_estimator)"),
+    _r("loss_se", "float", "standard error of the loss"),
+    _r("loss_mean", "float", "the plain mean of the per-sample losses (loss: the control-variate estimate, see "
+       "loss_estimator)"),
+    _r("loss_mean_se", "float", "the plain mean's standard error"),
+    _r("loss_estimator", "str", "what loss and loss_se are: control_variate (scoring's regression on |supp x| and "
+       "|x|^2, whose means the data law fixes) or mean (the plain mean); absent in older rows: mean"),
     _r("sampling_stop", "str", "why sampling stopped (target, floor, max_samples)"),
     _r("precision_met", "bool", "whether the sampling target was met", typed=False),
     _r("se_floor_abs", "float", "the absolute SE floor used"),
