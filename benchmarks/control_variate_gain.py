@@ -22,7 +22,8 @@ import os
 import torch
 
 import decoderbench as db
-from decoderbench import api, scoring
+from decoderbench import api
+from decoderbench.run import scoring
 
 
 def run(grid, decoders):

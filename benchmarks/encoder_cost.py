@@ -140,8 +140,9 @@ def load() -> str:
 
 
 def measure(sizes=SIZES, threads: int = 2) -> dict:
-    from decoderbench import PersianRug, SparseSampler, hadamard
-    from decoderbench.hadamard import _fwht_torch, fwht
+    from decoderbench import PersianRug, SparseSampler
+    from decoderbench.model import hadamard
+    from decoderbench.model.hadamard import _fwht_torch, fwht
 
     torch.set_num_threads(threads)
     out: dict = {"threads": threads, "load_before": load(), "fht_cpu": hadamard._fht_cpu is not None, "sizes": {}}

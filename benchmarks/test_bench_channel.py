@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoderbench.channel import conditional_moments
+from decoderbench.model.channel import conditional_moments
 
 B, N, SIGMA, P = 256, 4096, 0.2, 0.05
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from decoderbench import PersianRug, SparseSampler, fwht
-from decoderbench.hadamard import _fwht_torch
+from decoderbench.model.hadamard import _fwht_torch
 
 SIZES = {"4096x1024": (4096, 1024), "65536x256": (65536, 256)}
 

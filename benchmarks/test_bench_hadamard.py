@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 
 from decoderbench import PersianRug, fwht
-from decoderbench.hadamard import _fwht_torch
+from decoderbench.model.hadamard import _fwht_torch
 
 N_S, B = 16384, 1024
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from decoderbench import plugins, worker
-from decoderbench.runner import WorkUnit
+from decoderbench.contract import registry as plugins
+from decoderbench.run import worker
+from decoderbench.run.runner import WorkUnit
 
 UNIT = WorkUnit(256, 64, 0.05, "relu", seed=0, min_samples=256, max_samples=256, device="cpu")
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,10 +42,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import decoderbench.encoders as encoders_mod
+import decoderbench.model.encoders as encoders_mod
 from decoderbench import PersianRug, SparseSampler
-from decoderbench.channel import conditional_moments
-from decoderbench.decoder import Cell, DecoderContext
+from decoderbench.model.channel import conditional_moments
+from decoderbench.contract.decoder import Cell, DecoderContext
 from decoderbench_plugins.message_passing import AMP, VAMP
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from decoderbench.data import SparseSampler
+from decoderbench.model.data import SparseSampler
 from decoderbench_plugins.trained import Settings, _Trainer
 
 

@@ -22,7 +22,7 @@ import time
 import torch
 
 from decoderbench import PersianRug, SparseSampler
-from decoderbench.decoder import Cell, DecoderContext
+from decoderbench.contract.decoder import Cell, DecoderContext
 from decoderbench_plugins.message_passing import AMP, VAMP
 
 P = 0.045

@@ -15,23 +15,26 @@ its reason), ``BadInput``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401
 
-from .hadamard import fwht  # noqa: E402
-from .data import SparseSampler, derive_seed  # noqa: E402
-from .encoders import Encoder, PersianRug  # noqa: E402
-from .decoder import Cell, Decoder, DecoderContext, TrainingSet, KINDS  # noqa: E402
-from .plugins import hookimpl  # noqa: E402
+from .model.hadamard import fwht  # noqa: E402
+from .model.data import SparseSampler, derive_seed  # noqa: E402
+from .model.encoders import Encoder, PersianRug  # noqa: E402
+from .contract.decoder import Cell, Decoder, DecoderContext, TrainingSet, KINDS  # noqa: E402
+from .contract.registry import hookimpl  # noqa: E402
 from .errors import BadInput, Skip  # noqa: E402
+from . import _compat  # noqa: E402
+
+_compat.install()  # the flat names of 0.1 (decoderbench.store, ...) stay importable, as aliases
 
 
 def __getattr__(name):  # lazy: theory pulls in scipy
     if name == "cell_theory":
-        from .theory import cell_theory
+        from .model.theory import cell_theory
 
         return cell_theory
     if name in ("conditional_moments", "conditional_mean"):
-        from . import channel
+        from .model import channel
 
         return getattr(channel, name)
     if name in ("evaluate", "load_results", "verify", "Board", "resolve"):
@@ -41,17 +44,17 @@ def __getattr__(name):  # lazy: theory pulls in scipy
     if name == "theory":  # the submodule, callable as the API's theory(n_s, r=, p=)
         import importlib
 
-        return importlib.import_module(".theory", __name__)
+        return importlib.import_module(".model.theory", __name__)
     if name == "Options":
-        from .options import Options
+        from .contract.options import Options
 
         return Options
     if name == "activation_decoder":
-        from .activation import activation_decoder
+        from .contract.activation import activation_decoder
 
         return activation_decoder
     if name in ("WorkUnit", "run_unit"):
-        from . import runner
+        from .run import runner
 
         return getattr(runner, name)
     raise AttributeError(f"module 'decoderbench' has no attribute {name!r}")

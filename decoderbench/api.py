@@ -9,7 +9,7 @@ Three lines from a notebook to a table::
 * :func:`evaluate` scores decoders on cells and returns one row per (cell, seed, decoder) as a pandas
   DataFrame with the results store's columns. ``decoders`` mixes registered names (``"relu"``, ``"all"``),
   :class:`~decoderbench.Decoder` subclasses defined in the session, and activations (a torch function or
-  ``nn.Module`` ``act``, scored as ``act(a z + b)``: :mod:`decoderbench.activation`). With ``store`` the rows
+  ``nn.Module`` ``act``, scored as ``act(a z + b)``: :mod:`decoderbench.contract.activation`). With ``store`` the rows
   are reused and added exactly as ``decoderbench run`` does; without it nothing touches the disk.
 * :func:`theory` is ``decoderbench theory --json`` as a dict; :func:`load_results` reads a store;
   :func:`verify` recomputes a store's rows and returns the verdicts; :class:`Board` makes the leaderboard's
@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._validate import SAMPLING_DEFAULTS
-from .decoder import STOP_COLUMNS
+from .contract.decoder import STOP_COLUMNS
 from .errors import BadInput
-from .plugins import hookimpl
+from .results import rows as _rows
+from .contract.registry import hookimpl
 
-ROW_COLUMNS = ["decoder", "kind", "n_s", "n_d", "p", "seed", "loss", "loss_se", "ratio_e2", "ratio_mmse", "status"]
+ROW_COLUMNS = list(_rows.SUMMARY_COLUMNS)  # the summary columns (the row schema declares them)
 DEFAULT_RESULTS = "results"
 BOARD_SUBDIR = "board"  # a store's own boards: <store>/board/<grid name, or "all">
 ADHOC_DEFAULTS = {"n_s": 4096, "p": 0.045, **SAMPLING_DEFAULTS}
@@ -74,7 +75,7 @@ def build_grid(grid=None, *, n_s=None, r=None, n_d=None, p=None, seeds=None, enc
     or, without ``grid``, the ad-hoc grid of the axes given (``n_s`` default 4096, ``r`` 0.25, ``p`` 0.045,
     seeds 0, precision 1%, 2048 to 131072 samples); with neither, the default grid. Axes are scalars or
     lists, as ``--ns/--r/--nd/--p/--seed`` take them."""
-    from .grids import Grid, adhoc_grid, load_grid
+    from .run.grids import Grid, adhoc_grid, load_grid
     from ._validate import check_seed
 
     ns_l, r_l, nd_l, p_l = (_as_list(v) for v in (n_s, r, n_d, p))
@@ -111,8 +112,8 @@ def _num(name, v):
 
 def cells_grid(cells, *, seeds=None, encoder=None, dtype=None, target_se=None, min_samples=None, max_samples=None):
     """The ad-hoc grid of explicit cells: ``decoderbench.Cell`` s or ``(n_s, n_d, p)`` tuples."""
-    from .decoder import Cell
-    from .grids import CellSpec
+    from .contract.decoder import Cell
+    from .run.grids import CellSpec
 
     items = [cells] if isinstance(cells, Cell) or (isinstance(cells, tuple) and len(cells) == 3
                                                   and not isinstance(cells[0], (Cell, tuple))) else list(cells)
@@ -144,7 +145,7 @@ def check_decoder_name(name: str) -> str:
 def select_decoders(spec: str) -> list[str]:
     """Names from a ``--plugins`` string: 'all' or a comma-separated list. An unknown name is bad input, unless
     some plugin failed to load (it may have been that plugin's): then it becomes an error row saying so."""
-    from . import plugins
+    from .contract import registry as plugins
 
     registered = list(plugins.decoders())
     broken = plugins.failures()
@@ -164,7 +165,7 @@ def select_decoders(spec: str) -> list[str]:
 
 def plugin_problems() -> list[str]:
     """One line per plugin that failed to load or register, and per refused (colliding) registration."""
-    from . import plugins
+    from .contract import registry as plugins
 
     lines = [f"broken plugin: {m}" for m in plugins.failures().values()]
     lines += [f"name collision: {m}" for msgs in plugins.collisions().values() for m in msgs]
@@ -193,15 +194,15 @@ def resolve(spec, name: str | None = None):
     * a ``Decoder`` subclass: itself (the registered one if it is that very class), else source
       ``local:<module>.<qualname>`` and version ``<cls.version>+local.<code digest>``;
     * any other callable (a torch function or ``nn.Module``): the activation decoder ``act(a z + b)``
-      (:func:`decoderbench.activation.activation_decoder`), named after the callable unless ``name`` is
+      (:func:`decoderbench.contract.activation.activation_decoder`), named after the callable unless ``name`` is
       given (a registered name the callable's own name takes gets the suffix ``_act``, e.g.
       ``torch.relu`` -> ``relu_act``).
 
     TypeError for anything else; ValueError (bad input) for an unknown name or an activation that fails its
     check."""
-    from . import plugins
-    from .activation import activation_decoder, callable_name, code_digest
-    from .decoder import Decoder, check_decoder_class
+    from .contract import registry as plugins
+    from .contract.activation import activation_decoder, callable_name, code_digest
+    from .contract.decoder import Decoder, check_decoder_class
 
     if isinstance(spec, plugins.Registered):
         return spec
@@ -295,7 +296,7 @@ class _SessionPlugin:
 def session(regs):
     """Make the session-defined decoders among ``regs`` known to the harness while the block runs (so the
     sweep, the store's keys and the guard treat them like registered ones), then forget them."""
-    from . import plugins
+    from .contract import registry as plugins
 
     mine = []
     try:
@@ -339,7 +340,8 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
     """Check a run and build its units, guard and executor; raises bad input before anything runs. ``regs``:
     resolved decoders (:func:`resolve`) or registered names. Session decoders must be registered
     (:func:`session`) around this call and :func:`execute`."""
-    from . import plugins, sweep
+    from .contract import registry as plugins
+    from .run import sweep
 
     timeout, memory_limit, workers = check_execution(timeout, memory_limit, executor, workers)
     if isolate is False:  # explicitly in-process: third-party plugins are imported in this process from now on
@@ -361,10 +363,10 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
         grid = dataclasses.replace(grid, options=merged)
     dev = sweep.resolve_device(device)
     units = sweep.units_for(grid, [r.name for r in regs], device=dev)
-    from .plugins import check_unit_options
+    from .contract.registry import check_unit_options
 
     check_unit_options(units)  # bad decoder options: one line, before anything is fitted
-    from .memcheck import check_units
+    from .run.memcheck import check_units
 
     check_units(units, workers if executor == "local" else 1)  # a cell too large for this machine's memory
     guard = guard_for(grid, isolate, timeout, memory_limit)
@@ -405,7 +407,8 @@ def check_threads(threads) -> int:
 
 def check_execution(timeout=None, memory_limit=None, executor: str = "local", workers=1):
     """The execution options checked (bad input names the option): ``(timeout, memory_limit, workers)``."""
-    from . import sweep, worker
+    from .run import sweep
+    from .run import worker
 
     if timeout is not None:
         timeout = worker.check_timeout(timeout, "--timeout")
@@ -424,7 +427,7 @@ def check_execution(timeout=None, memory_limit=None, executor: str = "local", wo
 
 def guard_for(grid, isolate, timeout_s, memory_mb):
     """The worker.Guard of a run: ``timeout`` replaces the grid's [timeout] for every decoder."""
-    from . import worker
+    from .run import worker
 
     timeouts = dict(getattr(grid, "timeouts", {}) or {})
     default = timeouts.pop("default", worker.DEFAULT_TIMEOUT_S)
@@ -433,7 +436,7 @@ def guard_for(grid, isolate, timeout_s, memory_mb):
     if isolate not in (None, "auto", True, False):
         raise BadInput(f"isolate must be None, 'auto', True or False, got {isolate!r}")
     if isolate is False:  # explicitly in-process: third-party plugins are imported in this process from now on
-        from . import plugins
+        from .contract import registry as plugins
 
         plugins.trust_in_process()
     return worker.Guard(isolate="auto" if isolate is None else isolate, timeout_s=default,
@@ -457,8 +460,8 @@ class RunResult:
 
 def execute(plan: RunPlan, *, command: str = "", force: bool = False, progress=False) -> RunResult:
     """Run a prepared plan: rows reused from and written to its store (if any) exactly as ``run`` does."""
-    from . import sweep
-    from .store import ResultsStore
+    from .run import sweep
+    from .results.store import ResultsStore
 
     store = plan.store_dir
     if store is not None and not isinstance(store, ResultsStore):
@@ -472,7 +475,7 @@ def execute(plan: RunPlan, *, command: str = "", force: bool = False, progress=F
 
 def with_sampling(grid, sampling: dict):
     """``grid`` with per-decoder sampling overrides ``{name: {target_rel_se|min_samples|max_samples: value}}``."""
-    from .grids import SAMPLING_KEYS, _check_count, _check_target
+    from .run.grids import SAMPLING_KEYS, _check_count, _check_target
 
     if not isinstance(sampling, dict) or not all(isinstance(v, dict) for v in sampling.values()):
         raise TypeError("sampling must map decoder names to dicts, e.g. {'vamp': {'max_samples': 256}}")
@@ -522,7 +525,7 @@ def evaluate(decoders, cells=None, *, n_s=None, r=None, n_d=None, p=None, seeds=
     None: nothing is written. ``isolate``, ``timeout``, ``memory_limit``, ``executor``, ``workers``,
     ``address``, ``force``: as ``decoderbench run``'s options.
     """
-    from .grids import Grid
+    from .run.grids import Grid
 
     kwargs = dict(cells=cells if isinstance(cells, (str, Path)) else None, n_s=n_s, r=r, n_d=n_d, p=p, seeds=seeds,
                   grid=grid if isinstance(grid, (str, Path)) else None, options=options, store=store and str(store),
@@ -554,11 +557,15 @@ def evaluate(decoders, cells=None, *, n_s=None, r=None, n_d=None, p=None, seeds=
 
 
 def frame(rows: list[dict]):
-    """Rows as a DataFrame: the summary columns first (``ROW_COLUMNS``), then the rest in sorted order."""
+    """Rows as a DataFrame with the row schema's columns: the summary columns first
+    (``rows.SUMMARY_COLUMNS``), then the other declared columns in the schema's order, then any column a row
+    carries that the schema does not declare, sorted."""
     import pandas as pd
 
     rows = [{k: v for k, v in r.items()} for r in rows]
-    cols = list(ROW_COLUMNS) + sorted({k for r in rows for k in r} - set(ROW_COLUMNS))
+    present = {k for r in rows for k in r}
+    declared = [c.name for c in _rows.COLUMNS if c.name in present and c.name not in ROW_COLUMNS]
+    cols = list(ROW_COLUMNS) + declared + sorted(present - set(ROW_COLUMNS) - set(declared))
     return pd.DataFrame.from_records(rows, columns=cols)
 
 
@@ -584,7 +591,7 @@ def theory(n_s, r=None, n_d=None, p=0.045, exact: bool = False, seed: int = 0) -
     E.2 bound, ReLU theory, VAMP/AMP state evolution. ``r`` (default 0.25) or ``n_d``. With ``exact`` also the
     finite-size references of the rug of ``seed`` with no Gaussian assumption (``theory --exact --seed``)."""
     from ._validate import check_nd, check_ns, check_p, check_seed, nd_from_r
-    from .theory import cell_theory
+    from .model.theory import cell_theory
 
     if r is not None and n_d is not None:
         raise BadInput("r and n_d: give one of them, not both")
@@ -592,7 +599,7 @@ def theory(n_s, r=None, n_d=None, p=0.045, exact: bool = False, seed: int = 0) -
     nd = check_nd(n_d, ns) if n_d is not None else nd_from_r(ns, 0.25 if r is None else r)
     t = cell_theory(ns, nd, check_p(p))
     if exact:
-        from .exact import exact_references
+        from .model.exact import exact_references
 
         t = {**t, **exact_references(ns, nd, t["p"], seed=check_seed(seed))}
     return t
@@ -600,7 +607,7 @@ def theory(n_s, r=None, n_d=None, p=0.045, exact: bool = False, seed: int = 0) -
 
 def read_store(path, what: str = "--results"):
     """The results store at ``path``, for reading: anything else is bad input that says it cannot be read."""
-    from .store import MARKER, ResultsStore, StoreError
+    from .results.store import MARKER, ResultsStore, StoreError
 
     pth = Path(path)
     if not pth.exists():
@@ -621,7 +628,7 @@ def load_results(path):
 
 def grid_rows(store, grid) -> list[dict]:
     """The store's rows of the grid's cells, seeds, encoder, dtype (and decoders, if the grid names them)."""
-    from .leaderboard import select_rows
+    from .board.leaderboard import select_rows
 
     return select_rows(store.rows(), cells=grid.cells(), seeds=set(grid.seeds), encoder=grid.encoder,
                        dtype=grid.dtype, decoders=None if grid.plugins == "all" else set(grid.plugins))
@@ -708,10 +715,12 @@ def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) 
     edited."""
     import random
 
-    from . import plugins, worker
+    from .contract import registry as plugins
+    from .run import worker
     from ._validate import check_seed
-    from .evalkey import ENV as _KEY_ENV, eval_stream_id
-    from .runner import WorkUnit, eval_batch_size, transform_backend_for
+    from .model.evalkey import ENV as _KEY_ENV, eval_stream_id
+    from .model.evalkey import eval_batch_size
+    from .run.runner import WorkUnit, transform_backend_for
 
     frac = check_fraction(fraction)
     seed = check_seed(seed)
@@ -758,8 +767,9 @@ def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) 
         if stored.get("eval_stream") not in (None, eval_stream_id()):
             env_diff.append(f"evaluation key {stored.get('eval_stream')} stored, {eval_stream_id()} here "
                             f"(set {_KEY_ENV} as for the run)")
-        if stored.get("eval_batch") not in (None, eval_batch_size(unit.n_s)):
-            env_diff.append(f"eval batch {stored.get('eval_batch')} stored, {eval_batch_size(unit.n_s)} here")
+        here_batch = eval_batch_size(unit.n_s, unit.device)
+        if stored.get("eval_batch") not in (None, here_batch):
+            env_diff.append(f"eval batch {stored.get('eval_batch')} stored, {here_batch} here")
         new = worker.run_guarded(unit, guard)
         diffs = result_differences(stored, new)
         entry["recomputed_loss"] = new.get("loss")
@@ -799,7 +809,7 @@ class Board:
     leaderboard`` writes), ``figures(dir)``, ``site(dir)``, ``write(dir)``."""
 
     def __init__(self, rows, title: str = "decoderbench leaderboard", command: str = ""):
-        from .leaderboard import aggregate, select_rows
+        from .board.leaderboard import aggregate, select_rows
 
         self.rows = select_rows(records(rows))
         if not self.rows:
@@ -811,7 +821,7 @@ class Board:
     def files(self, figure: bool = False) -> dict[str, str]:
         """{file name: text}: ``summary.md``, ``cells.md`` and ``rows.json``; with ``figure`` the summary shows
         the headline figure (written by :meth:`figures`)."""
-        from . import leaderboard
+        from .board import leaderboard
 
         out = leaderboard.render(self.rows, title=self.title, command=self.command, figure=figure, agg=self.agg)
         out[leaderboard.ROWS_FILE] = leaderboard.rows_json(self.rows)
@@ -819,7 +829,7 @@ class Board:
 
     def markdown(self) -> str:
         """The summary and the per-cell tables, with their provenance header."""
-        from .leaderboard import header
+        from .board.leaderboard import header
 
         f = self.files()
         head = header(self.title, self.command, self.rows) + "\n\n"
@@ -828,7 +838,7 @@ class Board:
 
     def summary(self) -> str:
         """The summary alone, without the header (what ``run`` prints at its end)."""
-        from .leaderboard import summary_markdown
+        from .board.leaderboard import summary_markdown
 
         return summary_markdown(self.agg)
 
@@ -837,7 +847,7 @@ class Board:
         decoder with its median and worst ratio to the E.2 bound per regime."""
         import pandas as pd
 
-        from .leaderboard import decoder_summary
+        from .board.leaderboard import decoder_summary
 
         cells = []
         for cell, a in self.agg.items():
@@ -857,14 +867,14 @@ class Board:
 
     def figures(self, out_dir) -> list[Path]:
         """Every figure into ``out_dir`` (PNG and SVG); the PNG paths."""
-        from .plots import make_figures
+        from .board.plots import make_figures
 
         return make_figures(self.rows, Path(out_dir), agg=self.agg)
 
     def figure(self, path, which: str = "loss_vs_r") -> Path | None:
         """One figure into ``path`` (PNG, and SVG beside it): ``loss_vs_r`` (loss against r, per p and n_s, with
         the theory curves) or ``loss_vs_p2_over_r``; None when no row is ranked."""
-        from . import plots
+        from .board import plots
 
         draw = {"loss_vs_r": plots.plot_loss_vs_r, "loss_vs_p2_over_r": plots.plot_loss_vs_p2_over_r}
         if which not in draw:
@@ -875,15 +885,15 @@ class Board:
 
     def site(self, out_dir, figures=()) -> list[Path]:
         """The static site into ``out_dir`` (needs the ``site`` extra); the paths written."""
-        from .site import write_site
+        from .board.site import write_site
 
         return write_site(self.rows, Path(out_dir), title=self.title, command=self.command, figures=list(figures),
                           agg=self.agg)
 
     def write(self, out_dir, figures: bool = True, html: bool = False) -> list[Path]:
         """What ``decoderbench leaderboard`` writes: the tables and rows.json, the figures, the site."""
-        from .leaderboard import write_files
-        from .site import SITE_DIR
+        from .board.leaderboard import write_files
+        from .board.site import SITE_DIR
 
         out_dir = Path(out_dir)
         written = write_files(self.files(figure=figures), out_dir)

@@ -13,7 +13,7 @@ import sys
 import click
 
 from .errors import BadInput
-from . import __version__
+from ._version import __version__
 from .api import BOARD_SUBDIR, DEFAULT_RESULTS, ROW_COLUMNS, default_board_dir, plugin_problems as _plugin_problems
 from ._validate import SAMPLING_DEFAULTS, check_nd, check_ns, check_p, check_seed, nd_from_r
 
@@ -61,7 +61,7 @@ def plugin_commands() -> dict:
     A plugin whose registration fails, or that offers a taken name or a non-command, is reported on stderr."""
     global _plugin_commands
     if _plugin_commands is None:
-        from . import plugins
+        from .contract import registry as plugins
 
         found: dict = {}
         caller = plugins.get_plugin_manager().hook.decoderbench_register_commands
@@ -126,12 +126,12 @@ def _cells(ns: str, r: str | None, nd: str | None, p: str) -> list[tuple[int, in
 @click.option("--seed", default="0", show_default=True, help="With --exact: the seed of the rug.")
 def theory(ns, r, nd, p, as_json, exact, seed):
     """Print the exact per-cell theory (quadrature, no sampling)."""
-    from .theory import cell_theory
+    from .model.theory import cell_theory
 
     cells = _cells(ns, r, nd, p)
     results = [cell_theory(*c) for c in cells]
     if exact:
-        from .exact import exact_references
+        from .model.exact import exact_references
 
         s = check_seed(_floats("--seed", seed)[0] if str(seed).strip() else seed)
         results = [{**t, **exact_references(t["n_s"], t["n_d"], t["p"], seed=s)} for t in results]
@@ -149,8 +149,8 @@ def theory(ns, r, nd, p, as_json, exact, seed):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins_cmd(as_json):
     """List every registered decoder and encoder with its kind and source."""
-    from . import plugins
-    from .options import describe, describe_text
+    from .contract import registry as plugins
+    from .contract.options import describe, describe_text
 
     def options_of(d):  # a described third-party decoder: what its worker reported (its code is not imported)
         desc = plugins.described(d)
@@ -304,8 +304,10 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
 
     import torch
 
-    from . import api, leaderboard, plugins
-    from .evalkey import configured
+    from . import api
+    from .board import leaderboard
+    from .contract import registry as plugins
+    from .model.evalkey import configured
 
     api.check_execution(timeout_s, memory_mb, executor_kind, workers)  # a bad one is refused before anything runs
     before = torch.get_num_threads()
@@ -313,7 +315,7 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
     ctx.call_on_close(lambda: torch.set_num_threads(before))  # the run's setting ends with it
 
     if configured():  # a secret stream: no worker of this user may read this process's environment or memory
-        from .worker import harden_harness
+        from .run.worker import harden_harness
 
         harden_harness()
     grid, adhoc = _grid_from_options(grid_spec, ns, r, nd, p, seed, encoder, dtype, target_se, min_samples,
@@ -339,7 +341,7 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
                    f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store_dir is not None else ""),
                    err=True)
     progress = False if as_json else (True if sys.stderr.isatty() else "lines")  # a log gets plain lines
-    from .worker import stdout_to_stderr
+    from .run.worker import stdout_to_stderr
 
     with stdout_to_stderr():  # a decoder's prints go to stderr: stdout is the command's own (JSON with --json)
         result = api.execute(plan, command=command, force=force, progress=progress)
@@ -445,7 +447,7 @@ def leaderboard_cmd(ctx, results, out, grid_spec, ns, r, nd, p, seed, encoder, d
     board = api.Board(rows, title=title, command=_command_line(ctx))
     written = board.write(out_dir, figures=not no_figures, html=as_html)
     if grid_name == "scaling":  # the thermodynamic-limit table and figure beside the board
-        from . import scaling
+        from .board import scaling
         written += scaling.write_board(rows, out_dir, _command_line(ctx), grid, figures=not no_figures)
     if not quiet:
         files = board.files(figure=not no_figures)
@@ -476,11 +478,11 @@ def verify_cmd(results, fraction, sample_seed, isolate, timeout_s, as_json):
     api.check_fraction(fraction)
     seed_v = check_seed(_floats("--seed", sample_seed)[0]) if str(sample_seed).strip() else 0
     if timeout_s is not None:
-        from .worker import check_timeout
+        from .run.worker import check_timeout
 
         timeout_s = check_timeout(timeout_s, "--timeout")
     store = api.read_store(results)
-    from .worker import stdout_to_stderr
+    from .run.worker import stdout_to_stderr
 
     with stdout_to_stderr():  # the recomputed decoders' prints go to stderr
         report, n_keys = api.verify_rows(store, fraction, seed=seed_v, isolate=isolate, timeout=timeout_s)
@@ -537,7 +539,7 @@ def unrolled_cmd(ctx, ns, r, p, iters, decoders, seed, max_samples, results, out
     evolution's prediction after t, with the best elementwise decoder and relu as references."""
     from pathlib import Path
 
-    from . import unrolled as un
+    from .board import unrolled as un
     from ._validate import MAX_SAMPLES
 
     n_s = check_ns(_floats("--ns", ns)[0])
@@ -549,7 +551,7 @@ def unrolled_cmd(ctx, ns, r, p, iters, decoders, seed, max_samples, results, out
     max_s = _floats("--max-samples", max_samples)[0]
     if isinstance(max_s, bool) or not isinstance(max_s, int) or not 16 <= max_s <= MAX_SAMPLES:
         raise BadInput(f"--max-samples must be an integer in 16..2^40, got {max_s!r}")
-    from .worker import stdout_to_stderr
+    from .run.worker import stdout_to_stderr
 
     with stdout_to_stderr():
         df = un.unrolled(decs, n_s=n_s, r=r_v, p=p_v, iterations=its, seed=seed_v, store=results,

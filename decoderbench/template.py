@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .decoder import KINDS
+from .contract.decoder import KINDS
 from .errors import BadInput
 
 CONTRACT = '''\
@@ -233,7 +233,7 @@ import torch
 from pydantic import Field
 
 from decoderbench import Decoder, Options, hookimpl
-from decoderbench.options import PosInt, PosNumber  # noqa: F401 (types for declared options)
+from decoderbench.contract.options import PosInt, PosNumber  # noqa: F401 (types for declared options)
 
 {contract}
 {kind_note}

@@ -20,10 +20,10 @@ def check_decoder(spec, n_s: int = 256, r: float = 0.25, p: float = 0.05, option
                   max_samples: int = 512) -> dict:
     """Check ``spec`` (a Decoder subclass, a registered name, or an activation) against the contract."""
     from . import api
-    from .data import derive_seed
-    from .decoder import KINDS, Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
-    from .encoders import PersianRug
-    from .worker import probe_elementwise
+    from .model.data import derive_seed
+    from .contract.decoder import KINDS, Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
+    from .model.encoders import PersianRug
+    from .run.worker import probe_elementwise
 
     reg = api.resolve(spec)
     cls = reg.cls

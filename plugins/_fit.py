@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 from scipy.optimize import minimize_scalar
 
-from decoderbench.options import Options, PosNumber
+from decoderbench.contract.options import Options, PosNumber
 
 #: Default number of pooled scalar pairs (z_i, x_i) a fit uses.
 DEFAULT_PAIRS = 2**21
@@ -52,7 +52,7 @@ def gaussian_predictions(ctx) -> dict:
     ``relu_a``, ``relu_b`` (for mean-zero interference), ``mmse`` (elementwise) and ``linear`` (the best
     ``a z + b``: ``v sigma^2 / (v + sigma^2)``, which is ``v (1 - r)`` on the rug). On the rug these are
     the cell's theory columns (``ctx.theory()``); another encoder gets them at its own ``sigma``."""
-    from decoderbench import theory
+    from decoderbench.model import theory
 
     sigma = float(ctx.sigma)
     v = theory.feature_variance(ctx.p)

@@ -23,7 +23,7 @@ import torch
 
 from decoderbench import Encoder, derive_seed, hookimpl
 from decoderbench.validate import check_nd, check_ns, check_p, check_seed
-from decoderbench.data import make_generator, variance
+from decoderbench.model.data import make_generator, variance
 
 #: Largest n_s this dense encoder accepts (W_in alone is n_d * n_s entries).
 GAUSSIAN_MAX_NS = 2**14

@@ -3,7 +3,7 @@
 Both see ``h = W_in x`` (kind ``iterative``) and touch the encoder only through its operators
 (``encode`` = ``W_in``, ``adjoint`` = ``W_in^T``; for VAMP also ``project`` = ``P`` and ``pinv`` =
 ``x_ls``), fast transforms on the rug, never a dense matrix. The denoiser is the conditional mean of
-the scalar channel ``r = x + N(0, 1/gamma)`` (``decoderbench.channel.conditional_moments``); its
+the scalar channel ``r = x + N(0, 1/gamma)`` (``decoderbench.model.channel.conditional_moments``); its
 divergence is ``Var[x | r] gamma``.
 
 Variances are tracked per sample: every sample has its own scalar precisions, damping and restart
@@ -111,11 +111,11 @@ import torch
 from pydantic import Field
 
 from decoderbench import Decoder, hookimpl
-from decoderbench.channel import conditional_moments
-from decoderbench.data import variance
-from decoderbench.encoders import PersianRug
-from decoderbench.hadamard import fwht, fwht_
-from decoderbench.options import NonNegNumber, Options, PosInt, UnitFraction
+from decoderbench.model.channel import conditional_moments
+from decoderbench.model.data import variance
+from decoderbench.model.encoders import PersianRug
+from decoderbench.model.hadamard import fwht, fwht_
+from decoderbench.contract.options import NonNegNumber, Options, PosInt, UnitFraction
 
 REASONS = ("converged", "variance_collapse", "breakdown", "max_iter")
 OPTIONS = ("max_iter", "tol", "damping")
@@ -197,7 +197,7 @@ class _MessagePassing(Decoder):
         self._n = 0
         self._restarts = 0
         self._restarted = 0
-        from decoderbench import theory
+        from decoderbench.model import theory
 
         self._se = getattr(theory, self.theory_key)
         r = ctx.n_d / ctx.n_s

@@ -5,7 +5,7 @@
 Under Gaussian interference it is the best elementwise decoder, and its expected loss is the cell's
 elementwise MMSE (paper section 4.3); on a real rug it shows how far the rug's interference is from Gaussian.
 
-``E[x | z]`` is ``decoderbench.channel.conditional_mean`` (log space, finite for any input). Because it
+``E[x | z]`` is ``decoderbench.model.channel.conditional_mean`` (log space, finite for any input). Because it
 is a fixed scalar function of ``z``, ``fit`` tabulates it once on a uniform grid of ``TABLE_POINTS``
 (``2^14 + 1``, then ``2^16 + 1`` if that is not accurate enough)
 over ``[mu - 7.9 sigma, 1 + mu + 7.9 sigma]`` (beyond ``8 sigma`` the exact function switches to a
@@ -22,8 +22,8 @@ import torch
 from pydantic import Field
 
 from decoderbench import Decoder, hookimpl
-from decoderbench.options import Flag, Options
-from decoderbench.channel import conditional_mean
+from decoderbench.contract.options import Flag, Options
+from decoderbench.model.channel import conditional_mean
 
 from . import _fit
 

@@ -2,7 +2,7 @@
 assumption), kind ``reference``.
 
 On the rug every feature sees the same interference law (``R_ij`` depends only on ``i XOR j``), computed once
-per cell by :func:`decoderbench.exact.interference_law` from the encoder's column mask: the characteristic
+per cell by :func:`decoderbench.model.exact.interference_law` from the encoder's column mask: the characteristic
 function ``prod_{j != i} (1 - p + p (exp(i R_ij t) - 1)/(i R_ij t))`` inverted by FFT. ``fit`` tabulates
 ``E[x | z] = p m1(z) / ((1 - p) f0(z) + p f1(z))`` on that law's grid (spacing ``1/1024``) and ``decode``
 interpolates linearly. Its expected loss is the exact elementwise MMSE of the cell's rug
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from decoderbench import Decoder, Skip, hookimpl
-from decoderbench.options import Options
+from decoderbench.contract.options import Options
 
 
 class OracleExact(Decoder):
@@ -30,13 +30,13 @@ class OracleExact(Decoder):
         pass
 
     def fit(self, train):
-        from decoderbench import exact
+        from decoderbench.model import exact
 
         enc = self.ctx.encoder
         mask = getattr(enc, "mask", None)
         if mask is None:
             raise Skip(f"oracle-exact needs the Persian Rug's column mask; encoder {type(enc).__name__} has none")
-        from decoderbench.hadamard import fwht
+        from decoderbench.model.hadamard import fwht
 
         n_d = int(self.ctx.cell.n_d)
         g = fwht(mask.detach().to("cpu", torch.float64).reshape(1, -1)).reshape(-1).numpy() / n_d

@@ -30,7 +30,7 @@ import torch
 from pydantic import Field, model_validator
 
 from decoderbench import Decoder, hookimpl
-from decoderbench.options import PosInt, PosNumber
+from decoderbench.contract.options import PosInt, PosNumber
 
 from . import _fit
 

@@ -1,4 +1,4 @@
-"""Bring your own activation (decoderbench.activation): ``act(a z + b)`` fitted by a grid of starts and L-BFGS."""
+"""Bring your own activation (decoderbench.contract.activation): ``act(a z + b)`` fitted by a grid of starts and L-BFGS."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 import decoderbench as db
 from decoderbench import api
-from decoderbench.activation import activation_decoder, callable_name, check_activation
+from decoderbench.contract.activation import activation_decoder, callable_name, check_activation
 
 
 def test_torch_relu_lands_within_one_percent_of_the_exact_relu():

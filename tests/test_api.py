@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import decoderbench as db
-from decoderbench import api, cli, plugins
+from decoderbench import api, cli
+from decoderbench.contract import registry as plugins
 
 CELL = dict(n_s=256, r=0.25, p=0.05, max_samples=512)
 CELL_ARGS = ["--ns", "256", "--r", "0.25", "--p", "0.05", "--max-samples", "512", "--device", "cpu"]
@@ -166,7 +167,7 @@ def test_theory_is_the_cli_json(capsys):
     assert cli.main(["theory", "--ns", "1024", "--r", "0.25", "--p", "0.045", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(t))
     assert db.theory(1024, n_d=256, p=0.045) == t
-    import decoderbench.theory as module  # the submodule stays importable and callable
+    import decoderbench.model.theory as module  # the submodule stays importable and callable
 
     assert module(1024, r=0.25, p=0.045) == t and callable(module.cell_theory)
     with pytest.raises(ValueError, match="not both"):
@@ -180,12 +181,12 @@ def test_theory_is_the_cli_json(capsys):
 def test_board_aggregates_once_and_writes_tables_figures(tmp_path, monkeypatch):
     df = db.evaluate(["linear", "relu"], [(256, 64, 0.05), (256, 32, 0.05)], max_samples=1024, target_se=0.05,
                      device="cpu", progress=False)
-    from decoderbench import leaderboard
+    from decoderbench.board import leaderboard
 
     calls = []
     real = leaderboard.aggregate
     monkeypatch.setattr(leaderboard, "aggregate", lambda rows: calls.append(1) or real(rows))
-    import decoderbench.plots as plots
+    import decoderbench.board.plots as plots
 
     monkeypatch.setattr(plots, "aggregate", leaderboard.aggregate)
     board = db.Board(df)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from decoderbench._validate import nominal_r
-from decoderbench.leaderboard import aggregate, headline, render, select_rows, summary_text
+from decoderbench.board.leaderboard import aggregate, headline, render, select_rows, summary_text
 
 from test_leaderboard import N_S, _row, _rows, _theory
 
@@ -53,7 +53,7 @@ def test_nominal_r_is_the_shortest_decimal_that_gives_n_d(n_s, n_d, r):
 
 
 def test_rows_store_nominal_and_exact_r(tmp_path):
-    from decoderbench.runner import WorkUnit, run_unit
+    from decoderbench.run.runner import WorkUnit, run_unit
 
     row = run_unit(WorkUnit(decoder="linear", n_s=256, n_d=26, p=0.045, seed=0, max_samples=64, min_samples=64))
     assert row["status"] == "ok" and row["r"] == 0.1 and row["r_exact"] == 26 / 256
@@ -84,7 +84,7 @@ def test_default_grid_skips_untrained_learned_decoders_with_a_reason(tmp_path, m
 
 def test_only_cached_scores_a_converged_cached_model(tmp_path, monkeypatch):
     """A converged model in the cache is scored under only_cached (no training), equal to the row that trained it."""
-    from decoderbench.runner import WorkUnit, run_unit
+    from decoderbench.run.runner import WorkUnit, run_unit
 
     monkeypatch.setenv("DECODERBENCH_CACHE", str(tmp_path / "cache"))
     cell = dict(n_s=64, n_d=16, p=0.1, seed=0, max_samples=64, min_samples=64)

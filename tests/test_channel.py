@@ -1,4 +1,4 @@
-"""Tests for decoderbench.channel: posterior moments of y = x + nu, x = c u, nu ~ N(mu, sigma^2).
+"""Tests for decoderbench.model.channel: posterior moments of y = x + nu, x = c u, nu ~ N(mu, sigma^2).
 
 References are independent of the implementation:
 * mpmath at 80 digits with the closed forms of SCIENCE.md (cancellation is harmless at that precision,
@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from decoderbench.channel import conditional_mean, conditional_moments, posterior_on
+from decoderbench.model.channel import conditional_mean, conditional_moments, posterior_on
 
 SIGMAS = [1e-4, 1e-3, 0.03, 0.2085, 1.0, 5.0, 100.0]
 PS = [1e-3, 0.045, 0.5, 1.0]
@@ -234,7 +234,7 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
 
 # --- the blocked implementation: depth table, block layouts, outputs --------------------------------
 
-from decoderbench import channel  # noqa: E402
+from decoderbench.model import channel  # noqa: E402
 
 
 @pytest.mark.parametrize("x0, depth", channel._CF_DEPTHS)

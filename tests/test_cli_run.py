@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from decoderbench import Decoder, hookimpl, plugins
+from decoderbench import Decoder, hookimpl
+from decoderbench.contract import registry as plugins
 from decoderbench.cli import main
-from decoderbench.grids import load_grid
-from decoderbench.store import ResultsStore
-from decoderbench.sweep import run_sweep, units_for
+from decoderbench.run.grids import load_grid
+from decoderbench.results.store import ResultsStore
+from decoderbench.run.sweep import run_sweep, units_for
 
 JSON_KEYS = {"decoder", "kind", "n_s", "n_d", "p", "seed", "loss", "loss_se", "e2_bound", "mmse_elementwise",
              "ratio_e2", "params", "status"}
@@ -141,7 +142,7 @@ def test_progress_bar_shows_cell_decoder_and_eta(tmp_path, capsys):
 def test_line_progress_is_periodic():
     import io
 
-    from decoderbench.progress import LineProgress
+    from decoderbench.run.progress import LineProgress
 
     t = [0.0]
     out = io.StringIO()

@@ -16,10 +16,11 @@ import json
 import pytest
 import torch
 
-from decoderbench import KINDS, PersianRug, plugins
-from decoderbench import data as data_mod
-from decoderbench.decoder import Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
-from decoderbench.runner import WorkUnit, run_unit
+from decoderbench import KINDS, PersianRug
+from decoderbench.contract import registry as plugins
+from decoderbench.model import data as data_mod
+from decoderbench.contract.decoder import Cell, DecoderContext, TrainingSet, input_encoder, json_safe, prepare_input
+from decoderbench.run.runner import WorkUnit, run_unit
 
 N_S, N_D, P = 256, 64, 0.05
 #: Cheap settings for decoders that have costly defaults (fewer pooled pairs, few steps/iterations).
@@ -134,7 +135,7 @@ def test_fit_never_sees_evaluation_samples(name, monkeypatch):
     dec.fit(Recording(ctx, reg.cls.input_kind()))
     monkeypatch.undo()
     assert not any(str(q).startswith("eval") for q in purposes), f"{name}.fit drew from the evaluation stream"
-    from decoderbench.evalkey import eval_sampler
+    from decoderbench.model.evalkey import eval_sampler
 
     evals = eval_sampler(ctx.cell, 0).sample(2048)  # the harness's (keyed) evaluation stream
     eval_rows = {bytes(r.numpy().tobytes()) for r in evals if bool(r.any())}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from decoderbench import SparseSampler
-from decoderbench.data import derive_seed, variance
+from decoderbench.model.data import derive_seed, variance
 
 
 def test_moments_within_standard_error():

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from decoderbench import PersianRug
-from decoderbench.channel import conditional_mean
-from decoderbench.decoder import Cell, DecoderContext, TrainingSet
-from decoderbench.runner import WorkUnit, run_unit
-from decoderbench.theory import cell_theory
+from decoderbench.model.channel import conditional_mean
+from decoderbench.contract.decoder import Cell, DecoderContext, TrainingSet
+from decoderbench.run.runner import WorkUnit, run_unit
+from decoderbench.model.theory import cell_theory
 from decoderbench_plugins import _fit
 from decoderbench_plugins.topk import search_k
 
@@ -210,7 +210,7 @@ def _ctx(n_s=1024, n_d=256, p=0.05, options=None, name=""):
 
 
 def _fit_dec(name, ctx):
-    from decoderbench import plugins
+    from decoderbench.contract import registry as plugins
 
     cls = plugins.get_decoder(name).cls
     dec = cls(ctx)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from decoderbench import plugins
-from decoderbench.runner import WorkUnit
-from decoderbench.worker import Guard, execute_processes, run_guarded
+from decoderbench.contract import registry as plugins
+from decoderbench.run.runner import WorkUnit
+from decoderbench.run.worker import Guard, execute_processes, run_guarded
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_conformance import CHEAP  # noqa: E402

@@ -8,8 +8,8 @@ import scipy.linalg
 import torch
 
 from decoderbench import PersianRug, SparseSampler
-from decoderbench.data import variance
-from decoderbench.hadamard import hadamard_matrix
+from decoderbench.model.data import variance
+from decoderbench.model.hadamard import hadamard_matrix
 
 
 def rug_with(n_s, n_d, want_col0, start=0):

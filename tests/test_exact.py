@@ -1,4 +1,4 @@
-"""Exact finite-size references (decoderbench.exact): the law's moments, convergence in the grid, agreement
+"""Exact finite-size references (decoderbench.model.exact): the law's moments, convergence in the grid, agreement
 with the Gaussian theory at large p n_s, the published reference values, Monte Carlo of the exact conditional
 mean, and the oracle-exact decoder."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from decoderbench import exact
+from decoderbench.model import exact
 from decoderbench.cli import main
-from decoderbench.theory import cell_theory
+from decoderbench.model.theory import cell_theory
 
 
 def _law(n_s, n_d, p, seed=0, M=exact.DEFAULT_M):
@@ -74,8 +74,8 @@ def test_exact_meets_gaussian_theory_at_large_p_ns():
 def test_monte_carlo_of_the_exact_conditional_mean():
     """Samples z = R x on the real rug, decoded by the tabulated E[x | z]: the loss lands within 3 SE of the
     exact elementwise MMSE (n_s 256, p n_s 2.6: far from Gaussian)."""
-    from decoderbench.data import SparseSampler
-    from decoderbench.encoders import PersianRug
+    from decoderbench.model.data import SparseSampler
+    from decoderbench.model.encoders import PersianRug
 
     n_s, n_d, p = 256, 26, 0.01
     _, law = _law(n_s, n_d, p)
@@ -96,7 +96,7 @@ def test_monte_carlo_of_the_exact_conditional_mean():
 
 
 def test_oracle_exact_row_matches_its_prediction(tmp_path):
-    from decoderbench.runner import WorkUnit, run_unit
+    from decoderbench.run.runner import WorkUnit, run_unit
 
     row = run_unit(WorkUnit(decoder="oracle-exact", n_s=1024, n_d=256, p=0.01, seed=0, target_rel_se=0.01,
                             min_samples=2048, max_samples=2048))
@@ -127,7 +127,7 @@ def test_cli_theory_exact(capsys):
 
 def test_weights_of_the_rug_give_the_rug_references():
     """references_for_weights on the rug's dense R gives the same numbers as the XOR shortcut."""
-    from decoderbench.encoders import PersianRug
+    from decoderbench.model.encoders import PersianRug
 
     n_s, n_d, p = 128, 32, 0.045
     R = PersianRug(n_s, n_d, seed=0, dtype=torch.float64).dense().numpy()
@@ -165,8 +165,8 @@ def test_unconverged_trained_model_gets_no_own_exact_reference():
 
 
 def test_the_board_shows_the_exact_line_and_ratio():
-    from decoderbench.leaderboard import render
-    from decoderbench.runner import WorkUnit, run_unit
+    from decoderbench.board.leaderboard import render
+    from decoderbench.run.runner import WorkUnit, run_unit
 
     rows = []
     for name in ("relu", "oracle-exact"):
@@ -182,7 +182,7 @@ def test_a_negative_diagonal_is_encoded_inverted_not_lost():
     the same row with the sign flipped, and count it as encoded, as the trained models' diagnostics do."""
     import numpy as np
 
-    from decoderbench.exact import references_for_weights
+    from decoderbench.model.exact import references_for_weights
 
     rng = np.random.default_rng(0)
     W = np.eye(64) + 0.05 * rng.standard_normal((64, 64))

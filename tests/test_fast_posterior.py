@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from decoderbench import channel
-from decoderbench.runner import WorkUnit, run_unit
+from decoderbench.model import channel
+from decoderbench.run.runner import WorkUnit, run_unit
 
 CASES = [
     ("oracle", "rug", 1024, 102, 0.05),

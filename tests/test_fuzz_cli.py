@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from decoderbench.cli import main
 from decoderbench.errors import BadInput
-from decoderbench.grids import parse_grid
+from decoderbench.run.grids import parse_grid
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
                     derandomize=True)
@@ -138,7 +138,7 @@ def test_run_with_one_option_garbled(tmp_path_factory, data):
 def test_only_bad_input_is_exit_2_other_errors_keep_their_traceback(monkeypatch):
     import pytest
 
-    import decoderbench.theory as theory
+    import decoderbench.model.theory as theory
 
     def broken(*a, **k):
         raise ValueError("an internal bug, not the user's fault")

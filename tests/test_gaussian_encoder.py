@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from decoderbench import SparseSampler, plugins
-from decoderbench.data import variance
+from decoderbench import SparseSampler
+from decoderbench.contract import registry as plugins
+from decoderbench.model.data import variance
 from decoderbench_plugins.gaussian import GAUSSIAN_MAX_NS, Gaussian
 
 

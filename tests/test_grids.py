@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from decoderbench.grids import builtin_grids, load_grid, parse_grid
-from decoderbench.sweep import units_for
+from decoderbench.run.grids import builtin_grids, load_grid, parse_grid
+from decoderbench.run.sweep import units_for
 
 
 def run_cli(*args, cwd=None):
@@ -29,8 +29,9 @@ def test_plugins_contribute_grids_through_the_hook(tmp_path):
     register a grid; a grid of a taken name is refused alone (the harness's own keep their names)."""
     from importlib import resources
 
-    from decoderbench import hookimpl, plugins
-    from decoderbench.grids import core_grids, plugin_grid_errors
+    from decoderbench import hookimpl
+    from decoderbench.contract import registry as plugins
+    from decoderbench.run.grids import core_grids, plugin_grid_errors
 
     assert "trained" not in core_grids() and "trained" in builtin_grids()
     assert str(builtin_grids()["trained"]).endswith("trained.toml")
@@ -63,7 +64,7 @@ def test_default_grid_says_something():
     assert min(p * n_s for n_s, _, p in cells) >= 100
     assert g.target_rel_se <= 0.05 and g.min_samples <= g.max_samples
     # every learned decoder trains nothing here: it scores a converged cached model or is skipped with a reason
-    from decoderbench import plugins
+    from decoderbench.contract import registry as plugins
 
     learned = [n for n, reg in plugins.decoders().items() if reg.kind == "learned"]
     assert learned and all(g.options.get(n, {}).get("only_cached") is True for n in learned)

@@ -1,4 +1,4 @@
-"""Guarded execution (decoderbench.worker): every fault costs one row, through a real installed plugin.
+"""Guarded execution (decoderbench.run.worker): every fault costs one row, through a real installed plugin.
 
 `tests/faulty/decoderbench-faulty/` is a distribution of decoders that raise, return NaN or a wrong
 shape, sleep forever, call os._exit / sys.exit, segfault and allocate until memory runs out. It is
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from decoderbench.store import ResultsStore
-from decoderbench.worker import Guard, check_timeout
+from decoderbench.results.store import ResultsStore
+from decoderbench.run.worker import Guard, check_timeout
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_third_party import cli, copy_source, pip_install  # noqa: E402

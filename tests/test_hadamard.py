@@ -5,8 +5,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from decoderbench import hadamard
-from decoderbench.hadamard import _fwht_torch, backend, fwht, hadamard_matrix
+from decoderbench.model import hadamard
+from decoderbench.model.hadamard import _fwht_torch, backend, fwht, hadamard_matrix
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-3}
 

@@ -11,10 +11,10 @@ import statistics
 
 import pytest
 
-from decoderbench import theory as T
+from decoderbench.model import theory as T
 from decoderbench.cli import main
-from decoderbench.leaderboard import aggregate, render, select_rows, summary_markdown, summary_text
-from decoderbench.store import ResultsStore
+from decoderbench.board.leaderboard import aggregate, render, select_rows, summary_markdown, summary_text
+from decoderbench.results.store import ResultsStore
 
 N_S, P = 4096, 0.045
 
@@ -122,7 +122,7 @@ def test_render_is_deterministic_and_order_free():
 
 
 def _store_with_rows(path):
-    from decoderbench.runner import key_of_row
+    from decoderbench.run.runner import key_of_row
 
     st = ResultsStore(path)
     for row in _rows():  # the store validates rows on reading: their key must be the one of their columns
@@ -171,7 +171,7 @@ def test_leaderboard_grid_selection(tmp_path, capsys):
 def test_figures_and_theory_curves(tmp_path):
     from matplotlib.image import imread
 
-    from decoderbench.plots import R_FINE, R_RELU, make_figures, theory_curves
+    from decoderbench.board.plots import R_FINE, R_RELU, make_figures, theory_curves
 
     c = theory_curves(P)
     v = T.feature_variance(P)
@@ -186,8 +186,8 @@ def test_figures_and_theory_curves(tmp_path):
     mm_at_relu = [c["mmse"][R_FINE.index(r)] if r in R_FINE else None for r in R_RELU]
     assert all(m is None or m <= rl * (1 + 1e-9) for m, rl in zip(mm_at_relu, c["relu"]))
 
-    from decoderbench.leaderboard import rows_digest
-    from decoderbench.plots import MAX_PX, figure_digest
+    from decoderbench.board.leaderboard import rows_digest
+    from decoderbench.board.plots import MAX_PX, figure_digest
 
     paths = make_figures(_rows(), tmp_path)
     names = sorted(p.name for p in paths)
@@ -235,7 +235,7 @@ def _flagged_rows():
 
 
 def test_capped_and_imprecise_rows_are_ranked_nowhere_and_listed(tmp_path, capsys):
-    from decoderbench.leaderboard import row_flags
+    from decoderbench.board.leaderboard import row_flags
 
     rows, gone, itercap = _flagged_rows()
     # the iteration-capped vamp sits at its plateau (its loss is its state evolution): a result, ranked and marked
@@ -265,7 +265,7 @@ def test_capped_and_imprecise_rows_are_ranked_nowhere_and_listed(tmp_path, capsy
             ranked = block.split("Not converged or imprecise on this cell")[0]
             assert not any(f"| {name} |" in ranked for name in gone)
     # every figure: the flagged decoders are in no main series
-    from decoderbench import plots
+    from decoderbench.board import plots
 
     for e in plots._entries(rows):
         assert e["decoder"] not in gone
@@ -281,7 +281,7 @@ def test_capped_and_imprecise_rows_are_ranked_nowhere_and_listed(tmp_path, capsy
 
 
 def test_plateau_note_measures_the_distance_to_state_evolution():
-    from decoderbench.leaderboard import plateau_note
+    from decoderbench.board.leaderboard import plateau_note
 
     _, _, row = _flagged_rows()
     assert plateau_note(row).startswith("at its plateau: loss / state evolution 1 (0 SE away)")
@@ -352,7 +352,7 @@ def test_readme_first_commands_leave_a_fresh_clone_clean(tmp_path):
 
 def test_a_row_worse_than_trivial_is_flagged_and_ranked_nowhere():
     """A row whose loss is above p/3 (the loss of x_hat = 0) is flagged, whatever its decoder."""
-    from decoderbench.leaderboard import row_flags
+    from decoderbench.board.leaderboard import row_flags
 
     bad = _row("vamp", "iterative", 1024, 1.2 * P / 3, 1e-5)
     good = _row("vamp", "iterative", 1024, 0.8 * P / 3, 1e-5)
@@ -382,7 +382,7 @@ def test_recovered_fraction_is_shown_for_decoders_that_see_h():
 def test_the_board_reads_the_declared_stop_columns_and_falls_back_to_params():
     """``converged`` and ``stop_reason`` are row columns of the decoder contract (decoder.STOP_COLUMNS); the board
     reads them, and a row made before them (no column) is read from its params as before."""
-    from decoderbench.leaderboard import capped_mark, iteration_cap_hits, row_flags, stop_text
+    from decoderbench.board.leaderboard import capped_mark, iteration_cap_hits, row_flags, stop_text
 
     base = _row("thirdparty", "iterative", 1024, 1e-3, 1e-5)
     # the columns alone, no plugin-specific params: a cap stop is ranked nowhere, an iteration cap is marked

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from decoderbench import memcheck
+from decoderbench.run import memcheck
 from decoderbench.cli import main
 from decoderbench.errors import BadInput
 

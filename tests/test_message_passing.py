@@ -1,4 +1,4 @@
-"""AMP and VAMP (plugins/message_passing.py) against their state evolution (decoderbench.theory).
+"""AMP and VAMP (plugins/message_passing.py) against their state evolution (decoderbench.model.theory).
 
 Reference numbers (state evolution, checked against a direct VAMP run on the rug at n_s = 4096):
 vamp_se(p=0.05, r=0.1) = 0.00972, vamp_se(0.08, 0.1) = 0.0195 (stalls below the recovery
@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from decoderbench import PersianRug, SparseSampler, plugins
-from decoderbench.decoder import Cell, DecoderContext
-from decoderbench.runner import WorkUnit, run_unit
-from decoderbench.theory import amp_se, cell_theory, vamp_se
+from decoderbench import PersianRug, SparseSampler
+from decoderbench.contract import registry as plugins
+from decoderbench.contract.decoder import Cell, DecoderContext
+from decoderbench.run.runner import WorkUnit, run_unit
+from decoderbench.model.theory import amp_se, cell_theory, vamp_se
 from decoderbench_plugins.gaussian import Gaussian
 from decoderbench_plugins.message_passing import AMP, REASONS, VAMP
 
@@ -214,7 +215,7 @@ def test_amp_breakdown_stops_at_best_iterate(shifted_encoder):
 
 # ----------------------------------------------------------------------------- options
 
-from decoderbench.options import check as check_options  # noqa: E402
+from decoderbench.contract.options import check as check_options  # noqa: E402
 
 
 @pytest.mark.parametrize("options,word", [({"max_iter": 0}, "max_iter"), ({"max_iter": 2.5}, "max_iter"),
@@ -312,7 +313,7 @@ def test_damping_keeps_the_fixed_point():
 
 
 def test_predicted_t_is_state_evolution_after_the_iterations_run():
-    from decoderbench.theory import vamp_se_t
+    from decoderbench.model.theory import vamp_se_t
 
     n_s, n_d, p = 1024, 256, 0.045
     _, _, _, dec = decode(VAMP, rug(n_s, n_d), p, 4, {"max_iter": 3, "tol": 0})
@@ -320,7 +321,7 @@ def test_predicted_t_is_state_evolution_after_the_iterations_run():
     # one step is the elementwise conditional mean: state evolution says the elementwise MMSE
     t1 = vamp_se_t(p, n_d / n_s, 1)
     sigma = cell_theory(n_s, n_d, p)["sigma"]
-    from decoderbench.theory import scalar_mmse
+    from decoderbench.model.theory import scalar_mmse
 
     assert t1 == pytest.approx(scalar_mmse(p, sigma), rel=1e-9)
     loss, x, _, one = decode(VAMP, rug(4096, 1024), p, 64, {"max_iter": 1})
@@ -330,7 +331,7 @@ def test_predicted_t_is_state_evolution_after_the_iterations_run():
 
 def test_recovery_threshold_matches_the_state_evolution_brackets():
     """r_c(p) lies in the brackets found by scanning vamp_se on a grid of r."""
-    from decoderbench.theory import recovery_threshold
+    from decoderbench.model.theory import recovery_threshold
 
     for p, lo, hi in [(0.01, 0.03, 0.05), (0.045, 0.10, 0.125), (0.1, 0.175, 0.2), (0.2, 0.30, 0.35)]:
         rc = recovery_threshold(p)

@@ -4,10 +4,10 @@
 write: rebuild the evaluation sampler from the context (naively, through the harness's own function,
 and by re-implementing the keyed scheme with the public key), read the caller's frames (and zero the
 scored batch there), search the process's heap, write into its input, and claim `elementwise` while
-comparing entries. Run as third-party plugins they are isolated by default (decoderbench.worker):
+comparing entries. Run as third-party plugins they are isolated by default (decoderbench.run.worker):
 the eval samples and scoring stay in the harness's process. With a secret evaluation key
 (DECODERBENCH_EVAL_KEY) none beats the honest built-in decoders; with the public default key the
-re-implementation does (documented in decoderbench/evalkey.py: a public key is public), and in-process
+re-implementation does (documented in decoderbench/model/evalkey.py: a public key is public), and in-process
 (--no-isolate) the frame cheat does (the control: the cheats are real, in-process decoders are trusted).
 """
 
@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from decoderbench import Cell
-from decoderbench.data import SparseSampler
-from decoderbench.evalkey import ENV, eval_sampler, eval_stream_id
-from decoderbench.runner import WorkUnit
+from decoderbench.model.data import SparseSampler
+from decoderbench.model.evalkey import ENV, eval_sampler, eval_stream_id
+from decoderbench.run.runner import WorkUnit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_third_party import cli, copy_source, pip_install  # noqa: E402

@@ -40,7 +40,7 @@ def test_an_empty_evaluation_key_is_refused(tmp_path, capsys, monkeypatch):
 def test_finite_outputs_that_overflow_float32_are_scored_in_float64():
     import torch
 
-    from decoderbench.scoring import sample_losses
+    from decoderbench.run.scoring import sample_losses
 
     x = torch.rand(4, 8)
     big = torch.full((4, 8), 3e38)  # finite in float32; its square is not
@@ -72,7 +72,8 @@ def test_a_huge_grid_is_counted_and_refused_up_front(tmp_path, capsys, cells, ex
 
 
 def test_too_many_units_are_refused(monkeypatch):
-    from decoderbench import grids, sweep
+    from decoderbench.run import grids
+    from decoderbench.run import sweep
 
     monkeypatch.setattr(grids, "MAX_UNITS", 5)
     g = grids.load_grid("default")

@@ -1,4 +1,4 @@
-"""Declared option schemas (decoderbench.options): checked before a sweep, listed, one line per bad option."""
+"""Declared option schemas (decoderbench.contract.options): checked before a sweep, listed, one line per bad option."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import pytest
 from pydantic import Field
 
 import decoderbench as db
-from decoderbench import cli, options, plugins
-from decoderbench.decoder import Cell
-from decoderbench.options import PosInt
+from decoderbench import cli
+from decoderbench.contract import options
+from decoderbench.contract import registry as plugins
+from decoderbench.contract.decoder import Cell
+from decoderbench.contract.options import PosInt
 
 CELL = Cell(256, 64, 0.05)
 
@@ -100,7 +102,7 @@ def test_every_trained_option_is_documented_in_its_schema():
 
 def test_every_builtin_declares_its_options():
     """No built-in uses the older protocol (validate_options / ctx.check_options): each declares a schema."""
-    from decoderbench.decoder import Decoder
+    from decoderbench.contract.decoder import Decoder
 
     for name, reg in plugins.decoders().items():
         if not reg.source.startswith("decoderbench=="):

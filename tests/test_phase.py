@@ -1,10 +1,10 @@
-"""The recovery phase diagram (decoderbench.phase): points pooled from rows, and the figure."""
+"""The recovery phase diagram (decoderbench.board.phase): points pooled from rows, and the figure."""
 
 from __future__ import annotations
 
 import pytest
 
-from decoderbench import phase
+from decoderbench.board import phase
 
 
 def _row(decoder, n_s, r, p, frac, n=1000, seed=0, status="ok"):

@@ -14,9 +14,10 @@ import textwrap
 import pytest
 import torch
 
-from decoderbench import Decoder, hookimpl, plugins
+from decoderbench import Decoder, hookimpl
+from decoderbench.contract import registry as plugins
 from decoderbench.cli import main
-from decoderbench.runner import WorkUnit, run_unit
+from decoderbench.run.runner import WorkUnit, run_unit
 
 CELL = ["--ns", "256", "--r", "0.25", "--p", "0.05", "--max-samples", "256", "--device", "cpu"]
 

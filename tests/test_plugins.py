@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from decoderbench import Decoder, hookimpl, hookspecs, plugins
+from decoderbench import Decoder, hookimpl
+from decoderbench.contract import hookspecs
+from decoderbench.contract import registry as plugins
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def test_malformed_decoder_refused(throwaway, bad, msg):
 
 
 def test_env_var_restricts_entry_points():
-    code = ("import decoderbench.plugins as p; print(sorted(p.decoders()), sorted(p.encoders()))")
+    code = ("import decoderbench.contract.registry as p; print(sorted(p.decoders()), sorted(p.encoders()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "DECODERBENCH_PLUGINS": "rug,linear"})
     assert out.returncode == 0, out.stderr

@@ -23,7 +23,7 @@ class ProbeAware(db.Decoder):
     kind = "elementwise"
 
     def fit(self, train):
-        from decoderbench.decoder import harness_encoder
+        from decoderbench.contract.decoder import harness_encoder
 
         self.calls = 0
         self.enc = harness_encoder(self.ctx.encoder)  # past the cell-only view (Python can reach anything)
@@ -44,7 +44,7 @@ def test_a_probe_aware_decoder_is_caught_on_the_scored_batch():
 
 
 def test_it_would_have_scored_far_below_the_elementwise_bound_unchecked(monkeypatch):
-    from decoderbench import runner
+    from decoderbench.run import runner
 
     monkeypatch.setattr(runner, "_checked_first_batch", lambda decode, secret: decode)
     row = api.records(db.evaluate([ProbeAware], **CELL))[0]
@@ -52,7 +52,7 @@ def test_it_would_have_scored_far_below_the_elementwise_bound_unchecked(monkeypa
 
 
 def test_honest_elementwise_rows_are_unchanged_by_the_check(monkeypatch):
-    from decoderbench import runner
+    from decoderbench.run import runner
 
     names = ["relu", "jumprelu", "linear", "trec"]
     checked = {r["decoder"]: (r["loss"], r["loss_se"]) for r in api.records(db.evaluate(names, **CELL))}

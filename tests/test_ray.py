@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from decoderbench import plugins
+from decoderbench.contract import registry as plugins
 from decoderbench.cli import main
-from decoderbench.worker import Guard, run_guarded
+from decoderbench.run.worker import Guard, run_guarded
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_determinism import CELLS, builtin_names, numbers, units  # noqa: E402
@@ -57,7 +57,7 @@ def local_ray():
 
 
 def test_ray_rows_equal_local_rows(local_ray):
-    from decoderbench.ray_executor import RayExecutor
+    from decoderbench.run.ray_executor import RayExecutor
 
     names = builtin_names()
     us = units(CELLS, names)

@@ -1,4 +1,4 @@
-"""The declared row schema (decoderbench/rows.py): one declaration of the row's columns drives the key, the
+"""The declared row schema (decoderbench/results/rows.py): one declaration of the row's columns drives the key, the
 runner's layout, error rows and the store's column types; every key is what it was before the declaration."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from decoderbench import rows, store
-from decoderbench.runner import WorkUnit, error_row, key_of_row, run_unit
+from decoderbench.results import rows
+from decoderbench.results import store
+from decoderbench.run.runner import WorkUnit, error_row, key_of_row, run_unit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,8 +59,9 @@ def test_a_key_is_a_fixed_hash_of_the_declared_key_columns():
 def test_key_of_row_needs_the_process_columns_or_a_source_of_them():
     row = {"n_s": 256, "n_d": 64, "p": 0.05, "decoder": "relu"}
     with pytest.raises(KeyError):
-        rows.key_of_row(row)
-    assert key_of_row(row) == WorkUnit(256, 64, 0.05, "relu").key("?")
+        rows.key_of_row(row, process_defaults=None)
+    # the default source derives them from the unit (the eval batch and stream a run would have stamped)
+    assert rows.key_of_row(row) == key_of_row(row) == WorkUnit(256, 64, 0.05, "relu").key("?")
     with pytest.raises(KeyError, match="decoder"):
         rows.unit_of_row({"n_s": 256, "n_d": 64, "p": 0.05})
 
@@ -74,7 +76,7 @@ def test_the_runner_lays_out_the_declared_columns():
 
 
 def test_an_error_row_is_made_without_running_a_decoder():
-    from decoderbench import plugins
+    from decoderbench.contract import registry as plugins
 
     unit = WorkUnit(256, 64, 0.05, "linear", min_samples=256, max_samples=256)
     reg = plugins.get_decoder("linear")

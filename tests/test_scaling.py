@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from decoderbench import scaling
-from decoderbench.grids import load_grid
+from decoderbench.board import scaling
+from decoderbench.run.grids import load_grid
 
 BOARD = Path(__file__).resolve().parent.parent / "leaderboards" / "scaling"
 
@@ -69,8 +69,8 @@ def test_render_marks_restriction_and_unranked_rows():
 
 
 def test_figure_is_written_with_the_rows_digest(tmp_path):
-    from decoderbench.leaderboard import rows_digest, select_rows
-    from decoderbench.plots import figure_digest
+    from decoderbench.board.leaderboard import rows_digest, select_rows
+    from decoderbench.board.plots import figure_digest
 
     rows = rows_fixture()
     written = scaling.write_board(rows, tmp_path, "cmd", grid=load_grid("scaling"))

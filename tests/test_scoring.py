@@ -1,4 +1,4 @@
-"""The stopping rule of decoderbench.scoring and its absolute floor."""
+"""The stopping rule of decoderbench.run.scoring and its absolute floor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from decoderbench import scoring
-from decoderbench.runner import WorkUnit, run_unit
+from decoderbench.run import scoring
+from decoderbench.run.runner import WorkUnit, run_unit
 
 
 def _acc(values):
@@ -40,9 +40,11 @@ def test_stop_reason(values, kw, expected):
 
 
 def test_eval_batch_size_streams_large_cells():
-    assert scoring.eval_batch_size(1024) == 4096
-    assert scoring.eval_batch_size(2**20) == 4  # about 4M entries per batch
-    assert scoring.eval_batch_size(2**24) == 1
+    from decoderbench.model.evalkey import eval_batch_size
+
+    assert eval_batch_size(1024) == 4096
+    assert eval_batch_size(2**20) == 4  # about 4M entries per batch
+    assert eval_batch_size(2**24) == 1
 
 
 def test_exact_recovery_stops_on_the_floor():
@@ -102,7 +104,7 @@ def test_support_counts_on_a_hand_made_batch():
     """Exact counts: threshold 0.05 on both the truth and the output."""
     import torch
 
-    from decoderbench.scoring import SUPPORT_THRESHOLD, SupportCounts
+    from decoderbench.run.scoring import SUPPORT_THRESHOLD, SupportCounts
 
     assert SUPPORT_THRESHOLD == 0.05
     x = torch.tensor([[0.5, 0.0, 0.03, 0.9], [0.0, 0.2, 0.0, 0.0]])

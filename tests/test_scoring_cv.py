@@ -1,4 +1,4 @@
-"""The control-variate estimator of decoderbench.scoring: exact identities, honesty on synthetic data with a known
+"""The control-variate estimator of decoderbench.run.scoring: exact identities, honesty on synthetic data with a known
 expectation, and what it saves on a real row. Every random stream is seeded."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from decoderbench import scoring
-from decoderbench.data import SparseSampler
-from decoderbench.runner import WorkUnit, run_unit
+from decoderbench.run import scoring
+from decoderbench.model.data import SparseSampler
+from decoderbench.run.runner import WorkUnit, run_unit
 
 
 def _acc(losses, controls, means, chunk=None):
@@ -202,3 +202,4 @@ def test_relu_row_agrees_with_the_plain_mean_and_needs_fewer_samples(monkeypatch
     assert abs(cv["loss"] - plain["loss"]) <= 3 * math.hypot(cv["loss_se"], plain["loss_se"])
     assert cv["n_eval"] * 2 < plain["n_eval"]
     assert cv["ratio_e2"] == cv["loss"] / cv["e2_bound"]  # the ratios are of the estimate
+

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from decoderbench.cli import main
-from decoderbench.store import ResultsStore
+from decoderbench.results.store import ResultsStore
 
 from test_leaderboard import N_S, _flagged_rows
 
 
 def _write(st, rows):
     """Store fake rows under the key of their own columns (the store validates that on reading)."""
-    from decoderbench.runner import key_of_row
+    from decoderbench.run.runner import key_of_row
 
     for row in rows:
         row = {"target_rel_se": 0.01, "min_samples": 1024, "max_samples": 1024, "options": "{}", **row}
@@ -167,7 +167,7 @@ def test_pages_load_without_console_errors_and_figures_render(site, browser):
 def test_tables_hold_the_stores_numbers_and_sort(site, browser):
     from selenium.webdriver.common.by import By
 
-    from decoderbench.leaderboard import aggregate, fmt, select_rows
+    from decoderbench.board.leaderboard import aggregate, fmt, select_rows
 
     site_dir, rows, gone = site
     _open(browser, site_dir / "cells.html")

@@ -13,12 +13,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from decoderbench import Decoder, plugins
+from decoderbench import Decoder
+from decoderbench.contract import registry as plugins
 from decoderbench.cli import main
-from decoderbench.grids import adhoc_grid
-from decoderbench.leaderboard import render
-from decoderbench.store import MARKER, STORE_FORMAT, ResultsStore, StoreError
-from decoderbench.sweep import execute_serial, resolve_device, run_sweep, units_for
+from decoderbench.run.grids import adhoc_grid
+from decoderbench.board.leaderboard import render
+from decoderbench.results.store import MARKER, STORE_FORMAT, ResultsStore, StoreError
+from decoderbench.run.sweep import execute_serial, resolve_device, run_sweep, units_for
 
 ENV = {**os.environ, "DECODERBENCH_PLUGINS": "rug,linear"}
 
@@ -61,7 +62,7 @@ def throwaway():
 
 def valid_row(**over) -> dict:
     """A row as the runner writes it (its key computed from its columns, as the store checks)."""
-    from decoderbench.runner import key_of_row
+    from decoderbench.run.runner import key_of_row
 
     row = {"decoder": "d", "encoder": "rug", "device": "cpu", "dtype": "float32", "n_s": 64, "n_d": 16, "p": 0.1,
            "r": 0.25, "seed": 0, "n_eval": 64, "target_rel_se": 0.01, "min_samples": 64, "max_samples": 64,
@@ -111,8 +112,8 @@ def test_new_store_has_marker_and_row_roundtrip(tmp_path):
 def test_declared_stop_columns_are_typed_and_checked(tmp_path):
     """converged (bool or null, typed even when null) and stop_reason (text) are declared row columns: the runner
     copies them from what the decoder reports (runner.stop_columns), the store keeps their types."""
-    from decoderbench.runner import stop_columns
-    from decoderbench.store import BadRow, check_row, row_table
+    from decoderbench.run.runner import stop_columns
+    from decoderbench.results.store import BadRow, check_row, row_table
 
     assert stop_columns({"converged": True, "stop_reason": "converged"}) == {"converged": True,
                                                                              "stop_reason": "converged"}
@@ -124,7 +125,7 @@ def test_declared_stop_columns_are_typed_and_checked(tmp_path):
         assert row_table(row).schema.field("converged").type == pa.bool_()
         st.write(row)
         assert st.read(row["key"])["converged"] is conv
-    from decoderbench.store import HASH_COLUMN, content_hash
+    from decoderbench.results.store import HASH_COLUMN, content_hash
 
     cells = dict(row_table(valid_row()).to_pylist()[0], converged="yes")  # a forged row, its hash recomputed
     cells[HASH_COLUMN] = content_hash(cells)

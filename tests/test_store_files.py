@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from decoderbench.store import BadRow, ResultsStore, StoreError, _json_cell, check_row, content_hash
+from decoderbench.results.store import BadRow, ResultsStore, StoreError, _json_cell, check_row, content_hash
 
 
 def _store_with_a_row(tmp_path):

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from decoderbench.cli import main
-from decoderbench.store import ResultsStore, StoreError
+from decoderbench.results.store import ResultsStore, StoreError
 
 ENV = {**os.environ, "DECODERBENCH_PLUGINS": "rug,linear,activations,topk", "OMP_NUM_THREADS": "1"}
 RUN = ["run", "--plugins", "linear,relu,topk", "--ns", "256", "--r", "0.1,0.25,0.5", "--p", "0.05,0.1",

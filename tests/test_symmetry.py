@@ -1,4 +1,4 @@
-"""decoderbench.symmetry: exact diagnostics of W and b, the rug's exact symmetry, the model file format."""
+"""decoderbench.model.symmetry: exact diagnostics of W and b, the rug's exact symmetry, the model file format."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from decoderbench import PersianRug
-from decoderbench.data import SparseSampler, variance
-from decoderbench.symmetry import (
+from decoderbench.model.data import SparseSampler, variance
+from decoderbench.model.symmetry import (
     berry_esseen_ratio,
     berry_esseen_rows,
     diagnostics,

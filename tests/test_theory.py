@@ -1,7 +1,7 @@
-"""Tests for decoderbench.theory: per-cell bounds and predictions by quadrature.
+"""Tests for decoderbench.model.theory: per-cell bounds and predictions by quadrature.
 
 Independent references: nested scipy quadrature of the posterior (no use of the closed forms or of
-decoderbench.channel), scipy dblquad for the ReLU loss, and the SCIENCE.md reference values.
+decoderbench.model.channel), scipy dblquad for the ReLU loss, and the SCIENCE.md reference values.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from decoderbench import theory as T
+from decoderbench.model import theory as T
 
 P_REF, R_REF, NS_REF, ND_REF = 0.045, 0.25, 4096, 1024
 
@@ -118,7 +118,7 @@ def test_mmse_form_agrees_with_second_moment_form_where_it_is_safe():
     """E[x^2] - E[(E[x|y])^2] agrees at moderate sigma (it cancels badly only at small sigma)."""
     import torch
 
-    from decoderbench import channel
+    from decoderbench.model import channel
 
     p, s = 0.1, 0.3
     nodes, w = T._y_rule(s)

@@ -26,8 +26,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-from decoderbench import plugins
-from decoderbench.runner import WorkUnit, run_unit
+from decoderbench.contract import registry as plugins
+from decoderbench.run.runner import WorkUnit, run_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "decoderbench-softshrink"
@@ -164,7 +164,7 @@ NOTEBOOK_CODE = '''
 import torch
 
 from decoderbench import Decoder, hookimpl
-from decoderbench.activation import activation_decoder
+from decoderbench.contract.activation import activation_decoder
 
 
 class Scaled(Decoder):

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from decoderbench import Cell, DecoderContext, PersianRug, TrainingSet
-from decoderbench.decoder import input_encoder
-from decoderbench.runner import WorkUnit, run_unit
-from decoderbench.symmetry import diagnostics
+from decoderbench.contract.decoder import input_encoder
+from decoderbench.run.runner import WorkUnit, run_unit
+from decoderbench.model.symmetry import diagnostics
 from decoderbench_plugins.trained import load_model
 from decoderbench_plugins.trained import (
     STOP_REASONS,
@@ -132,7 +132,7 @@ def _decode(dec, x):
 
 
 def _x(n_s, n=512):
-    from decoderbench.data import SparseSampler
+    from decoderbench.model.data import SparseSampler
 
     return SparseSampler(n_s, P, 0, "test-eval").sample(n)
 

@@ -14,11 +14,11 @@ import torch
 
 from decoderbench import Cell, Decoder, DecoderContext, PersianRug, TrainingSet
 from decoderbench.cli import main
-from decoderbench.data import SparseSampler, variance
-from decoderbench.decoder import LearnedCode, input_encoder, prepare_input
-from decoderbench.evalkey import eval_sampler
-from decoderbench.plugins import Registered
-from decoderbench.runner import WorkUnit, run_unit
+from decoderbench.model.data import SparseSampler, variance
+from decoderbench.contract.decoder import LearnedCode, input_encoder, prepare_input
+from decoderbench.model.evalkey import eval_sampler
+from decoderbench.contract.registry import Registered
+from decoderbench.run.runner import WorkUnit, run_unit
 from decoderbench_plugins.trained import (
     ARCHS,
     DECODERS,
@@ -66,7 +66,7 @@ def _same(a, b):
 
 
 def test_every_architecture_is_its_own_decoder():
-    from decoderbench import plugins
+    from decoderbench.contract import registry as plugins
 
     reg = plugins.decoders()
     for a in ARCH_NAMES:
@@ -365,7 +365,7 @@ def test_bad_options_exit_2_with_one_line_before_training(tmp_path, capsys, deco
 def test_an_isolated_learned_decoder_hands_over_its_encoder_weight():
     """Guarded execution in a child process (worker.run_guarded, isolate=True): the harness asks the child for
     W_in and encodes x itself; the row equals the in-process one."""
-    from decoderbench.worker import Guard, run_guarded
+    from decoderbench.run.worker import Guard, run_guarded
 
     opts = json.dumps({"threads": 1, "max_steps": 20, "batch": 64, "cache": False}, sort_keys=True)
     unit = WorkUnit(32, 8, P, "trained-gated", seed=0, min_samples=256, max_samples=256, options=opts)
@@ -379,7 +379,7 @@ def test_an_isolated_learned_decoder_hands_over_its_encoder_weight():
 
 
 def _fake_rows():
-    from decoderbench.theory import cell_theory
+    from decoderbench.model.theory import cell_theory
 
     rows = []
     for n_s, n_d, p in ((64, 16, 0.045), (128, 32, 0.045)):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from decoderbench import BadInput, Cell, DecoderContext, PersianRug, TrainingSet
-from decoderbench.data import make_generator
+from decoderbench.model.data import make_generator
 from decoderbench_plugins.trained import DECODERS, PRACTITIONER, cache_key, parse_options
 from decoderbench_plugins.trained import arch as arch_mod
 from decoderbench_plugins.trained.arch import ARCHS, K_ANNEAL_START, K_ANNEAL_STEPS, K_MULTS

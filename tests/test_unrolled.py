@@ -1,4 +1,4 @@
-"""Unrolled message passing (`decoderbench unrolled`, decoderbench.unrolled): vamp and amp at max_iter = t
+"""Unrolled message passing (`decoderbench unrolled`, decoderbench.board.unrolled): vamp and amp at max_iter = t
 beside state evolution after t iterations."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def test_unrolled_command_writes_table_and_figure(tmp_path, capsys):
 
 def test_vamp_loss_falls_with_t_and_follows_state_evolution_early():
     from decoderbench import api
-    from decoderbench.unrolled import unrolled
+    from decoderbench.board.unrolled import unrolled
 
     df = unrolled(["vamp"], n_s=256, r=0.25, p=0.05, iterations=(1, 2, 4, 8, 16), max_samples=256,
                   references=("oracle",))
@@ -54,7 +54,7 @@ def test_a_capped_restarted_sample_returns_its_better_estimate():
     reproduce h; capped mid-way back they returned a worse estimate (loss 1.9e-6, against 4e-9 at a cap of
     12). Now the better of the current and the kept estimate: the loss falls with the cap."""
     from decoderbench import PersianRug, SparseSampler
-    from decoderbench.decoder import Cell, DecoderContext
+    from decoderbench.contract.decoder import Cell, DecoderContext
     from decoderbench_plugins.message_passing import VAMP
 
     p = 0.045

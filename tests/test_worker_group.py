@@ -137,7 +137,7 @@ def test_nothing_but_plain_data_crosses_from_a_worker(tmp_path, monkeypatch, nam
 def test_the_plain_unpickler_refuses_any_class():
     import pickle
 
-    from decoderbench.worker import _PlainUnpickler, plain
+    from decoderbench.run.worker import _PlainUnpickler, plain
 
     ok = plain({"a": (1, 2.5, "x", b"y", None, True), "v": torch_version()})
     assert pickle.loads(pickle.dumps(ok)) == _PlainUnpickler(__import__("io").BytesIO(pickle.dumps(ok))).load()

@@ -65,7 +65,7 @@ on CPU to training without the interruption) and saved again, so repeated time-c
 ``reused`` and ``resumed_from_step`` in the params say what happened.
 
 ``stop_reason``: ``converged`` | ``step_cap`` | ``time_cap`` | ``diverged``. The params also hold the
-symmetry diagnostics of :func:`decoderbench.symmetry.diagnostics` for ``W = W_out W_in`` and ``b`` (for
+symmetry diagnostics of :func:`decoderbench.model.symmetry.diagnostics` for ``W = W_out W_in`` and ``b`` (for
 gated: the gate path's ``W`` and ``b``; for trec ``b = 0``), and the means and spreads of the extras.
 """
 
@@ -79,7 +79,7 @@ from pathlib import Path
 import torch
 
 from decoderbench import BadInput, Decoder, Skip, TrainingSet, hookimpl
-from decoderbench.data import derive_seed, make_generator
+from decoderbench.model.data import derive_seed, make_generator
 
 from .arch import ARCHS, BANDWIDTH, K_MULTS, PRACTITIONER_ARCHS, THETA_INIT, Arch, k_for
 from .cache import load_cached
@@ -215,8 +215,8 @@ def _mean(values) -> float | None:
 
 
 def _diagnostics(model: TrainedModel, p: float, converged: bool = True) -> dict:
-    from decoderbench.encoders import DENSE_MAX_NS
-    from decoderbench.symmetry import diagnostics, spread
+    from decoderbench.model.encoders import DENSE_MAX_NS
+    from decoderbench.model.symmetry import diagnostics, spread
 
     out = {}
     for name, t in model.extras.items():
@@ -225,7 +225,7 @@ def _diagnostics(model: TrainedModel, p: float, converged: bool = True) -> dict:
         return {**out, "diagnostics": f"skipped: n_s > {DENSE_MAX_NS} (dense W)"}
     # W formed in float32 (one GEMM, 64 MB at n_s = 4096); the row sums are taken in float64
     W = model.W_out.detach().cpu().float() @ model.W_in.detach().cpu().float()
-    from decoderbench.exact import NOT_ENCODED
+    from decoderbench.model.exact import NOT_ENCODED
 
     diag = W.diagonal().double().abs()
     # features whose own signal the model does not carry (|W_ii| at most NOT_ENCODED of the median): counted
@@ -252,7 +252,7 @@ def _own_exact(W: torch.Tensor, p: float) -> dict:
     over ``EXACT_ROWS`` evenly spaced rows: the least loss any elementwise decoder of ``W x`` can reach, which the
     Gaussian elementwise MMSE is not for a trained W (its interference is skewed). ``own_exact_se``: the
     standard error of that mean over rows."""
-    from decoderbench.exact import references_for_weights
+    from decoderbench.model.exact import references_for_weights
 
     n = W.shape[0]
     rows = sorted({int(i * n / EXACT_ROWS) for i in range(min(EXACT_ROWS, n))})

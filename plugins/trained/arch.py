@@ -39,7 +39,7 @@ Gradients through the steps (the Heaviside ``1[.]`` has derivative 0 almost ever
 * topk, batchtopk: the kept entries carry the gradient of ReLU; ``k`` is fixed (option ``k``, default
   ``round(p n_s)``, the expected number of active features, at least 1). BatchTopK keeps the ``k B`` largest
   over the batch it is given: the training batch (``B = batch``, 1024) and, at evaluation, the harness's
-  batch (``runner.eval_batch_size(n_s)``), as the fixed-rug ``batchtopk`` does.
+  batch (``ctx.eval_batch_size``), as the fixed-rug ``batchtopk`` does.
 
 Two recipes for topk and batchtopk (option ``recipe``):
 

@@ -45,7 +45,7 @@ def _ratio(a, b):
 
 def _entry(arch: str, t, r, theory: dict) -> dict:
     """One architecture's numbers at a cell: trained row ``t``, fixed-rug row ``r``, their ratios."""
-    from decoderbench.leaderboard import params_of
+    from decoderbench.board.leaderboard import params_of
 
     tp = params_of(t) if t else {}
     e = {"arch": arch, "trained": t, "rug": r, "params": tp,
@@ -100,7 +100,7 @@ def cell_summary(cell: tuple, by: dict) -> dict:
 
 
 def _f(x, d=4):
-    from decoderbench.leaderboard import fmt
+    from decoderbench.board.leaderboard import fmt
 
     return fmt(x, d)
 
@@ -135,7 +135,7 @@ def _extras(e) -> str:
 
 
 def cell_markdown(s: dict) -> str:
-    from decoderbench.leaderboard import md_table
+    from decoderbench.board.leaderboard import md_table
 
     n_s, n_d, p = s["cell"]
     th = s["theory"]
@@ -190,7 +190,7 @@ def cell_markdown(s: dict) -> str:
 
 
 def summary_markdown(sums: list[dict]) -> str:
-    from decoderbench.leaderboard import md_table
+    from decoderbench.board.leaderboard import md_table
 
     head = ["cell (n_s, r, p)", "trained spread", "rug spread", "trained spread w/o topk, batchtopk",
             "rug spread w/o topk, batchtopk", "best trained", "best rug", "best trained / best rug",
@@ -228,7 +228,7 @@ def plot(sums: list[dict], path: Path, rows: list[dict]) -> Path | None:
     that did not converge."""
     from matplotlib.lines import Line2D
 
-    from decoderbench.plots import pyplot as _pyplot, save_figure as _save
+    from decoderbench.board.plots import pyplot as _pyplot, save_figure as _save
 
     groups: dict = {}
     for s in sums:
@@ -288,7 +288,7 @@ def plot(sums: list[dict], path: Path, rows: list[dict]) -> Path | None:
 
 def render(rows: list[dict], command: str, cells=None) -> tuple[dict[str, str], list[dict]]:
     """(files {name: text}, per-cell summaries) for the rows of a trained grid."""
-    from decoderbench.leaderboard import ROWS_FILE, header, rows_json, select_rows
+    from decoderbench.board.leaderboard import ROWS_FILE, header, rows_json, select_rows
 
     rows = select_rows(rows)  # one row per identity (the latest), so the header counts the rows the board uses
     by = _rows_by(rows)
@@ -331,8 +331,8 @@ def command():
         from decoderbench.api import default_board_dir
         from decoderbench.cli import command_line as _command_line, parse_floats as _floats
         from decoderbench.errors import BadInput
-        from decoderbench.grids import load_grid
-        from decoderbench.store import ResultsStore
+        from decoderbench.run.grids import load_grid
+        from decoderbench.results.store import ResultsStore
 
         grid = load_grid(grid_spec)
         cells = grid.cells()

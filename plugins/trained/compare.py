@@ -1,6 +1,6 @@
 """The trained toy model against the Persian Rug (paper section 3.2, Figures 3-8): train (or reuse, or load)
 the ``trained`` decoder, fit a ReLU on the rug, score both on the same fresh samples, and report the
-symmetry diagnostics of ``W = W_out W_in`` (pure functions of ``(W, b)`` in :mod:`decoderbench.symmetry`, which
+symmetry diagnostics of ``W = W_out W_in`` (pure functions of ``(W, b)`` in :mod:`decoderbench.model.symmetry`, which
 any learned decoder may call) with tables and figures. The ``decoderbench symmetry`` command is registered by
 this plugin (:func:`command`), not by the harness: the harness knows no decoder by name.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from decoderbench.data import SparseSampler, variance
-from decoderbench.symmetry import (as_bias, as_dense_W, diagnostics, interference_moments, spread,  # noqa: F401
+from decoderbench.model.data import SparseSampler, variance
+from decoderbench.model.symmetry import (as_bias, as_dense_W, diagnostics, interference_moments, spread,  # noqa: F401
                                    third_central_moment)
 from decoderbench.validate import check_nd, check_ns, check_p, check_seed, nd_from_r  # noqa: F401
 
@@ -44,7 +44,7 @@ class DenseModel:
 
 def rug_model(n_s: int, n_d: int, p: float, seed: int = 0, a: float = 1.0, b: float = 0.0) -> DenseModel:
     """The Persian Rug as ``ReLU(a R x + b)`` with dense ``R`` (``n_s <= 2**13``); ``b`` is a scalar."""
-    from decoderbench.encoders import PersianRug
+    from decoderbench.model.encoders import PersianRug
 
     rug = PersianRug(n_s, n_d, seed=seed, dtype=torch.float64)
     R = rug.dense()
@@ -62,8 +62,8 @@ def fit_relu_on_rug(n_s: int, n_d: int, p: float, seed: int = 0, n_samples: int 
     of the piecewise-quadratic loss). Starts from the Gaussian theory optimum (``a``, ``b - a mu``). Returns
     ``{"a", "b", "a_theory", "b_theory", "train_loss", "n_pairs", "iterations"}``.
     """
-    from decoderbench.encoders import PersianRug
-    from decoderbench.theory import cell_theory
+    from decoderbench.model.encoders import PersianRug
+    from decoderbench.model.theory import cell_theory
 
     rug = PersianRug(n_s, n_d, seed=seed)
     t = cell_theory(rug.n_s, rug.n_d, p)
@@ -151,7 +151,7 @@ def compare_cell(n_s: int, n_d: int, p: float, seed: int = 0, options: dict | No
     re-run reuses it. Both models are scored on the same ``eval_samples`` fresh samples of the cell's
     evaluation stream; their diagnostics are exact. Returns a dict (the models under ``"models"``).
     """
-    from decoderbench.theory import cell_theory
+    from decoderbench.model.theory import cell_theory
 
     n_s = check_ns(n_s)
     n_d = check_nd(n_d, n_s)
@@ -168,7 +168,7 @@ def compare_cell(n_s: int, n_d: int, p: float, seed: int = 0, options: dict | No
         train_info["train_time_s"] = model.meta.get("total_train_time_s")
         train_info["reused"] = True
     else:
-        from decoderbench.runner import WorkUnit, run_unit
+        from decoderbench.run.runner import WorkUnit, run_unit
 
         opts = {**(options or {}), "cache": True}
         unit = WorkUnit(n_s, n_d, p, "trained", seed=seed, options=json.dumps(opts, sort_keys=True))
@@ -474,7 +474,7 @@ def command():
                     raise BadInput(f"--load: {str(exc).splitlines()[0]}") from None
                 cells.append((m.n_s, m.n_d, path))
         else:
-            from decoderbench.encoders import DENSE_MAX_NS
+            from decoderbench.model.encoders import DENSE_MAX_NS
 
             for v in parse_floats("--ns", ns):
                 n_s = check_ns(v)
@@ -497,7 +497,7 @@ def command():
                   "", "Losses: both models on the same fresh samples of the cell's eval stream (SE per model, and of "
                   "their per-sample difference). rug+ReLU: the Persian Rug with ReLU(a z + b), (a, b) fitted on "
                   "the rug's own training samples. Diagnostics are exact functions of W = W_out W_in and b "
-                  "(decoderbench.symmetry): mean ± RMS deviation across rows; E nu_i = (p/2) sum_{j!=i} W_ij; "
+                  "(decoderbench.model.symmetry): mean ± RMS deviation across rows; E nu_i = (p/2) sum_{j!=i} W_ij; "
                   "sigma/W_ii over Welch: RMS_i sqrt(Var nu_i)/W_ii over sqrt(v (n_s/n_d - 1)), >= 1 at rank n_d; Lambda: paper eq. 3. "
                   "Paper Figure 3 (n_s = 512, r = 0.25, p = 0.045): diag 1.29 ± 0.01, b -0.18 ± 0.01. "
                   "Training times depend on the machine's load."]

@@ -108,7 +108,7 @@ def options_schema(fixed: str | None, who: str):
 
     from pydantic import ConfigDict, Field, create_model, model_validator
 
-    from decoderbench.options import Options
+    from decoderbench.contract.options import Options
 
     archs = [ARCHS[fixed]] if fixed else list(ARCHS.values())
     fields = {k: (Any, Field(OPTION_DOCS.get(k, (None, ""))[0], description=OPTION_DOCS.get(k, (None, ""))[1]))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from decoderbench import plugins, scoring
+from decoderbench.contract import registry as plugins
+from decoderbench.run import scoring
 from decoderbench.cli import main
 
 HERE = Path(__file__).resolve().parent
@@ -49,7 +50,7 @@ def attack(tmp_path_factory):
     mp.setenv("ADV_PIDFILE_SIGNALS", str(files["signals"]))
     mp.setenv("DECODERBENCH_EVAL_KEY", SECRET)
     mp.setenv("DECODERBENCH_PLUGINS", "rug,linear," + ",".join(ENTRY_POINTS))
-    mp.setattr("decoderbench.worker.harden_harness", lambda: False)  # (it would last for the whole test session)
+    mp.setattr("decoderbench.run.worker.harden_harness", lambda: False)  # (it would last for the whole test session)
     scorer = scoring.sample_losses
     plugins.reset()
     _restart_forkserver()  # a forkserver started by an earlier test keeps that test's environment (no ADV_*)

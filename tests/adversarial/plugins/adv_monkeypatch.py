@@ -4,7 +4,7 @@ import os
 
 import torch
 
-import decoderbench.scoring as scoring
+import decoderbench.run.scoring as scoring
 from decoderbench import Decoder, hookimpl
 
 with open(os.environ.get("ADV_PIDFILE", "/dev/null"), "a") as f:

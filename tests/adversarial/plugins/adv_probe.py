@@ -10,7 +10,7 @@ class ProbeThenEncoder(Decoder):
     kind = "elementwise"
 
     def fit(self, train):
-        from decoderbench.decoder import harness_encoder
+        from decoderbench.contract.decoder import harness_encoder
 
         self.calls = 0
         self.enc = harness_encoder(self.ctx.encoder)

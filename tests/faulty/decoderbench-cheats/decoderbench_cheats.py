@@ -12,7 +12,7 @@ import sys
 import torch
 
 from decoderbench import Decoder, hookimpl
-from decoderbench.data import SparseSampler
+from decoderbench.model.data import SparseSampler
 
 
 def _looks_like_x(t, z):
@@ -42,7 +42,7 @@ class RebuildInformed(Decoder):
     kind = "filtering"
 
     def fit(self, train):
-        from decoderbench.evalkey import eval_sampler
+        from decoderbench.model.evalkey import eval_sampler
 
         self.sampler = eval_sampler(self.ctx.cell, self.ctx.seed, device=self.ctx.device, dtype=self.ctx.dtype)
 
@@ -139,7 +139,7 @@ class RebuildReimplemented(Decoder):
     def fit(self, train):
         import hashlib
 
-        from decoderbench.evalkey import PUBLIC_KEY
+        from decoderbench.model.evalkey import PUBLIC_KEY
 
         key = hashlib.sha256(PUBLIC_KEY).digest()
         msg = f"{self.ctx.n_s}|{float(self.ctx.p)!r}|{self.ctx.seed}".encode()

@@ -19,7 +19,7 @@ class Ok(Decoder):
     description = "honest: 0.25 z + 0.0125"
 
     def fit(self, train):
-        from decoderbench import evalkey
+        from decoderbench.model import evalkey
 
         # where it runs: a decoder worker has a random key of its own (evalkey._in_decoder_worker), a process
         # that scores has none

@@ -1,0 +1,244 @@
+"""Encoders: the map x -> h = W_in x and its transpose.
+
+An encoder has ``n_s``, ``n_d``, ``encode(x)`` (``h = W_in x``, shape (B, n_d)), ``decode(h)``
+(``W_out h``, shape (B, n_s)), ``adjoint(h)`` (``W_in^T h``), ``apply(x)`` (``R x = W_out W_in x``)
+and a set of ``capabilities`` that decoders may require:
+
+- ``"fast_transform"``: applying W_in and W_in^T costs O(n_s log n_s) per sample.
+- ``"orthogonal_rows"``: ``W_in W_in^T = (n_s/n_d) I`` (so ``W_out = W_in^T`` and
+  ``P = (n_d/n_s) R`` is a projector).
+
+The Persian Rug (paper 4.2.2, appendix F): ``H`` the Sylvester Hadamard matrix of size ``n_s``,
+``S`` ``n_d`` distinct column indices drawn from the seed,
+``W_in = n_d^{-1/2} H[:, S]^T``, ``W_out = n_d^{-1/2} H[:, S]``, ``R = n_d^{-1} H[:, S] H[:, S]^T``,
+applied as ``W_in x = n_d^{-1/2} (H x)[S]``, ``W_out h = n_d^{-1/2} H (scatter h into S)``,
+``R x = n_d^{-1} H (m * (H x))``. Memory besides the batch is O(n_s).
+
+Cost: each operation does the transforms it needs and O(n_s) work per sample besides, at most one pass
+over the batch: ``encode`` one transform (on CPU with fht-cpu: a copy into a per-thread scratch buffer,
+reused across calls, transformed in place) and a gather of the ``n_d`` kept columns; ``decode``/``adjoint``
+one gather of the pre-scaled ``h`` (padded with a zero, in a scratch buffer) into the (B, n_s) output and one
+in-place transform; ``apply`` one out-of-place transform, one multiply by the cached scaled mask ``m / n_d``
+and one in-place transform (``apply(x, inplace=True)`` transforms ``x`` itself). The index and mask buffers
+are built once per device and dtype. Tensors that require grad take the same arithmetic out of place. A
+fresh (B, n_s) CPU tensor costs as much as the transform (its pages are faulted in on first touch), so the
+scratch buffers are where the time goes: benchmarks/encoder_cost.py gives the ratios.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+from .._validate import check_nd, check_ns, check_p, check_seed
+from .data import derive_seed, interference_sigma, make_generator
+from .hadamard import backend, fwht, fwht_, fwht_owned, hadamard_matrix
+
+DENSE_MAX_NS = 2**13
+
+
+class _Workspace(threading.local):
+    """Scratch tensors of one thread, reused across calls: a fresh (B, n_s) CPU tensor costs its page faults
+    on first touch (measured at n_s 65536, B 256: ``x.clone()`` 31 ms of CPU time against 10 ms for
+    ``copy_`` into a buffer already touched), as much as the transform itself. Per thread, so that
+    decoders running on harness threads never share one; at most ``KEEP`` shapes are kept."""
+
+    KEEP = 2
+
+    def __init__(self):
+        self.bufs: dict = {}
+
+    def get(self, name: str, shape, dtype, device) -> torch.Tensor:
+        key = (name, tuple(shape), dtype, device)
+        b = self.bufs.pop(key, None)
+        if b is None:
+            b = torch.empty(shape, dtype=dtype, device=device)
+        self.bufs[key] = b  # most recently used last
+        while len(self.bufs) > self.KEEP:
+            self.bufs.pop(next(iter(self.bufs)))
+        return b
+
+
+class Encoder:
+    """Base class for encoders. Subclasses set ``name`` and ``capabilities``.
+
+    The operators an ``iterative`` decoder may apply (``self.ctx.encoder``), each on a batch (rows are samples,
+    on the context's device and dtype): ``encode(x) = W_in x`` ((B, n_s) -> (B, n_d)); ``adjoint(h) = W_in^T h``
+    ((B, n_d) -> (B, n_s)); ``decode(h) = W_out h`` (= ``adjoint`` unless an encoder says otherwise);
+    ``apply(x) = R x = W_out W_in x``. Encoders with the capability ``orthogonal_rows`` (the rug:
+    ``W_in W_in^T = (n_s/n_d) I``) also give ``project(x) = P x``, the orthogonal projector onto the row space of
+    ``W_in`` (``P = (n_d/n_s) R``), and ``pinv(h) = W_in^T (W_in W_in^T)^{-1} h``, the least-squares
+    ``x``; ``fast_transform`` means every operator costs ``O(n_s log n_s)`` per sample. A decoder that needs a
+    capability lists it in its ``requires``.
+    """
+
+    name: str = "encoder"
+    capabilities: frozenset[str] = frozenset()
+
+    n_s: int
+    n_d: int
+
+    @property
+    def r(self) -> float:
+        return self.n_d / self.n_s
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def adjoint(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """W_out h; W_out = W_in^T unless a subclass says otherwise."""
+        return self.adjoint(h)
+
+    def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """R x = W_out W_in x. ``inplace=True`` allows (does not oblige) an encoder to overwrite ``x``."""
+        return self.decode(self.encode(x))
+
+    def interference(self, p: float) -> tuple[float, float]:
+        """(mu, sigma): mean and standard deviation of nu_i = sum_{j != i} R_ij x_j (row-uniform)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def describe(self) -> dict:
+        return {"encoder": self.name}
+
+
+class PersianRug(Encoder):
+    """The Persian Rug encoder, built from ``n_d`` columns of the Sylvester Hadamard matrix."""
+
+    name = "rug"
+    capabilities = frozenset({"fast_transform", "orthogonal_rows"})
+
+    def __init__(self, n_s: int, n_d: int, seed: int = 0, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.n_s = check_ns(n_s)
+        self.n_d = check_nd(n_d, self.n_s)
+        self.seed = check_seed(seed)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        g = make_generator(derive_seed("rug-columns", self.n_s, self.n_d, self.seed))
+        self.S = torch.randperm(self.n_s, generator=g)[: self.n_d].sort().values.to(self.device)
+        self.mask = torch.zeros(self.n_s, dtype=torch.bool, device=self.device)
+        self.mask[self.S] = True
+        self.col0 = bool(self.mask[0])
+        self._scale = 1.0 / math.sqrt(self.n_d)
+        self._buffers: dict = {}
+        self._ws = _Workspace()
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_buffers"], d["_ws"] = {}, None  # caches: rebuilt where the encoder lands
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._ws = _Workspace()
+
+    def _scratch(self, t: torch.Tensor) -> bool:
+        """Use a reused scratch buffer for ``t``'s transform? CPU tensors outside autograd whose backend
+        transforms in place (``fht_cpu``); elsewhere a buffer gains nothing (CUDA's caching allocator reuses
+        memory already)."""
+        return t.device.type == "cpu" and not t.requires_grad and backend(t) == "fht_cpu"
+
+    def _bufs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(S, m / n_d, slot) on ``t``'s device, the mask in ``t``'s dtype: built once per device and dtype.
+        ``slot[i]`` is the position of column i in S, or n_d (a zero appended to h) when i is not in S."""
+        key = (t.device, t.dtype)
+        b = self._buffers.get(key)
+        if b is None:
+            S = self.S.to(t.device)
+            scaled_mask = self.mask.to(device=t.device, dtype=t.dtype) * (1.0 / self.n_d)
+            slot = torch.full((self.n_s,), self.n_d, dtype=torch.long)
+            slot[self.S.cpu()] = torch.arange(self.n_d)
+            b = self._buffers[key] = (S, scaled_mask, slot.to(t.device))
+        return b
+
+    @staticmethod
+    def _owns(t: torch.Tensor) -> bool:
+        """May t be transformed in place (contiguous, outside autograd)?"""
+        return t.is_contiguous() and not t.requires_grad
+
+    def _check(self, t: torch.Tensor, n: int, name: str) -> None:
+        if t.shape[-1] != n:
+            raise ValueError(f"{name} must have last dimension {n}, got shape {tuple(t.shape)}")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.n_s, "x")
+        S = self._bufs(x)[0]
+        if self._scratch(x):  # copy into this thread's scratch buffer, transform it in place, gather
+            buf = self._ws.get("encode", x.shape, x.dtype, x.device).copy_(x)
+            return torch.index_select(fwht_(buf), -1, S).mul_(self._scale)
+        h = torch.index_select(fwht(x), -1, S)
+        return h.mul_(self._scale) if self._owns(h) else h * self._scale
+
+    def adjoint(self, h: torch.Tensor) -> torch.Tensor:
+        self._check(h, self.n_d, "h")
+        slot = self._bufs(h)[2]
+        # scale the n_d kept entries (not the n_s outputs), append a zero, and gather every output column in
+        # one pass (zeroing a (B, n_s) buffer and scattering into it are two)
+        if self._scratch(h):  # the padded, scaled h in this thread's scratch buffer (last column zero)
+            padded = self._ws.get("adjoint", (*h.shape[:-1], self.n_d + 1), h.dtype, h.device)
+            torch.mul(h, self._scale, out=padded[..., : self.n_d])
+            padded[..., self.n_d].zero_()
+        else:
+            padded = torch.cat([h * self._scale, h.new_zeros(*h.shape[:-1], 1)], dim=-1)
+        full = torch.index_select(padded, -1, slot)
+        return fwht_owned(full) if self._owns(full) else fwht(full)
+
+    def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """R x = n_d^{-1} H (m * (H x)); ``inplace=True`` overwrites and returns ``x`` when it is contiguous
+        and outside autograd."""
+        self._check(x, self.n_s, "x")
+        scaled_mask = self._bufs(x)[1]
+        if not self._owns(x):
+            return fwht(fwht(x) * scaled_mask)
+        if inplace:  # no copy with fht-cpu; another backend copies its results back into x
+            return fwht_(fwht_(x).mul_(scaled_mask))
+        return fwht_owned(fwht(x).mul_(scaled_mask))
+
+    def project(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """P x with P = (n_d/n_s) R, the orthogonal projector onto the row space of W_in."""
+        y = self.apply(x, inplace=inplace)
+        return y.mul_(self.n_d / self.n_s) if self._owns(y) else y * (self.n_d / self.n_s)
+
+    def pinv(self, h: torch.Tensor) -> torch.Tensor:
+        """x_ls = W_in^T (W_in W_in^T)^{-1} h = (n_d/n_s) W_in^T h."""
+        y = self.adjoint(h)
+        return y.mul_(self.n_d / self.n_s) if self._owns(y) else y * (self.n_d / self.n_s)
+
+    def rowsum(self) -> float:
+        """Every row of R sums to n_s/n_d if column 0 is in S, otherwise to 0."""
+        return self.n_s / self.n_d if self.col0 else 0.0
+
+    def interference(self, p: float) -> tuple[float, float]:
+        p = check_p(p)
+        mu = 0.5 * p * (self.rowsum() - 1.0)
+        sigma = interference_sigma(self.n_s, self.n_d, p)
+        return mu, sigma
+
+    def w_in(self) -> torch.Tensor:
+        """Dense W_in (n_d x n_s), only for n_s <= 2**13."""
+        self._dense_ok()
+        H = hadamard_matrix(self.n_s, torch.float64).to(self.device)
+        return (H[:, self.S].T * self._scale).to(self.dtype)
+
+    def dense(self) -> torch.Tensor:
+        """Dense R (n_s x n_s), only for n_s <= 2**13."""
+        self._dense_ok()
+        H = hadamard_matrix(self.n_s, torch.float64).to(self.device)
+        HS = H[:, self.S]
+        return ((HS @ HS.T) / self.n_d).to(self.dtype)
+
+    def _dense_ok(self) -> None:
+        if self.n_s > DENSE_MAX_NS:
+            raise ValueError(f"n_s must be at most 2**13 = {DENSE_MAX_NS} for a dense matrix, got {self.n_s}; "
+                             "use encode/decode/apply, which never form one")
+
+    def describe(self) -> dict:
+        return {"encoder": self.name, "col0": self.col0}
+
+    def __repr__(self) -> str:
+        return f"PersianRug(n_s={self.n_s}, n_d={self.n_d}, seed={self.seed}, col0={self.col0})"

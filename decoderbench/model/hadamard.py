@@ -1,0 +1,199 @@
+"""The fast Walsh-Hadamard transform.
+
+``fwht(x)`` computes ``x @ H`` along the last axis, where ``H`` is the unnormalised Sylvester
+Hadamard matrix of size ``n = x.shape[-1]`` (a power of two), ``H_ij = (-1)^popcount(i & j)``: the
+order of ``scipy.linalg.hadamard``. ``H`` is symmetric and ``H H = n I``, so ``fwht(fwht(x)) = n x``.
+
+Backends, chosen per call by device and dtype (``backend()`` says which one a tensor gets):
+
+- ``fht_cpu``: the SIMD C++ package ``fht-cpu`` (optional extra ``fast``), for float32/float64 CPU
+  tensors that do not need gradients. Measured fastest on CPU (see benchmarks/).
+- ``cuda-kernel``: Dao-AILab's ``fast-hadamard-transform`` CUDA kernel, when installed, for CUDA tensors
+  in float32 (called with scale 1, Sylvester order as in its reference implementation).
+- ``torch``: a Kronecker factorisation ``H_n = H_a (x) H_b (x) ...`` into dense blocks of at most
+  ``_BLOCK`` entries applied by GEMMs: O(n log n) work in a few large matrix products, every
+  device and dtype, autograd-friendly. Never forms a dense ``n x n`` matrix. The block acting on the
+  contiguous (last) axis is one flat GEMM ``(B n / k, k) @ H_k``; the others are batched GEMMs whose
+  right-hand side has ``n / (pre k) >= k`` columns. On 2 CPU threads this is 2-4x a ``clone()`` of the
+  batch at n = 4096..65536 (the earlier all-batched form, whose last block was a batch of
+  matrix-vector products, was 10-14x). Measured and not kept (benchmarks/encoder_cost.py,
+  benchmarks/test_bench_hadamard.py): blocks of 128 or 256 (no faster, slower at n = 65536), a
+  transpose-and-GEMM cycle (as fast at 4096, 2x slower at 65536), radix-2 butterflies in torch ops
+  (13x at 4096, 44x at 65536) and ``torch.compile`` of either form (5 s to compile per shape, no faster).
+
+``fwht(x)`` returns a new tensor; ``fwht_(x)`` transforms a contiguous tensor in place (no copy with
+``fht_cpu``; the other backends compute out of place and copy back) for callers that own their buffer.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+
+_BLOCK = 64  # largest dense Hadamard block used by the torch backend
+
+try:  # optional SIMD backend for CPU
+    import fht_cpu as _fht_cpu  # type: ignore
+except Exception:  # pragma: no cover - depends on the environment
+    _fht_cpu = None
+
+try:  # optional CUDA kernel
+    import fast_hadamard_transform as _fht_cuda  # type: ignore
+except Exception:  # pragma: no cover
+    _fht_cuda = None
+
+_DISABLED = {s.strip() for s in os.environ.get("DECODERBENCH_FWHT_DISABLE", "").split(",") if s.strip()}
+
+
+@functools.lru_cache(maxsize=64)
+def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.Tensor:
+    """The dense Sylvester Hadamard matrix of size n (only for small n: blocks and tests)."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"n must be a power of two, got {n!r}")
+    if n > 2**14:
+        raise ValueError(f"n must be at most 2**14 for a dense Hadamard matrix, got {n}")
+    idx = torch.arange(n)
+    bits = (idx[:, None] & idx[None, :])
+    # popcount parity by folding the bits
+    parity = torch.zeros_like(bits)
+    while bool(bits.any()):
+        parity ^= bits & 1
+        bits = bits >> 1
+    return (1 - 2 * parity).to(dtype=dtype, device=device)
+
+
+def _factors(n: int) -> list[int]:
+    """Split n = 2^m into blocks of at most _BLOCK, as even as possible."""
+    m = int(math.log2(n))
+    kmax = int(math.log2(_BLOCK))
+    nblocks = max(1, math.ceil(m / kmax))
+    base, extra = divmod(m, nblocks)
+    return [2 ** (base + (1 if i < extra else 0)) for i in range(nblocks)]
+
+
+def _fwht_torch(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    y = x.reshape(-1, n)
+    batch = y.shape[0]
+    pre = 1
+    for k in _factors(n):
+        post = n // (pre * k)
+        hk = hadamard_matrix(k, y.dtype, str(y.device)) if y.device.type != "cuda" else hadamard_matrix(k, y.dtype, "cpu").to(y.device)
+        # axis of size k sits between `pre` and `post` (row-major index i = (i_pre, i_k, i_post))
+        if post == 1:  # the contiguous axis: one flat GEMM (B n / k, k) @ H_k (H_k is symmetric)
+            y = torch.mm(y.reshape(-1, k), hk)
+        else:
+            y = torch.matmul(hk, y.reshape(batch * pre, k, post))
+        pre *= k
+    return y.reshape(*lead, n)
+
+
+#: below this many entries fht-cpu runs on one thread: an OpenMP team costs more than it saves, and on a busy
+#: machine each parallel region can wait a scheduler time slice for its second thread (measured: 18 ms per
+#: call on a (16, 1024) batch at load 8 on 2 cores, against well under 1 ms on one thread)
+PARALLEL_MIN_ENTRIES = 2**18
+
+
+def _fht_cpu_inplace(y: torch.Tensor) -> None:
+    """Transform the rows of a contiguous 2-D CPU tensor in place with fht-cpu."""
+    arr = y.numpy()
+    if arr.shape[0] == 1:
+        _fht_cpu.fht(arr[0], inplace=True)
+    else:
+        threads = torch.get_num_threads() if arr.size >= PARALLEL_MIN_ENTRIES else 1
+        _fht_cpu.fht(arr, axis=1, inplace=True, num_threads=threads)
+
+
+def _fwht_fht_cpu(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[-1]
+    # one copy into a fresh contiguous buffer (the output), then the transform in place
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x.detach())
+    _fht_cpu_inplace(out.view(-1, n))
+    return out
+
+
+def _fwht_cuda_kernel(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[-1]
+    return _fht_cuda.hadamard_transform(x.reshape(-1, n).contiguous(), scale=1.0).reshape(x.shape)
+
+
+def backend(x: torch.Tensor) -> str:
+    """Name of the backend ``fwht`` uses for this tensor."""
+    if x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
+        return "torch"
+    if x.device.type == "cpu" and _fht_cpu is not None and "fht_cpu" not in _DISABLED:
+        return "fht_cpu"
+    if (x.device.type == "cuda" and _fht_cuda is not None and x.dtype == torch.float32
+            and "cuda-kernel" not in _DISABLED and x.shape[-1] <= 2**15):
+        return "cuda-kernel"
+    return "torch"
+
+
+def _check(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension")
+    n = x.shape[-1]
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"x.shape[-1] must be a power of two, got {n}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def fwht_(x: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`fwht`: overwrites ``x`` with ``x @ H`` and returns it.
+
+    With the ``fht_cpu`` backend on a contiguous CPU tensor the transform runs in ``x``'s own memory (no
+    copy, nothing allocated: an iterative decoder keeps its buffers); otherwise it is ``x.copy_(fwht(x))``
+    (a leaf that requires grad cannot be overwritten: torch refuses).
+    """
+    _check(x)
+    n = x.shape[-1]
+    if n == 1 or x.numel() == 0:
+        return x
+    if x.is_contiguous() and backend(x) == "fht_cpu":
+        _fht_cpu_inplace(x.detach().view(-1, n))
+        return x
+    return x.copy_(fwht(x))
+
+
+def fwht_owned(x: torch.Tensor) -> torch.Tensor:
+    """``fwht`` of a buffer the caller owns and no longer needs: in place where the backend transforms in
+    place (``fht_cpu``: no copy), else out of place (no copy back either). Use the returned tensor."""
+    if backend(x) == "fht_cpu" and x.is_contiguous():
+        return fwht_(x)
+    return fwht(x)
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh-Hadamard transform along the last axis (Sylvester order), ``x @ H``.
+
+    Works for any leading shape, float32/float64 (and other float dtypes through the torch
+    backend), on CPU or CUDA. Returns a new tensor; ``x`` is not modified.
+    """
+    _check(x)
+    n = x.shape[-1]
+    if n == 1 or x.numel() == 0:
+        return x.clone()
+    b = backend(x)
+    if b == "fht_cpu":
+        return _fwht_fht_cpu(x)
+    if b == "cuda-kernel":
+        return _fwht_cuda_kernel(x)
+    return _fwht_torch(x)
+
+
+def backend_for(device: str, dtype: str, n_s: int) -> str:
+    """The ``fwht`` backend this process uses for (B, n_s) tensors of ``device`` and ``dtype`` (names)."""
+    from types import SimpleNamespace
+
+    from .._validate import DTYPE_NAMES
+
+    dev = torch.device("cpu" if device in ("auto", None) else device)
+    dt = getattr(torch, dtype) if dtype in DTYPE_NAMES else torch.float32
+    return backend(SimpleNamespace(dtype=dt, requires_grad=False, device=dev, shape=(1, n_s)))
