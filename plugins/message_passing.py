@@ -99,7 +99,9 @@ Options (``ctx.options``; refused before anything runs, one line naming the opti
 ``damping`` (float in (0, 1], default 1). ``self.info`` also holds ``predicted`` (the state-evolution
 loss of the cell: ``vamp_se`` for VAMP, ``amp_se`` for AMP, whatever the encoder), ``predicted_by``, and
 ``predicted_t``: state evolution after the largest number of iterations any sample ran (equal to
-``predicted`` unless the iterations were capped: an unrolled ``max_iter = t`` decoder sits on it).
+``predicted`` unless the iterations were capped: an unrolled ``max_iter = t`` decoder sits on it), and the
+row's declared stop columns: ``stop_reason`` (the most frequent per-sample reason) and ``converged`` (True when
+no sample hit ``max_iter`` or broke down).
 """
 
 from __future__ import annotations
@@ -226,6 +228,9 @@ class _MessagePassing(Decoder):
         self.info.update(
             iterations_mean=self._iters_sum / self._n, iterations_max=self._iters_max, n_decoded=self._n,
             stop_reasons={k: c for k, c in self._counts.items() if c}, stop_reason=most,
+            # the row's declared column: every sample decoded so far stopped on its own rule (none on the
+            # iteration cap, none broke down with its restarts exhausted)
+            converged=self._counts["max_iter"] == 0 and self._counts["breakdown"] == 0,
             breakdown=self._counts["breakdown"], restarts=self._restarts, restarted_samples=self._restarted,
             predicted_t=pred_t)
         if self._counts["breakdown"]:

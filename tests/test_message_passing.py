@@ -82,6 +82,7 @@ def test_vamp_recovers_exactly_float64_through_the_runner():
     assert row["ratio_predicted"] is None  # undefined against an exact-recovery prediction
     prm = row["params"]
     assert prm["stop_reasons"] == {"variance_collapse": 4}
+    assert row["converged"] is True and row["stop_reason"] == "variance_collapse"  # the declared columns
     assert prm["breakdown"] == 0 and prm["n_decoded"] == 4
     assert 1 <= prm["iterations_mean"] <= prm["iterations_max"] < 100
     assert prm["variances"] == "per sample"
@@ -256,6 +257,7 @@ def test_max_iter_caps_the_iterations():
     loss, _, x_hat, dec = decode(VAMP, rug(1024, 103), 0.05, 4, {"max_iter": 3, "tol": 0})
     assert dec.info["iterations_max"] == 3
     assert dec.info["stop_reasons"] == {"max_iter": 4}
+    assert dec.info["converged"] is False and dec.info["stop_reason"] == "max_iter"
     assert bool(torch.isfinite(x_hat).all())
 
 

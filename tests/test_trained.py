@@ -226,6 +226,7 @@ def test_trained_row_against_science(row128):
     row, prm = row128, row128["params"]
     assert all(k in prm for k in REQUIRED), [k for k in REQUIRED if k not in prm]
     assert prm["stop_reason"] == "converged"
+    assert row["converged"] is True and row["stop_reason"] == "converged"  # the declared columns
     assert prm["stop_reason"] in STOP_REASONS
     assert prm["steps"] >= 400 and prm["steps"] % 30 == 0  # two windows, then after every 30th batch
     assert abs(prm["diag_mean"] - 1.29) < 0.05

@@ -278,7 +278,8 @@ class Decoder:
     ``decode`` (iterations, stop reason); they are stored with the fitted parameters. Two keys of ``info`` (or
     of the dict ``fit`` returns) are public row columns that the board reads: ``converged`` (bool, or None when
     unknown) and ``stop_reason`` (``converged``, ``max_iter``, or one of :data:`CAP_STOP_REASONS`; see
-    :data:`STOP_COLUMNS`).
+    :data:`STOP_COLUMNS`). An iterative decoder that stops per sample may also report ``stop_reasons``, a dict
+    ``{reason: samples}``: when ``converged`` is False the board counts the ``max_iter`` samples from it.
 
     The harness builds one decoder per (cell, seed) with its :class:`DecoderContext`: the context is
     ``self.ctx``, and a subclass that overrides ``__init__`` must call ``super().__init__(ctx)`` (which sets

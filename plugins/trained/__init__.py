@@ -64,7 +64,8 @@ diverged) checkpoint is reused as is when it fits under ``max_steps``; a capped 
 on CPU to training without the interruption) and saved again, so repeated time-capped sweeps converge.
 ``reused`` and ``resumed_from_step`` in the params say what happened.
 
-``stop_reason``: ``converged`` | ``step_cap`` | ``time_cap`` | ``diverged``. The params also hold the
+``stop_reason``: ``converged`` | ``step_cap`` | ``time_cap`` | ``diverged``; ``converged`` (a row column too) is
+``stop_reason == "converged"``. The params also hold the
 symmetry diagnostics of :func:`decoderbench.model.symmetry.diagnostics` for ``W = W_out W_in`` and ``b`` (for
 gated: the gate path's ``W`` and ``b``; for trec ``b = 0``), and the means and spreads of the extras.
 """
@@ -190,6 +191,7 @@ class Trained(Decoder):
         params = {
             "activation": arch.name, **arch_options,
             "steps": trainer.step, "stop_reason": trainer.stop_reason, "diverged_at": trainer.diverged_at,
+            "converged": trainer.stop_reason == "converged",  # the row's declared column (decoder.STOP_COLUMNS)
             "train_time_s": elapsed, "total_train_time_s": trainer.total_time_s,
             "loss_train_last": _mean(trainer.last_losses),
             "reused": reused, "resumed_from_step": resumed_from,
