@@ -203,3 +203,36 @@ def test_relu_row_agrees_with_the_plain_mean_and_needs_fewer_samples(monkeypatch
     assert cv["n_eval"] * 2 < plain["n_eval"]
     assert cv["ratio_e2"] == cv["loss"] / cv["e2_bound"]  # the ratios are of the estimate
 
+
+def test_a_plain_mean_row_of_an_older_format_is_never_reused(tmp_path, monkeypatch):
+    """A store holding a row of results format 2 (loss: the plain mean) for a unit: a run of this version computes
+    the unit again (the results format is part of the key), the old row stays valid and readable beside the new
+    one, and verify reproduces the new row bit for bit and names the format of the old one."""
+    from decoderbench import api
+    from decoderbench.results import rows
+    from decoderbench.results.store import ResultsStore
+    from decoderbench.run.sweep import execute_serial, run_sweep
+
+    assert rows.RESULTS_FORMAT == 3
+    st = ResultsStore(tmp_path / "res")
+    unit = WorkUnit(n_s=64, n_d=16, p=0.1, decoder="relu", seed=0, target_rel_se=0.05, min_samples=64,
+                    max_samples=512)
+    with monkeypatch.context() as m:  # what decoderbench wrote before the control variate
+        m.setattr(rows, "RESULTS_FORMAT", 2)
+        m.setattr(scoring, "CONTROL_VARIATE", False)
+        old = run_sweep([unit], store=st, command="test", grid="t", executor=execute_serial)
+    old_row = st.read(old.rows[0]["key"])
+    assert old_row["results_format"] == 2 and old_row["loss_estimator"] == "mean"
+    new = run_sweep([unit], store=st, command="test", grid="t", executor=execute_serial)
+    assert (new.n_reused, new.n_computed) == (0, 1)
+    new_row = st.read(new.rows[0]["key"])
+    assert new_row["key"] != old_row["key"]
+    assert new_row["results_format"] == 3 and new_row["loss_estimator"] == "control_variate"
+    assert sorted(r["key"] for r in st.rows()) == sorted([old_row["key"], new_row["key"]])  # both valid
+    again = run_sweep([unit], store=st, command="test", grid="t", executor=execute_serial)
+    assert (again.n_reused, again.n_computed) == (1, 0) and again.rows[0]["key"] == new_row["key"]
+    report, _ = api.verify_rows(st, isolate=False)
+    verdict = {e["key"]: e for e in report}
+    assert verdict[new_row["key"]]["verdict"] == "reproduced"
+    assert verdict[old_row["key"]]["verdict"] == "differs"
+    assert "results format 2 stored, 3 here" in verdict[old_row["key"]]["detail"]

@@ -67,11 +67,11 @@ class WorkUnit:
         return Cell(self.n_s, self.n_d, self.p)
 
     def key(self, decoder_version: str = "1", eval_batch: int | None = None, transform_backend: str | None = None,
-            eval_stream: str | None = None) -> str:
+            eval_stream: str | None = None, results_format: int | None = None) -> str:
         """A hash of everything that determines the row's numbers (``rows.key``): the unit's fields, the decoder's
-        version, the results format, the evaluation batch size (batchtopk's output depends on it), the
-        Walsh-Hadamard backend this process uses for the unit's device and dtype and the evaluation stream
-        (defaults: this process's)."""
+        version, the results format (default: this version's, ``rows.RESULTS_FORMAT``), the evaluation batch size
+        (batchtopk's output depends on it), the Walsh-Hadamard backend this process uses for the unit's device and
+        dtype and the evaluation stream (defaults: this process's)."""
         u = self.fields()
         proc = {"eval_batch": eval_batch, "transform_backend": transform_backend, "eval_stream": eval_stream}
         if eval_batch is None or not transform_backend or not eval_stream:
@@ -79,7 +79,7 @@ class WorkUnit:
             proc = {"eval_batch": eval_batch if eval_batch is not None else own["eval_batch"],
                     "transform_backend": transform_backend or own["transform_backend"],
                     "eval_stream": eval_stream or own["eval_stream"]}
-        return rows.key(u, decoder_version, **proc)
+        return rows.key(u, decoder_version, results_format=results_format, **proc)
 
     @classmethod
     def from_row(cls, row: dict) -> "WorkUnit":
