@@ -120,6 +120,21 @@ def _grid(vals: np.ndarray, counts: np.ndarray, p: float, M: int, max_points: in
     return h, n, lo, mean, var
 
 
+def _ipow(z: np.ndarray, k: int) -> np.ndarray:
+    """``z ** k`` for an integer ``k >= 1`` by repeated squaring (relative error about ``log2(k)`` ulps; numpy's
+    ``z ** k`` agrees to 1e-15). numpy's complex power takes ``exp(k log z)`` from ``k = 100`` on, 15x slower
+    than below: on the rug's laws (n_d g has 68-90 distinct values, 16-19 of them 100-202 times) it was half of
+    the law's time."""
+    out, base = None, z
+    while True:
+        if k & 1:
+            out = base if out is None else out * base
+        k >>= 1
+        if not k:
+            return out
+        base = base * base
+
+
 def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale: int | None = None,
                      max_points: int = MAX_POINTS) -> Law:
     """The law of ``z = x + nu``, ``nu = sum_j g_j x_j`` (``g`` the off-diagonal entries of one row of ``R``,
@@ -152,7 +167,7 @@ def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale:
                 re = np.where(small, 1.0 - a * a / 6.0, np.sin(a) / a)
                 im = np.where(small, 0.5 * a, (1.0 - np.cos(a)) / a)
             factor = (1.0 - p + p * re) + 1j * (p * im)
-            prod *= factor if cnt == 1 else factor ** int(cnt)
+            prod *= factor if cnt == 1 else _ipow(factor, int(cnt))
         phi[tz] = prod
         spec += (phi - a0) * np.sinc(t * h / (2.0 * np.pi)) ** 4 * np.exp(-1j * t * lo)
     w = np.real(np.fft.fft(spec)) / n  # masses of nu's continuous part on the grid, atom out
