@@ -710,9 +710,9 @@ def result_differences(stored: dict, new: dict) -> list[tuple[str, str]]:
 def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) -> tuple[list[dict], int]:
     """Recompute a seeded sample of a store's rows; ``(report, n_rows)``, one entry per row checked with its
     ``verdict``: ``reproduced`` (every result column bit for bit: :func:`result_differences`), ``differs`` (what
-    differs, column by column, and the environment's differences: decoder version, transform backend, evaluation
-    key, eval batch), ``bad`` (the file fails validation), ``not-ok`` (a timeout row: not recomputed; error and
-    skipped rows are recomputed like ok rows), ``cannot`` (its unit cannot be rebuilt, e.g. its decoder is not installed) or
+    differs, column by column, and the environment's differences: decoder version, results format, transform
+    backend, evaluation key, eval batch), ``bad`` (the file fails validation), ``not-ok`` (a timeout row: not
+    recomputed; error and skipped rows are recomputed like ok rows), ``cannot`` (its unit cannot be rebuilt, e.g. its decoder is not installed) or
     ``unreadable``. Runs are deterministic on CPU, so a row that does not reproduce was computed elsewhere or
     edited."""
     import random
@@ -722,6 +722,7 @@ def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) 
     from ._validate import check_seed
     from .model.evalkey import ENV as _KEY_ENV, eval_stream_id
     from .model.evalkey import eval_batch_size
+    from .results.rows import RESULTS_FORMAT
     from .run.runner import WorkUnit, transform_backend_for
 
     frac = check_fraction(fraction)
@@ -769,6 +770,9 @@ def verify_rows(store, fraction=1.0, seed: int = 0, isolate=None, timeout=None) 
         if stored.get("eval_stream") not in (None, eval_stream_id()):
             env_diff.append(f"evaluation key {stored.get('eval_stream')} stored, {eval_stream_id()} here "
                             f"(set {_KEY_ENV} as for the run)")
+        if stored.get("results_format") not in (None, RESULTS_FORMAT):
+            env_diff.append(f"results format {stored.get('results_format')} stored, {RESULTS_FORMAT} here "
+                            "(the meaning of its numbers changed: decoderbench/results/rows.py RESULTS_FORMAT)")
         here_batch = eval_batch_size(unit.n_s, unit.device)
         if stored.get("eval_batch") not in (None, here_batch):
             env_diff.append(f"eval batch {stored.get('eval_batch')} stored, {here_batch} here")

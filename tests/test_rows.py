@@ -36,16 +36,21 @@ def test_the_store_types_are_the_declared_ones():
 
 @pytest.mark.parametrize("board", sorted(p.parent.name for p in (ROOT / "leaderboards").glob("*/rows.json")))
 def test_keys_of_committed_rows_are_unchanged(board):
-    """The committed boards' rows (and every store's file names) depend on the key: it must not move."""
+    """The committed boards' rows (and every store's file names) depend on the key: it must not move. A row's key
+    is recomputed with its own results format; a unit of this version (RESULTS_FORMAT) has another key, so a run
+    never reuses a row whose numbers meant something else (format 2: loss was the plain mean)."""
     stored = json.loads((ROOT / "leaderboards" / board / "rows.json").read_text())
     sample = stored[:: max(1, len(stored) // 7)]
     assert sample
     for row in sample:
         assert rows.key_of_row(row) == row["key"]
         assert key_of_row(row) == row["key"]
-        assert WorkUnit.from_row(row).key(row["decoder_version"], eval_batch=row["eval_batch"],
-                                         transform_backend=row["transform_backend"],
-                                         eval_stream=row["eval_stream"]) == row["key"]
+        proc = dict(eval_batch=row["eval_batch"], transform_backend=row["transform_backend"],
+                    eval_stream=row["eval_stream"])
+        unit = WorkUnit.from_row(row)
+        assert unit.key(row["decoder_version"], results_format=row["results_format"], **proc) == row["key"]
+        if row["results_format"] != rows.RESULTS_FORMAT:
+            assert unit.key(row["decoder_version"], **proc) != row["key"]
 
 
 def test_a_key_is_a_fixed_hash_of_the_declared_key_columns():
@@ -54,6 +59,13 @@ def test_a_key_is_a_fixed_hash_of_the_declared_key_columns():
     assert k == rows.key(u.fields(), "1", 4096, "torch", "public")
     assert rows.key({**u.fields(), "n_s": 256.0, "p": 0.05}, "1", 4096, "torch", "public") == k  # 256 == 256.0
     assert rows.key(u.fields(), "1", 4096, "torch", "public", results_format=rows.RESULTS_FORMAT + 1) != k
+    assert rows.key(u.fields(), "1", 4096, "torch", "public", results_format=rows.RESULTS_FORMAT) == k
+    # a row's key is its own format's: a row without the column is of this version's
+    row = {**u.fields(), "decoder_version": "1", "eval_batch": 4096, "transform_backend": "torch",
+           "eval_stream": "public"}
+    assert rows.key_of_row(row) == k
+    assert rows.key_of_row({**row, "results_format": 2}) == rows.key(u.fields(), "1", 4096, "torch", "public",
+                                                                     results_format=2) != k
 
 
 def test_key_of_row_needs_the_process_columns_or_a_source_of_them():

@@ -120,6 +120,21 @@ def _grid(vals: np.ndarray, counts: np.ndarray, p: float, M: int, max_points: in
     return h, n, lo, mean, var
 
 
+def _ipow(z: np.ndarray, k: int) -> np.ndarray:
+    """``z ** k`` for an integer ``k >= 1`` by repeated squaring (relative error about ``log2(k)`` ulps; numpy's
+    ``z ** k`` agrees to 1e-15). numpy's complex power takes ``exp(k log z)`` from ``k = 100`` on, 15x slower
+    than below: on the rug's laws (n_d g has 68-90 distinct values, 16-19 of them 100-202 times) it was half of
+    the law's time."""
+    out, base = None, z
+    while True:
+        if k & 1:
+            out = base if out is None else out * base
+        k >>= 1
+        if not k:
+            return out
+        base = base * base
+
+
 def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale: int | None = None,
                      max_points: int = MAX_POINTS) -> Law:
     """The law of ``z = x + nu``, ``nu = sum_j g_j x_j`` (``g`` the off-diagonal entries of one row of ``R``,
@@ -130,30 +145,35 @@ def interference_law(g: np.ndarray, p: float, M: int = DEFAULT_M, integer_scale:
     vals, counts = _values_counts(g, integer_scale)
     h, n, lo, mean, var = _grid(vals, counts, p, M, max_points)
     x = lo + h * np.arange(n)
-    t0 = 2.0 * np.pi * np.fft.fftfreq(n, d=h)
+    dt = 2.0 * np.pi / (n * h)
+    k = np.rint(np.fft.fftfreq(n, d=1.0 / n)).astype(np.int64)  # the DFT's frequencies t0 = k dt, k in [-n/2, n/2)
     a0 = float(np.exp(int(np.sum(counts)) * math.log1p(-p))) if p < 1 else 0.0
     # The grid masses w_j = E[B((nu - x_j) / h)] (B the cubic B-spline kernel, CF sinc(t h / 2pi)^4) have as DFT
     # the aliased sum over n of phi_c(t + 2 pi n / h) sinc^4; the kernel's CF falls as t^-4, so n in -1..1 leaves
     # an error below 1e-3 of the CF at the band edge (dropping the aliases would leave Gibbs ripples, whose
-    # positive half piles up spurious mass in the far tails).
+    # positive half piles up spurious mass in the far tails). The frequencies t = j dt, j = k + shift n, cover
+    # |j| <= 3n/2; nu is real, so phi(-t) = conj(phi(t)) and the product is taken once per j = 1 .. 3n/2.
+    jmax = 3 * n // 2
+    tt = dt * np.arange(1, jmax + 1, dtype=np.float64)
+    prod = np.ones(tt.shape, dtype=np.complex128)
+    for val, cnt in zip(vals, counts):
+        # each term's CF 1 - p + p (exp(i a) - 1) / (i a), a = val t: real sine and cosine (a series for small
+        # a), multiplied in (a product of factors of modulus at most 1: no overflow, underflow is to 0)
+        a = val * tt
+        small = np.abs(a) < 1e-4
+        with np.errstate(divide="ignore", invalid="ignore"):
+            re = np.where(small, 1.0 - a * a / 6.0, np.sin(a) / a)
+            im = np.where(small, 0.5 * a, (1.0 - np.cos(a)) / a)
+        factor = (1.0 - p + p * re) + 1j * (p * im)
+        prod *= factor if cnt == 1 else _ipow(factor, int(cnt))
     spec = np.zeros(n, dtype=np.complex128)
     for shift in (-1, 0, 1):
-        t = t0 + shift * 2.0 * np.pi / h
-        phi = np.ones(n, dtype=np.complex128)
-        tz = t != 0.0
-        tt = t[tz]
-        prod = np.ones(tt.shape, dtype=np.complex128)
-        for val, cnt in zip(vals, counts):
-            # each term's CF 1 - p + p (exp(i a) - 1) / (i a), a = val t: real sine and cosine (a series for small
-            # a), multiplied in (a product of factors of modulus at most 1: no overflow, underflow is to 0)
-            a = val * tt
-            small = np.abs(a) < 1e-4
-            with np.errstate(divide="ignore", invalid="ignore"):
-                re = np.where(small, 1.0 - a * a / 6.0, np.sin(a) / a)
-                im = np.where(small, 0.5 * a, (1.0 - np.cos(a)) / a)
-            factor = (1.0 - p + p * re) + 1j * (p * im)
-            prod *= factor if cnt == 1 else factor ** int(cnt)
-        phi[tz] = prod
+        j = k + shift * n
+        t = dt * j
+        phi = np.ones(n, dtype=np.complex128)  # phi(0) = 1
+        pos, neg = j > 0, j < 0
+        phi[pos] = prod[j[pos] - 1]
+        phi[neg] = np.conj(prod[-j[neg] - 1])
         spec += (phi - a0) * np.sinc(t * h / (2.0 * np.pi)) ** 4 * np.exp(-1j * t * lo)
     w = np.real(np.fft.fft(spec)) / n  # masses of nu's continuous part on the grid, atom out
     w = np.maximum(w, 0.0)  # round-off only

@@ -25,8 +25,11 @@ from dataclasses import dataclass
 from .._validate import DTYPE_NAMES, MAX_SAMPLES, SAMPLING_DEFAULTS, SE_FLOOR, check_nd, check_ns, check_p, check_seed
 from ..errors import BadInput
 
-#: Bump when the meaning of a stored number changes (2: the absolute SE floor and sampling_stop/precision_met).
-RESULTS_FORMAT = 2
+#: Bump when the meaning of a stored number changes (2: the absolute SE floor and sampling_stop/precision_met;
+#: 3: ``loss``/``loss_se`` are the control-variate estimate, the stopping rule uses it, the plain mean moves to
+#: ``loss_mean``/``loss_mean_se``). Part of the key, so a run never reuses a row of an older format; a stored row's
+#: key is recomputed with its own ``results_format`` (:func:`key_of_row`), so older rows stay valid and readable.
+RESULTS_FORMAT = 3
 
 TYPES = ("int", "float", "str", "bool", "json")
 
@@ -74,8 +77,13 @@ COLUMNS: tuple[Column, ...] = (
     _r("dtype", "str", "the evaluation's floating-point type", key=True, nullable=False),
     _r("target_rel_se", "float", "sampling stops when SE <= this times the mean loss", key=True),
     _r("n_eval", "int", "evaluation samples scored", nullable=False, initial=0),
-    _r("loss", "float", "mean loss n_s^-1 ||x - x_hat||^2 (null unless ok)"),
-    _r("loss_se", "float", "standard error of the mean loss"),
+    _r("loss", "float", "estimated expected loss n_s^-1 ||x - x_hat||^2 (null unless ok; see loss_estimator)"),
+    _r("loss_se", "float", "standard error of the loss"),
+    _r("loss_mean", "float", "the plain mean of the per-sample losses (loss: the control-variate estimate, see "
+       "loss_estimator)"),
+    _r("loss_mean_se", "float", "the plain mean's standard error"),
+    _r("loss_estimator", "str", "what loss and loss_se are: control_variate (scoring's regression on |supp x| and "
+       "|x|^2, whose means the data law fixes) or mean (the plain mean); absent in older rows: mean"),
     _r("sampling_stop", "str", "why sampling stopped (target, floor, max_samples)"),
     _r("precision_met", "bool", "whether the sampling target was met", typed=False),
     _r("se_floor_abs", "float", "the absolute SE floor used"),
@@ -211,13 +219,13 @@ def _typed(name: str, v):
 
 
 def key(unit: dict, decoder_version: str, eval_batch: int, transform_backend: str, eval_stream: str,
-        results_format: int = RESULTS_FORMAT) -> str:
+        results_format: int | None = None) -> str:
     """The row's key: a hash of its key columns (the unit's fields, each normalised to its declared type so that
-    0 and 0.0 are one unit, the decoder's version, the results format, the evaluation batch, the Walsh-Hadamard
-    backend and the evaluation stream)."""
+    0 and 0.0 are one unit, the decoder's version, the results format (default :data:`RESULTS_FORMAT`, this
+    version's), the evaluation batch, the Walsh-Hadamard backend and the evaluation stream)."""
     d = {k: _typed(k, unit[k]) for k in UNIT_COLUMNS}
     d["decoder_version"] = str(decoder_version)
-    d["results_format"] = results_format
+    d["results_format"] = RESULTS_FORMAT if results_format is None else int(results_format)
     d["eval_batch"] = int(eval_batch)
     d["transform_backend"] = str(transform_backend)
     d["eval_stream"] = str(eval_stream)
@@ -237,8 +245,10 @@ def process_key_columns(unit: dict) -> dict:
 
 
 def key_of_row(row: dict, process_defaults=process_key_columns) -> str:
-    """The key a row's own columns give (what the store checks against the row's file name). A process key
-    column the row lacks (:data:`PROCESS_KEY_COLUMNS`) is ``process_defaults(unit)[name]``: this process's (:func:`process_key_columns`)."""
+    """The key a row's own columns give (what the store checks against the row's file name), with the row's own
+    ``results_format`` (:data:`RESULTS_FORMAT` where it has none): a row of an older format keeps its key, which a
+    unit of this version never has. A process key column the row lacks (:data:`PROCESS_KEY_COLUMNS`) is
+    ``process_defaults(unit)[name]``: this process's (:func:`process_key_columns`)."""
     u = unit_of_row(row)
     eb, tb, es = row.get("eval_batch"), row.get("transform_backend"), row.get("eval_stream")
     if eb is None or not tb or not es:
@@ -248,7 +258,7 @@ def key_of_row(row: dict, process_defaults=process_key_columns) -> str:
         eb = eb if eb is not None else fill["eval_batch"]
         tb, es = tb or fill["transform_backend"], es or fill["eval_stream"]
     extra = {"eval_batch": eb, "transform_backend": tb, "eval_stream": es}
-    return key(u, row.get("decoder_version") or "?", **extra)
+    return key(u, row.get("decoder_version") or "?", results_format=row.get("results_format"), **extra)
 
 
 # ----------------------------------------------------------------------------- the row's layout

@@ -146,7 +146,7 @@ def stamp(row: dict, unit: WorkUnit, command: str, grid: str) -> dict:
     u = unit.fields()
     return rows.stamped(row, u, process_key_columns(u),
                         provenance=dict(command=command, grid=grid, store_format=STORE_FORMAT,
-                                        results_format=RESULTS_FORMAT,
+                                        results_format=rows.RESULTS_FORMAT,
                                         finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")),
                         defaults={"decoderbench_version": __version__})
 

@@ -1219,14 +1219,19 @@ def failure_row(unit, reg, message: str, status: str = "error") -> dict:
 # ----------------------------------------------------------------------------- whole units in worker processes
 
 
-def _unit_child(conn, unit, guard: Guard, env: dict) -> None:
+def _unit_child(conn, unit, guard: Guard, env: dict, cell_columns: dict | None = None) -> None:
     """A local worker process running one whole unit. The process itself is the isolation (a crash or a
     hang costs this unit's row, which the parent then writes); inside it the decoder runs in-process
-    under the in-process guard, with the memory limit on this process when the decoder is one to isolate."""
+    under the in-process guard, with the memory limit on this process when the decoder is one to isolate.
+    ``cell_columns``: the unit's cell columns, computed by the parent (``runner.cell_columns``), or None."""
     _own_session()
     _quiet_stdout()
     try:
         apply_child_env(env)
+        if cell_columns is not None:
+            from .runner import hand_cell_columns
+
+            hand_cell_columns(unit, cell_columns)
         from ..contract import registry as plugins
 
         try:
@@ -1258,6 +1263,11 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
     isolated (third-party, by default) is never run in a process that holds the samples, the scorer or the
     key: its decoder runs in a worker of its own, as in a serial run, and is scored in this process (on a
     thread). ``threads``: torch threads per unit process (default: this process's threads / workers).
+
+    The columns a row takes from its cell alone (theory, exact references: ``runner.cell_columns``) are
+    computed here once per cell and handed to its units' processes, which would otherwise each recompute them
+    (0.7 s per unit at n_s 4096: what made ``--workers 2`` slower than a serial run, which computes them once
+    per cell).
     """
     import queue
     from concurrent.futures import ThreadPoolExecutor
@@ -1276,6 +1286,19 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
     wake_r, wake_w = Pipe(duplex=False)  # a thread's unit finished
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoderbench-unit")
     on_threads = 0
+    cells: dict = {}
+
+    def cell_columns_of(u):
+        from . import runner
+
+        k = runner.cell_key(u)
+        if k not in cells:
+            try:
+                cells[k] = runner.cell_columns(u)
+            except Exception:  # noqa: BLE001 - the unit's own process computes them and makes its row of the failure
+                cells[k] = None
+        return cells[k]
+
     exhausted = False
 
     def isolated(u) -> bool:
@@ -1307,7 +1330,7 @@ def execute_processes(units, before=None, guard: Guard | None = None, workers: i
                     pool.submit(on_thread, u)
                     continue
                 parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_unit_child, args=(child, u, guard, env), daemon=False,
+                proc = ctx.Process(target=_unit_child, args=(child, u, guard, env, cell_columns_of(u)), daemon=False,
                                    name=f"decoderbench-unit-{u.decoder}")
                 with _main_not_reimported():
                     proc.start()
