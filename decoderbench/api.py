@@ -375,20 +375,50 @@ def prepare(regs, grid, *, adhoc: bool = False, options=None, device: str = "aut
                    store_dir=store, problems=plugin_problems())
 
 
+def busy_cores_now(interval: float = 0.1) -> float | None:
+    """How many cores are busy now: the machine's non-idle CPU time over ``interval`` seconds (``/proc/stat``),
+    in cores; None where ``/proc/stat`` cannot be read (not Linux). This process sleeps meanwhile, so it does not
+    count itself."""
+    import time
+
+    def sample():
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+        cpus = sum(1 for ln in lines if ln.startswith("cpu") and ln[3:4].isdigit())
+        v = [int(x) for x in lines[0].split()[1:]]  # user nice system idle iowait irq softirq steal ...
+        return cpus, sum(v[:8]), v[3] + (v[4] if len(v) > 4 else 0)
+
+    try:
+        cpus, total0, idle0 = sample()
+        time.sleep(interval)
+        _, total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0 or cpus < 1:
+        return None
+    return cpus * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
 def free_cores() -> int:
-    """The CPU cores not busy now: the cores this process may use, less the 1-minute load average (rounded),
-    at least 1. A shared machine then gets as many torch threads as it has idle cores, instead of every
-    core (oversubscribed intra-op threads made rows 10-40x slower at load 4-6)."""
+    """The CPU cores not busy now: the cores this process may use, less the cores busy over the last 0.1 s
+    (:func:`busy_cores_now`, rounded; the 1-minute load average where that cannot be measured), at least 1. A
+    shared machine then gets as many torch threads as it has idle cores, instead of every core (oversubscribed
+    intra-op threads made rows 10-40x slower at load 4-6). Measured now, not averaged: the load average lags a
+    minute, so a run started just after another job ended got one thread on an idle machine."""
     import os
 
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover
         cpus = os.cpu_count() or 1
-    try:
-        busy = int(round(os.getloadavg()[0]))
-    except (AttributeError, OSError):  # pragma: no cover
-        busy = 0
+    now = busy_cores_now()
+    if now is not None:
+        busy = int(round(now))
+    else:
+        try:
+            busy = int(round(os.getloadavg()[0]))
+        except (AttributeError, OSError):  # pragma: no cover
+            busy = 0
     return max(1, cpus - min(busy, cpus - 1))
 
 

@@ -83,6 +83,7 @@ def test_too_many_units_are_refused(monkeypatch):
 
 def test_rows_record_their_thread_count_and_auto_uses_the_free_cores(tmp_path, capsys, monkeypatch):
     import json
+    import os
 
     import torch
 
@@ -92,7 +93,17 @@ def test_rows_record_their_thread_count_and_auto_uses_the_free_cores(tmp_path, c
     assert main([*CELL, "--max-samples", "16", "--threads", "1", "--json"]) == 0
     assert [r["threads"] for r in json.loads(capsys.readouterr().out)] == [1]
     assert torch.get_num_threads() == before  # the run's setting ends with it
-    monkeypatch.setattr("os.getloadavg", lambda: (1e6, 0.0, 0.0))  # a machine busy beyond its cores: one thread
+    busy = api.busy_cores_now()
+    assert busy is None or 0.0 <= busy <= os.cpu_count() + 1e-9  # measured: between no core and every core
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(api, "busy_cores_now", lambda: 1e6)  # a machine busy beyond its cores: one thread
+    assert api.free_cores() == 1
+    monkeypatch.setattr(api, "busy_cores_now", lambda: 0.0)  # an idle machine: every core
+    assert api.free_cores() == cpus
+    monkeypatch.setattr(api, "busy_cores_now", lambda: 1.2)  # one core busy
+    assert api.free_cores() == max(1, cpus - 1)
+    monkeypatch.setattr(api, "busy_cores_now", lambda: None)  # not measurable: the 1-minute load average
+    monkeypatch.setattr("os.getloadavg", lambda: (1e6, 0.0, 0.0))
     assert api.free_cores() == 1
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert api.free_cores() >= 1
+    assert api.free_cores() == cpus
