@@ -124,6 +124,10 @@ class Trained(Decoder):
             raise RuntimeError(f"{self.name}: encoder_weight() before fit()")
         return self.model.W_in
 
+    def _not_trained(self, why: str) -> str:
+        return (f"{self.name} is not trained within this grid's budget (option only_cached: {why}); "
+                f"`decoderbench run --grid trained` trains it, `decoderbench trained-board` shows it")
+
     def fit(self, train) -> dict:
         ctx = self.ctx
         settings, caps = self.settings, self.caps
@@ -133,6 +137,8 @@ class Trained(Decoder):
                         arch_options)
         folder = Path(caps["cache_dir"]).expanduser() if caps["cache_dir"] else default_cache_dir()
         path = folder / f"{key}.safetensors"
+        if caps["only_cached"] and not (caps["cache"] and path.is_file()):
+            raise Skip(self._not_trained("no converged model for this cell in the cache"))  # before any model is built
         c = ctx.cell
         init = make_generator(derive_seed("decoder", "trained", c.n_s, c.n_d, c.p, ctx.seed, "init"), ctx.device)
         trainer = _Trainer(ctx.n_s, ctx.n_d, ctx.p, settings, ctx.device, ctx.dtype, init, arch, arch_options)
@@ -162,9 +168,7 @@ class Trained(Decoder):
                                                                   "init"), ctx.device), arch, arch_options)
                     reused, resumed_from, save, train_now = False, None, True, True
         if caps["only_cached"] and train_now:  # no finished model to score (a capped checkpoint would train on)
-            why = rejected or "no converged model for this cell in the cache"
-            raise Skip(f"{self.name} is not trained within this grid's budget (option only_cached: {why}); "
-                       f"`decoderbench run --grid trained` trains it, `decoderbench trained-board` shows it")
+            raise Skip(self._not_trained(rejected or "no converged model for this cell in the cache"))
         elapsed = 0.0
         threads = caps["threads"] or torch.get_num_threads()
         if train_now:
@@ -295,6 +299,10 @@ class _Practitioner(Trained):
                            f"the paper's recipe is trained-{cls.activation}")
         opts["recipe"] = "practitioner"
         return parse_options(opts, n_s, device, p=p, fixed=cls.activation, who=cls.name)
+
+    def _not_trained(self, why: str) -> str:
+        return (f"{self.name} is not trained within this grid's budget (option only_cached: {why}); "
+                f"`decoderbench run --grid trained` trains it, `decoderbench trained-board` shows it")
 
     def fit(self, train) -> dict:
         ctx = self.ctx
