@@ -43,10 +43,9 @@ def eval_batch_size(n_s: int, device=None) -> int:
     if device is not None and str(device).startswith("cuda"):
         import torch
 
-        if not torch.cuda.is_available():  # a CUDA unit described (never run) on a machine without one
-            return int(min(4096, max(1, b)))
-        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        b = min(b, total // (CUDA_BATCH_FRACTION * 4 * n_s))
+        if torch.cuda.is_available():  # (else a CUDA unit described, never run, on a machine without one)
+            total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+            b = min(b, total // (CUDA_BATCH_FRACTION * 4 * n_s))
     return int(min(4096, max(1, b)))
 
 

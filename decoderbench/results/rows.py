@@ -288,9 +288,7 @@ def with_key_columns(row: dict, unit: dict, process: dict) -> dict:
 def stamped(row: dict, unit: dict, process: dict, provenance: dict, defaults: dict) -> dict:
     """A stored row: a copy of ``row`` with its key columns, the ``provenance`` columns set (command, grid,
     formats, finish time) and ``defaults`` where the row lacks them."""
-    row = with_key_columns(dict(row), unit, process)
-    row.setdefault("min_samples", unit["min_samples"])
-    row.setdefault("max_samples", unit["max_samples"])
+    row = with_key_columns(dict(row), unit, process)  # (min_samples and max_samples among the unit's fields)
     row.update(provenance)
     for k, v in defaults.items():
         row.setdefault(k, v)

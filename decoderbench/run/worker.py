@@ -572,14 +572,8 @@ def _reroute_imports(via: dict) -> None:
     import importlib
     import importlib.machinery as im
 
-    order = sorted(via, key=len, reverse=True)
-
     def alias(p):
-        if isinstance(p, str):
-            for root in order:
-                if p == root or p.startswith(root + os.sep):
-                    return via[root] + p[len(root):]
-        return None
+        return _reached(p, via) if isinstance(p, str) else None
 
     details = [(im.ExtensionFileLoader, im.EXTENSION_SUFFIXES), (im.SourceFileLoader, im.SOURCE_SUFFIXES),
                (im.SourcelessFileLoader, im.BYTECODE_SUFFIXES)]
@@ -597,16 +591,20 @@ def _reroute_imports(via: dict) -> None:
     importlib.invalidate_caches()
 
 
+def _reached(path: str, via: dict) -> str | None:
+    """``path`` as this worker reaches it through the alias of the deepest folder of ``via`` holding it
+    (:func:`_become`), or None when no folder of ``via`` holds it."""
+    for root in sorted(via, key=len, reverse=True):
+        if path == root or path.startswith(root + os.sep):
+            return via[root] + path[len(root):]
+    return None
+
+
 def _check_readable(drop: dict, plugin: str, paths, via: dict) -> None:
     """CannotRead (one line naming the folder or file) when this worker cannot read plugin ``plugin``'s
     distribution metadata or module, ``paths`` as the harness found them (:func:`plugin_paths`)."""
-    order = sorted(via, key=len, reverse=True)
     for path in paths or []:
-        reached = path
-        for root in order:
-            if path == root or path.startswith(root + os.sep):
-                reached = via[root] + path[len(root):]
-                break
+        reached = _reached(path, via) or path
         if not _unreadable(reached):
             continue
         where = _blocked_at(path) if reached == path else path
