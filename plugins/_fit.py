@@ -124,6 +124,14 @@ class ThresholdFit:
         self.szz = tail(self.z * self.z)
         self.sx = tail(xs)
         self.sxz = tail(xs * self.z)
+        self._results: dict[str, dict] = {}
+
+    def result(self, method: str) -> dict:
+        """``getattr(self, method)()`` (``relu``, ``jump`` or ``scaled`` at their defaults), computed once per
+        fitter: a copy of the stored result."""
+        if method not in self._results:
+            self._results[method] = getattr(self, method)()
+        return dict(self._results[method])
 
     def near_floor(self, t: float) -> bool:
         """Whether threshold ``t`` lies in the lowest 10% of the scanned pairs (then scan more)."""
@@ -188,7 +196,7 @@ class ThresholdFit:
         meets the constraint; where it does not, the constrained optimum lies on ``a t + b = 0``, which
         is the relu family, fitted separately. Returns ``{a, b, t, theta, loss}`` with ``theta = a t + b``.
         """
-        relu = self.relu()
+        relu = self.result("relu")
         best = {**relu, "theta": 0.0}
         i = np.arange(1, self.n - MIN_ACTIVE + 1)  # active = [i, n): at least MIN_ACTIVE pairs
         s0, sz, szz, sx, sxz = self.s0[i], self.sz[i], self.szz[i], self.sx[i], self.sxz[i]
@@ -254,5 +262,52 @@ def fit_threshold(z: np.ndarray, x: np.ndarray, method: str, keep: float = 0.25,
         if keep >= 1 or not f.near_floor(res["t"]):
             res["scanned"] = f.n
             return res, f
+        keep = min(1.0, 4 * keep)
+
+
+#: The threshold fitter of the last training stream fitted in this process: ``(key, keep, ThresholdFit)``.
+#: relu, jumprelu, gated, trec and prolu draw the same training pairs on a cell (the training stream is the
+#: cell's and the seed's, not the decoder's: ``TrainingSet``), so run one after another in one process they
+#: share one draw, one sort and one scan per method (jumprelu = gated, trec = prolu). The result is the one
+#: ``fit_threshold`` gives on a fresh draw, bit for bit: the fit is a deterministic function of the pairs.
+_SHARED: list = [None, None, None]
+
+
+def _stream_key(train, n_samples: int):
+    """What the first ``n_samples`` pairs of ``train`` are a function of, or None where that cannot be said
+    (a stream already drawn from, an encoder other than the rug, whose construction the key would not pin)."""
+    from decoderbench.contract.decoder import harness_encoder
+    from decoderbench.model.encoders import PersianRug
+
+    enc = harness_encoder(train.ctx.encoder)
+    s = getattr(train, "sampler", None)
+    if type(enc) is not PersianRug or s is None or train.n_drawn != 0:
+        return None
+    return (enc.n_s, enc.n_d, enc.seed, str(enc.device), str(enc.dtype), s.n_s, s.p, s.seed, s.purpose,
+            str(s.device), str(s.dtype), train.input_kind, int(n_samples))
+
+
+def fit_pooled(ctx, train, method: str) -> dict:
+    """``fit_threshold`` on ``n_fit_samples(ctx)`` fresh training samples of ``train`` (the scan starting at
+    ``initial_keep(p)``), sharing the fitter with the decoders fitted before on the same stream in this process
+    (``_SHARED``). Returns the result with ``scanned`` and ``fit_pairs``."""
+    n = n_fit_samples(ctx)
+    key = _stream_key(train, n)
+    keep = initial_keep(ctx.p)
+    data = None
+    while True:
+        if key is not None and _SHARED[0] == key and _SHARED[1] == keep:
+            f = _SHARED[2]
+        else:
+            if data is None:
+                data = training_matrix(train, n)
+            f = ThresholdFit(*data, keep=keep)
+            if key is not None:
+                _SHARED[:] = [key, keep, f]
+        res = f.result(method)
+        if keep >= 1 or not f.near_floor(res["t"]):
+            res["scanned"] = f.n
+            res["fit_pairs"] = n * ctx.n_s
+            return res
         keep = min(1.0, 4 * keep)
 

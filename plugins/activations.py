@@ -42,10 +42,7 @@ class _ScalarFitted(Decoder):
     Options = _fit.FitOptions
 
     def _solve(self, train, method: str) -> dict:
-        z, x = _fit.training_matrix(train, _fit.n_fit_samples(self.ctx))
-        res, _ = _fit.fit_threshold(z, x, method, keep=_fit.initial_keep(self.ctx.p))
-        res["fit_pairs"] = z.size
-        return res
+        return _fit.fit_pooled(self.ctx, train, method)
 
     @staticmethod
     def _report(res: dict, params: dict, t0: float) -> dict:

@@ -107,6 +107,30 @@ def test_partial_scan_gives_the_full_scan_answer():
         assert part["t"] == pytest.approx(full["t"], rel=1e-9, abs=1e-12)
 
 
+def test_fits_on_one_stream_share_one_draw_and_match_a_fresh_fit(monkeypatch):
+    """relu, jumprelu, gated, trec and prolu draw the same pairs on a cell: fitted one after another in one
+    process they share one draw and one fitter (``_fit.fit_pooled``), and each result is what a fit on a fresh
+    draw gives, bit for bit. A stream already drawn from, or another cell, is not shared."""
+    ctx = _ctx(options={"fit_pairs": 2**17})
+    monkeypatch.setattr(_fit, "_SHARED", [None, None, None])
+    draws = []
+    real = _fit.training_matrix
+    monkeypatch.setattr(_fit, "training_matrix", lambda train, n: draws.append(n) or real(train, n))
+    shared = {m: _fit.fit_pooled(ctx, TrainingSet(ctx, "z"), m) for m in ("relu", "jump", "scaled", "jump")}
+    assert len(draws) == 1
+    for m in ("relu", "jump", "scaled"):
+        z, x = real(TrainingSet(ctx, "z"), _fit.n_fit_samples(ctx))
+        fresh, _ = _fit.fit_threshold(z, x, m, keep=_fit.initial_keep(ctx.p))
+        assert shared[m] == {**fresh, "fit_pairs": z.size}
+    used = TrainingSet(ctx, "z")
+    used.sample(1)
+    _fit.fit_pooled(ctx, used, "relu")  # not the stream's first pairs: draws its own
+    assert len(draws) == 2
+    other = _ctx(n_d=255, options={"fit_pairs": 2**17})  # another cell, same p (same scan)
+    _fit.fit_pooled(other, TrainingSet(other, "z"), "relu")
+    assert len(draws) == 3
+
+
 def test_search_k_finds_integer_minimum_and_smallest_tie():
     res = lambda v: {"loss": v}  # noqa: E731
     k, r, tried = search_k(lambda k: res((k - 137.0) ** 2 + 5.0), 40, 4096)
