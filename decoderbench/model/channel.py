@@ -378,7 +378,8 @@ _EXP32 = 50.0
 _TINY32 = 1e-30
 
 
-def _fast_block(t: torch.Tensor, s, L, k: float, ws: list, mean_out: torch.Tensor, var_out: torch.Tensor):
+def _fast_block(t: torch.Tensor, s, L, k: float, ws: list, mean_out: torch.Tensor, var_out: torch.Tensor,
+                mark_bad):
     """Posterior mean and variance of one float32 block, by the closed forms (no logs).
 
     ``t``: (rows, cols) observations minus mu; ``s``/``L``: sigma and 1/sigma (floats or (rows, 1) or
@@ -387,8 +388,9 @@ def _fast_block(t: torch.Tensor, s, L, k: float, ws: list, mean_out: torch.Tenso
     ``pb = phi(b)/Z``, ``E[v] = pa - pb - a``, ``Var[v] = 1 - pb/s - E[v](pa - pb)`` (the same forms as
     the reference's direct branch), and the off/on odds ``k phi(t/s) / (s Z)``, so that
     ``P(on) = 1/(1 + odds)`` and ``P(off) = odds P(on)``. Writes the mean and variance into ``mean_out`` and
-    ``var_out`` (views of t's shape, which may be strided) and returns ``bad``: the entries outside this
-    path's range (``a >= A_FAST`` or ``s >= 1``), or None where there are none.
+    ``var_out`` (views of t's shape, which may be strided); where an entry may lie outside this path's range
+    (``a >= A_FAST``, or ``s >= 1`` somewhere in the call) it calls ``mark_bad(a)``, which marks those entries
+    in the call's mask (they are then taken again by the reference).
 
     ``ws``: five contiguous float32 work buffers of t's shape, which every step writes into (``out=`` or in
     place): a block allocates nothing. (Fresh temporaries cost more than the arithmetic: a block's ten or so
@@ -399,12 +401,10 @@ def _fast_block(t: torch.Tensor, s, L, k: float, ws: list, mean_out: torch.Tenso
     w1, w2, w3, w4, w5 = ws
     torch.neg(t, out=w1).add_(1.0)
     a = torch.minimum(t, w1, out=w1).div_(s).neg_()  # a = -min(t, 1 - t)/s
-    # (no torch.where or comparisons over the block: on CPU each costs ~20 multiplications)
-    bad = None
-    if float(a.amax()) >= A_FAST or (isinstance(s, torch.Tensor) and float(s.amax()) >= 1.0):
-        bad = a >= A_FAST
-        if isinstance(s, torch.Tensor):
-            bad |= s >= 1.0
+    # (no torch.where or comparisons over the block unless some entry needs them: on CPU each costs ~20
+    # multiplications)
+    if float(a.amax()) >= A_FAST or mark_bad.s_big:
+        mark_bad(a)
     b = torch.add(a, L, out=w2)
     z2 = torch.special.erfc(torch.mul(a, _SQRT1_2, out=w3), out=w3)  # = 2 - erfc(-a/sqrt2) for a <= 0
     eb = torch.special.erfc(torch.mul(b, _SQRT1_2, out=w4).clamp_(max=9.0), out=w4)
@@ -428,7 +428,6 @@ def _fast_block(t: torch.Tensor, s, L, k: float, ws: list, mean_out: torch.Tenso
     p_off = torch.nn.functional.threshold_(odds.mul_(p_on), 1e-25, 0.0)
     torch.mul(var_u.addcmul_(p_off.mul_(e_on), e_on), p_on, out=var_out)
     torch.mul(p_on, e_on, out=mean_out)
-    return bad
 
 
 def _fast_moments(y: torch.Tensor, p: float, mu, sigma, out=None):
@@ -466,16 +465,29 @@ def _fast_moments(y: torch.Tensor, p: float, mu, sigma, out=None):
     else:
         mean = torch.empty_like(y2)
         var = torch.empty_like(y2)
-    bad_rows, bad_cols = [], []
     step_r = max(1, _FAST_CHUNK // cols)
     step_c = min(cols, _FAST_CHUNK)
     # the blocks' work buffers (and t - mu), allocated once for all blocks
     size = min(rows, step_r) * step_c
     space = torch.empty(6 if mu != 0.0 else 5, size, dtype=torch.float32, device=y.device)
+    # entries the reference takes again: marked in one mask over y (made when a block first needs it)
+    bad_mask = [None]
+    block = [None, None]  # the current block's rows and columns
+
+    def mark_bad(a):
+        if bad_mask[0] is None:
+            bad_mask[0] = torch.zeros(y2.shape, dtype=torch.bool, device=y.device)
+        bm = bad_mask[0][block[0], block[1]]
+        torch.ge(a, A_FAST, out=bm) if bm.is_contiguous() else bm.copy_(a >= A_FAST)
+        if mark_bad.s_big:
+            bm |= s >= 1.0
+
+    mark_bad.s_big = isinstance(s2, torch.Tensor) and float(s2.amax()) >= 1.0
     for r0 in range(0, rows, step_r):
         r1 = min(rows, r0 + step_r)
         for c0 in range(0, cols, step_c):
             c1 = min(cols, c0 + step_c)
+            block[:] = [slice(r0, r1), slice(c0, c1)]
             bshape = (r1 - r0, c1 - c0)
             n_b = bshape[0] * bshape[1]
             ws = [space[i, :n_b].view(bshape) for i in range(space.shape[0])]
@@ -488,23 +500,20 @@ def _fast_moments(y: torch.Tensor, p: float, mu, sigma, out=None):
             else:
                 s, L = s2, 1.0 / s2
             m_b, v_b = mean[r0:r1, c0:c1], var[r0:r1, c0:c1]
-            bad = _fast_block(t, s, L, k, ws, m_b, v_b)
+            _fast_block(t, s, L, k, ws, m_b, v_b, mark_bad)
             # results below _TINY32 become exactly 0, in cache, block by block
             torch.nn.functional.threshold_(m_b, _TINY32, 0.0)
             torch.nn.functional.threshold_(v_b, _TINY32, 0.0)
-            if bad is not None:
-                rr, cc = bad.nonzero(as_tuple=True)
-                bad_rows.append(rr + r0)
-                bad_cols.append(cc + c0)
-    if bad_rows:
-        rr, cc = torch.cat(bad_rows), torch.cat(bad_cols)
-        if isinstance(s2, torch.Tensor):
-            sb = sigma.to(device=y.device, dtype=torch.float64).expand(shape).reshape(-1, cols)[rr, cc]
-        else:
-            sb = float(sigma)
-        mb, vb = conditional_moments(y2[rr, cc].to(torch.float64), p, mu, sb, precise=True)
-        mean[rr, cc] = torch.nn.functional.threshold(mb.to(mean.dtype), _TINY32, 0.0)
-        var[rr, cc] = torch.nn.functional.threshold(vb.to(var.dtype), _TINY32, 0.0)
+    if bad_mask[0] is not None:
+        rr, cc = bad_mask[0].nonzero(as_tuple=True)
+        if rr.numel():
+            if isinstance(s2, torch.Tensor):
+                sb = sigma.to(device=y.device, dtype=torch.float64).expand(shape).reshape(-1, cols)[rr, cc]
+            else:
+                sb = float(sigma)
+            mb, vb = conditional_moments(y2[rr, cc].to(torch.float64), p, mu, sb, precise=True)
+            mean[rr, cc] = torch.nn.functional.threshold(mb.to(mean.dtype), _TINY32, 0.0)
+            var[rr, cc] = torch.nn.functional.threshold(vb.to(var.dtype), _TINY32, 0.0)
     if out is not None:
         return out
     return mean.view(shape), var.view(shape)
