@@ -206,3 +206,23 @@ def test_scratch_buffers_are_per_thread_and_never_returned():
     assert torch.equal(first[0], h0)
     back = pickle.loads(pickle.dumps(rug))
     assert torch.equal(back.encode(xs[1]), rug.encode(xs[1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adjoint_on_fresh_zeroed_pages_is_the_scatter_and_transform(dtype):
+    """From FRESH_ZEROS_MIN_BYTES on, the adjoint's (B, n_s) buffer is numpy's calloc'd memory: the result is
+    bit for bit the transform of the scaled h scattered into zeros (what the gather path computes), smaller
+    batches take torch.zeros, and fresh_zeros gives zeros of the asked shape and dtype either way."""
+    from decoderbench.model.encoders import FRESH_ZEROS_MIN_BYTES, fresh_zeros
+    from decoderbench.model.hadamard import fwht
+
+    rug = PersianRug(4096, 1024, seed=1)
+    for batch in (2, 1 + FRESH_ZEROS_MIN_BYTES // (4096 * torch.finfo(dtype).bits // 8)):
+        h = torch.randn(batch, 1024, dtype=dtype)
+        full = torch.zeros(batch, 4096, dtype=dtype)
+        full[:, rug.S] = h * rug._scale
+        assert torch.equal(rug.adjoint(h), fwht(full))
+        assert torch.equal(rug.decode(h[0]), fwht(full[0]))  # one sample (1-D)
+    for shape in ((3, 5), (FRESH_ZEROS_MIN_BYTES // 4, 2)):
+        z = fresh_zeros(shape, dtype)
+        assert z.shape == shape and z.dtype == dtype and not bool(z.any())
