@@ -226,3 +226,18 @@ def test_adjoint_on_fresh_zeroed_pages_is_the_scatter_and_transform(dtype):
     for shape in ((3, 5), (FRESH_ZEROS_MIN_BYTES // 4, 2)):
         z = fresh_zeros(shape, dtype)
         assert z.shape == shape and z.dtype == dtype and not bool(z.any())
+
+
+def test_adjoint_into_a_given_buffer():
+    """adjoint(h, out=buf) writes the same bits into buf and returns it, on the fast path and the gather path
+    (a tensor that requires grad); an out of the wrong shape, dtype or layout is refused naming it."""
+    rug = PersianRug(1024, 256, seed=2)
+    h = torch.randn(7, 256)
+    buf = torch.full((7, 1024), 3.0)
+    assert rug.adjoint(h, out=buf) is buf and torch.equal(buf, rug.adjoint(h))
+    hg = h.clone().requires_grad_(True)
+    buf2 = torch.empty(7, 1024)
+    assert torch.allclose(rug.adjoint(hg, out=buf2), rug.adjoint(h), atol=1e-6, rtol=0)
+    for bad in (torch.empty(7, 1023), torch.empty(7, 1024, dtype=torch.float64), torch.empty(1024, 7).T):
+        with pytest.raises(ValueError, match="out must be"):
+            rug.adjoint(h, out=bad)

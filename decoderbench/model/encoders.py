@@ -190,8 +190,16 @@ class PersianRug(Encoder):
         h = torch.index_select(fwht(x), -1, S)
         return h.mul_(self._scale) if self._owns(h) else h * self._scale
 
-    def adjoint(self, h: torch.Tensor) -> torch.Tensor:
+    def adjoint(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """W_in^T h. ``out``: an optional contiguous tensor of the result's shape, dtype and device, written and
+        returned (an iterative decoder's buffer: memory already touched costs no page faults)."""
         self._check(h, self.n_d, "h")
+        if out is not None:
+            shape = (*h.shape[:-1], self.n_s)
+            if (not isinstance(out, torch.Tensor) or tuple(out.shape) != shape or out.dtype != h.dtype
+                    or out.device != h.device or not out.is_contiguous() or out.requires_grad):
+                raise ValueError(f"out must be a contiguous {h.dtype} tensor of shape {shape} on {h.device} "
+                                 "that does not require grad")
         if self._scratch(h):
             # the scaled h in this thread's scratch buffer, copied into the n_d kept columns of a zeroed (B, n_s)
             # buffer, transformed in place. The buffer comes zeroed from the system (fresh_zeros): measured at
@@ -199,14 +207,15 @@ class PersianRug(Encoder):
             # the padded h (the gather's index arithmetic cost more than the transform) and 1.24 for torch.zeros
             # (a fill pass over pages the kernel had already zeroed)
             hs = torch.mul(h, self._scale, out=self._ws.get("adjoint", h.shape, h.dtype, h.device))
-            full = fresh_zeros((*h.shape[:-1], self.n_s), h.dtype)
+            full = out.zero_() if out is not None else fresh_zeros((*h.shape[:-1], self.n_s), h.dtype)
             return fwht_(full.index_copy_(-1, self._bufs(h)[0], hs))
         # scale the n_d kept entries (not the n_s outputs), append a zero, and gather every output column in
         # one pass (differentiable; any backend and device)
         slot = self._bufs(h)[2]
         padded = torch.cat([h * self._scale, h.new_zeros(*h.shape[:-1], 1)], dim=-1)
         full = torch.index_select(padded, -1, slot)
-        return fwht_owned(full) if self._owns(full) else fwht(full)
+        full = fwht_owned(full) if self._owns(full) else fwht(full)
+        return full if out is None else out.copy_(full)
 
     def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """R x = n_d^{-1} H (m * (H x)); ``inplace=True`` overwrites and returns ``x`` when it is contiguous
