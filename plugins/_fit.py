@@ -265,6 +265,10 @@ def fit_threshold(z: np.ndarray, x: np.ndarray, method: str, keep: float = 0.25,
         keep = min(1.0, 4 * keep)
 
 
+#: Pools of at most this many pairs are shared (``fit_pooled``): a larger fitter (about 56 bytes per scanned pair)
+#: is not kept alive between decoders; from n_s = 2^18 on the fits draw 2^23-2^24 pairs and are a small part of a
+#: cell's time.
+SHARE_MAX_PAIRS = 2**22
 #: The threshold fitter of the last training stream fitted in this process: ``(key, keep, ThresholdFit)``.
 #: relu, jumprelu, gated, trec and prolu draw the same training pairs on a cell (the training stream is the
 #: cell's and the seed's, not the decoder's: ``TrainingSet``), so run one after another in one process they
@@ -281,7 +285,7 @@ def _stream_key(train, n_samples: int):
 
     enc = harness_encoder(train.ctx.encoder)
     s = getattr(train, "sampler", None)
-    if type(enc) is not PersianRug or s is None or train.n_drawn != 0:
+    if type(enc) is not PersianRug or s is None or train.n_drawn != 0 or n_samples * enc.n_s > SHARE_MAX_PAIRS:
         return None
     return (enc.n_s, enc.n_d, enc.seed, str(enc.device), str(enc.dtype), s.n_s, s.p, s.seed, s.purpose,
             str(s.device), str(s.dtype), train.input_kind, int(n_samples))
@@ -302,8 +306,7 @@ def fit_pooled(ctx, train, method: str) -> dict:
             if data is None:
                 data = training_matrix(train, n)
             f = ThresholdFit(*data, keep=keep)
-            if key is not None:
-                _SHARED[:] = [key, keep, f]
+            _SHARED[:] = [key, keep, f] if key is not None else [None, None, None]
         res = f.result(method)
         if keep >= 1 or not f.near_floor(res["t"]):
             res["scanned"] = f.n
