@@ -164,16 +164,16 @@ class ThresholdFit:
     def relu(self, t_min: float = -np.inf) -> dict:
         """Global least-squares ``a (z - t)^+`` (``a > 0``, ``t >= t_min``): ``{a, b, t, loss}``."""
         t_min = max(t_min, self.z_floor)
-        cand = np.arange(self.n)
-        cand = cand[self.z >= t_min] if np.isfinite(t_min) else cand
-        if cand.size == 0:
+        # the candidates z >= t_min are a tail of the sorted z: slices, not index arrays (no gathers)
+        lo = int(np.searchsorted(self.z, t_min, side="left")) if np.isfinite(t_min) else 0
+        if lo >= self.n:
             return {"a": 0.0, "b": 0.0, "t": float(t_min), "loss": self.xx / self.n_total}
         # kink exactly at a breakpoint: active = pairs strictly above it
-        gain, _ = self._relu_gain(self.z[cand], cand + 1)
+        gain, _ = self._relu_gain(self.z[lo:], slice(lo + 1, self.n + 1))
         k = int(np.argmax(gain))
         if not np.isfinite(gain[k]):
             return {"a": 0.0, "b": 0.0, "t": float(self.z[-1]), "loss": self.xx / self.n_total}
-        j = cand[k]
+        j = lo + k
         lo = self.z[max(j - 64, 0)]
         hi = self.z[min(j + 64, self.n - 1)]
         if np.isfinite(t_min):
@@ -198,16 +198,17 @@ class ThresholdFit:
         """
         relu = self.result("relu")
         best = {**relu, "theta": 0.0}
-        i = np.arange(1, self.n - MIN_ACTIVE + 1)  # active = [i, n): at least MIN_ACTIVE pairs
+        last = max(1, self.n - MIN_ACTIVE + 1)  # active = [i, n), i in [1, last): at least MIN_ACTIVE pairs
+        i, im1 = slice(1, last), slice(0, last - 1)  # (and i - 1)
         s0, sz, szz, sx, sxz = self.s0[i], self.sz[i], self.szz[i], self.sx[i], self.sxz[i]
         # (active = all scanned pairs, i = 0, needs t in [z_floor, z[0]); it is left out: near_floor)
         det = s0 * szz - sz * sz
         with np.errstate(divide="ignore", invalid="ignore"):
             a = (s0 * sxz - sz * sx) / det
             b = (szz * sx - sz * sxz) / det
-        t = 0.5 * (self.z[i - 1] + self.z[i])  # any t in [z[i-1], z[i]) gives this active set
+        t = 0.5 * (self.z[im1] + self.z[i])  # any t in [z[i-1], z[i]) gives this active set
         gain = a * sxz + b * sx  # at the least-squares optimum the loss falls by a Sxz + b Sx
-        ok = (det > 1e-12 * s0 * szz) & (a > 0) & (a * t + b >= 0) & (self.z[i] > self.z[i - 1])
+        ok = (det > 1e-12 * s0 * szz) & (a > 0) & (a * t + b >= 0) & (self.z[i] > self.z[im1])
         gain = np.where(ok, gain, -np.inf)
         if gain.size:
             k = int(np.argmax(gain))
