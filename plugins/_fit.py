@@ -280,13 +280,15 @@ _SHARED: list = [None, None, None]
 
 def _stream_key(train, n_samples: int):
     """What the first ``n_samples`` pairs of ``train`` are a function of, or None where that cannot be said
-    (a stream already drawn from, an encoder other than the rug, whose construction the key would not pin)."""
-    from decoderbench.contract.decoder import harness_encoder
+    (a stream already drawn from, a subclass of ``TrainingSet`` that may draw otherwise, an encoder other than
+    the rug, whose construction the key would not pin)."""
+    from decoderbench.contract.decoder import TrainingSet, harness_encoder
     from decoderbench.model.encoders import PersianRug
 
-    enc = harness_encoder(train.ctx.encoder)
-    s = getattr(train, "sampler", None)
-    if type(enc) is not PersianRug or s is None or train.n_drawn != 0 or n_samples * enc.n_s > SHARE_MAX_PAIRS:
+    if type(train) is not TrainingSet or train.n_drawn != 0:
+        return None
+    enc, s = harness_encoder(train.ctx.encoder), train.sampler
+    if type(enc) is not PersianRug or n_samples * enc.n_s > SHARE_MAX_PAIRS:
         return None
     return (enc.n_s, enc.n_d, enc.seed, str(enc.device), str(enc.dtype), s.n_s, s.p, s.seed, s.purpose,
             str(s.device), str(s.dtype), train.input_kind, int(n_samples))

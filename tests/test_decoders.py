@@ -129,10 +129,16 @@ def test_fits_on_one_stream_share_one_draw_and_match_a_fresh_fit(monkeypatch):
     other = _ctx(n_d=255, options={"fit_pairs": 2**17})  # another cell, same p (same scan)
     _fit.fit_pooled(other, TrainingSet(other, "z"), "relu")
     assert len(draws) == 3
+
+    class Recording(TrainingSet):  # a subclass may draw otherwise: never served a shared fit
+        pass
+
+    _fit.fit_pooled(other, Recording(other, "z"), "relu")
+    assert len(draws) == 4
     monkeypatch.setattr(_fit, "SHARE_MAX_PAIRS", 2**16)  # a pool above the limit is neither kept nor shared
     for _ in range(2):
         _fit.fit_pooled(ctx, TrainingSet(ctx, "z"), "relu")
-    assert len(draws) == 5 and _fit._SHARED == [None, None, None]
+    assert len(draws) == 6 and _fit._SHARED == [None, None, None]
 
 
 def test_search_k_finds_integer_minimum_and_smallest_tie():
