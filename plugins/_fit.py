@@ -275,7 +275,8 @@ SHARE_MAX_PAIRS = 2**22
 #: cell's and the seed's, not the decoder's: ``TrainingSet``), so run one after another in one process they
 #: share one draw, one sort and one scan per method (jumprelu = gated, trec = prolu). The result is the one
 #: ``fit_threshold`` gives on a fresh draw, bit for bit: the fit is a deterministic function of the pairs.
-_SHARED: list = [None, None, None]
+#: One tuple, read and replaced whole (atomic under the GIL: threads fitting other cells never mix entries).
+_SHARED: tuple = (None, None, None)
 
 
 def _stream_key(train, n_samples: int):
@@ -301,15 +302,17 @@ def fit_pooled(ctx, train, method: str) -> dict:
     n = n_fit_samples(ctx)
     key = _stream_key(train, n)
     keep = initial_keep(ctx.p)
+    global _SHARED
     data = None
     while True:
-        if key is not None and _SHARED[0] == key and _SHARED[1] == keep:
-            f = _SHARED[2]
+        entry = _SHARED
+        if key is not None and entry[0] == key and entry[1] == keep:
+            f = entry[2]
         else:
             if data is None:
                 data = training_matrix(train, n)
             f = ThresholdFit(*data, keep=keep)
-            _SHARED[:] = [key, keep, f] if key is not None else [None, None, None]
+            _SHARED = (key, keep, f) if key is not None else (None, None, None)
         res = f.result(method)
         if keep >= 1 or not f.near_floor(res["t"]):
             res["scanned"] = f.n

@@ -112,7 +112,7 @@ def test_fits_on_one_stream_share_one_draw_and_match_a_fresh_fit(monkeypatch):
     process they share one draw and one fitter (``_fit.fit_pooled``), and each result is what a fit on a fresh
     draw gives, bit for bit. A stream already drawn from, or another cell, is not shared."""
     ctx = _ctx(options={"fit_pairs": 2**17})
-    monkeypatch.setattr(_fit, "_SHARED", [None, None, None])
+    monkeypatch.setattr(_fit, "_SHARED", (None, None, None))
     draws = []
     real = _fit.training_matrix
     monkeypatch.setattr(_fit, "training_matrix", lambda train, n: draws.append(n) or real(train, n))
@@ -138,7 +138,21 @@ def test_fits_on_one_stream_share_one_draw_and_match_a_fresh_fit(monkeypatch):
     monkeypatch.setattr(_fit, "SHARE_MAX_PAIRS", 2**16)  # a pool above the limit is neither kept nor shared
     for _ in range(2):
         _fit.fit_pooled(ctx, TrainingSet(ctx, "z"), "relu")
-    assert len(draws) == 6 and _fit._SHARED == [None, None, None]
+    assert len(draws) == 6 and _fit._SHARED == (None, None, None)
+
+
+def test_shared_fits_do_not_mix_across_threads(monkeypatch):
+    """Threads fitting two cells at once each get their own cell's fit (the shared entry is read and replaced
+    whole)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(_fit, "_SHARED", (None, None, None))
+    cells = [_ctx(n_d=n_d, options={"fit_pairs": 2**15}) for n_d in (256, 200)]
+    alone = [_fit.fit_pooled(c, TrainingSet(c, "z"), m) for c in cells for m in ("relu", "jump")]
+    jobs = [(c, m) for _ in range(6) for c in cells for m in ("relu", "jump")]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda cm: _fit.fit_pooled(cm[0], TrainingSet(cm[0], "z"), cm[1]), jobs))
+    assert got == alone * 6
 
 
 def test_search_k_finds_integer_minimum_and_smallest_tie():
