@@ -401,8 +401,9 @@ class VAMP(_MessagePassing):
         else:
             st["x_ls"] = x_ls
         # every (B, n_s) buffer is zeroed here, not left empty: first writes into untouched pages inside the
-        # blocked posterior cost ~20 us a page on this machine (a zeroing pass ~1 us), which made VAMP's second
-        # iteration 2.4x its later ones at n_s 65536, B 256 (one iteration 11.3 -> 6.3 rug applies, 2 threads)
+        # blocked posterior cost ~20 us a page on this machine (a zeroing pass ~1 us), which made the posterior
+        # of VAMP's second iteration 2.6-2.9x that of its later ones at n_s 65536, B 256 (one iteration cost
+        # 11.3 rug applies before, 6.3 after, 2 threads)
         st["r2"] = torch.full((B, n_s), 0.5 * self.p, dtype=dtype, device=dev)
         st["v2"] = torch.full((B, 1), self.v, dtype=dtype, device=dev)  # 1/gamma2
         st["r1"] = torch.zeros_like(st["r2"])
