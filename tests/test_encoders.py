@@ -241,3 +241,15 @@ def test_adjoint_into_a_given_buffer():
     for bad in (torch.empty(7, 1023), torch.empty(7, 1024, dtype=torch.float64), torch.empty(1024, 7).T):
         with pytest.raises(ValueError, match="out must be"):
             rug.adjoint(h, out=bad)
+
+
+def test_encode_gathers_the_same_bits_on_both_paths():
+    """Below _GATHER_MIN_ENTRIES encode gathers by index_select, from it on by torch.gather with S broadcast over
+    the rows: both are the transform's kept columns, bit for bit (1-D, 2-D and 3-D batches)."""
+    from decoderbench.model.encoders import _GATHER_MIN_ENTRIES
+    from decoderbench.model.hadamard import fwht
+
+    rug = PersianRug(4096, 1000, seed=4)
+    for shape in ((3, 4096), (_GATHER_MIN_ENTRIES // 4096 + 1, 4096), (2, 40, 4096), (4096,)):
+        x = torch.rand(shape)
+        assert torch.equal(rug.encode(x), fwht(x)[..., rug.S] * rug._scale)

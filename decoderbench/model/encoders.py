@@ -62,6 +62,10 @@ class _Workspace(threading.local):
         return b
 
 
+#: encode gathers its n_d columns by ``torch.gather`` with S broadcast over the rows from this many entries of
+#: the batch on (measured 0.54 against 0.87 ms at 1024 x 4096, 4.5 against 8.9 ms at 256 x 65536), by
+#: ``index_select`` below (0.017 against 0.029 ms at 64 x 4096).
+_GATHER_MIN_ENTRIES = 1 << 18
 #: CPU buffers from this size on are taken zeroed from numpy (``calloc``), not from ``torch.zeros``.
 FRESH_ZEROS_MIN_BYTES = 1 << 22
 _NUMPY_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
@@ -185,8 +189,12 @@ class PersianRug(Encoder):
         self._check(x, self.n_s, "x")
         S = self._bufs(x)[0]
         if self._scratch(x):  # copy into this thread's scratch buffer, transform it in place, gather
-            buf = self._ws.get("encode", x.shape, x.dtype, x.device).copy_(x)
-            return torch.index_select(fwht_(buf), -1, S).mul_(self._scale)
+            buf = fwht_(self._ws.get("encode", x.shape, x.dtype, x.device).copy_(x))
+            if buf.numel() >= _GATHER_MIN_ENTRIES:  # a gather along rows of S: 1.6-2x index_select's speed
+                h = torch.gather(buf, -1, S.expand(*buf.shape[:-1], self.n_d))
+            else:
+                h = torch.index_select(buf, -1, S)
+            return h.mul_(self._scale)
         h = torch.index_select(fwht(x), -1, S)
         return h.mul_(self._scale) if self._owns(h) else h * self._scale
 
@@ -208,7 +216,9 @@ class PersianRug(Encoder):
             # (a fill pass over pages the kernel had already zeroed)
             hs = torch.mul(h, self._scale, out=self._ws.get("adjoint", h.shape, h.dtype, h.device))
             full = out.zero_() if out is not None else fresh_zeros((*h.shape[:-1], self.n_s), h.dtype)
-            return fwht_(full.index_copy_(-1, self._bufs(h)[0], hs))
+            S = self._bufs(h)[0]
+            # (a scatter along rows of S: 1.2-1.6x index_copy_'s speed, the same entries)
+            return fwht_(full.scatter_(-1, S.expand(*h.shape[:-1], self.n_d), hs))
         # scale the n_d kept entries (not the n_s outputs), append a zero, and gather every output column in
         # one pass (differentiable; any backend and device)
         slot = self._bufs(h)[2]
