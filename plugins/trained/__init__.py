@@ -300,10 +300,6 @@ class _Practitioner(Trained):
         opts["recipe"] = "practitioner"
         return parse_options(opts, n_s, device, p=p, fixed=cls.activation, who=cls.name)
 
-    def _not_trained(self, why: str) -> str:
-        return (f"{self.name} is not trained within this grid's budget (option only_cached: {why}); "
-                f"`decoderbench run --grid trained` trains it, `decoderbench trained-board` shows it")
-
     def fit(self, train) -> dict:
         ctx = self.ctx
         base = dict(self.caps["arch_options"])
