@@ -257,9 +257,15 @@ def initial_keep(p: float) -> float:
 def fit_threshold(z: np.ndarray, x: np.ndarray, method: str, keep: float = 0.25, **kw) -> tuple[dict, ThresholdFit]:
     """Run ``ThresholdFit(z, x, keep).<method>(**kw)``, widening the scan (x4) while the optimum's
     threshold sits near the scan's floor; returns ``(result, fitter)``."""
+    return _widening(lambda k: ThresholdFit(z, x, keep=k), keep, lambda f: getattr(f, method)(**kw))
+
+
+def _widening(fitter_at, keep: float, solve) -> tuple[dict, ThresholdFit]:
+    """``solve(fitter_at(keep))``, the scan widened (``keep`` x4) while the optimum's threshold sits near its
+    floor; the result gains ``scanned`` (the pairs scanned). Returns ``(result, fitter)``."""
     while True:
-        f = ThresholdFit(z, x, keep=keep)
-        res = getattr(f, method)(**kw)
+        f = fitter_at(keep)
+        res = solve(f)
         if keep >= 1 or not f.near_floor(res["t"]):
             res["scanned"] = f.n
             return res, f
@@ -301,22 +307,20 @@ def fit_pooled(ctx, train, method: str) -> dict:
     (``_SHARED``). Returns the result with ``scanned`` and ``fit_pairs``."""
     n = n_fit_samples(ctx)
     key = _stream_key(train, n)
-    keep = initial_keep(ctx.p)
-    global _SHARED
-    data = None
-    while True:
+    data = []  # the pairs, drawn when a fitter is not shared
+
+    def fitter_at(keep):
+        global _SHARED
         entry = _SHARED
         if key is not None and entry[0] == key and entry[1] == keep:
-            f = entry[2]
-        else:
-            if data is None:
-                data = training_matrix(train, n)
-            f = ThresholdFit(*data, keep=keep)
-            _SHARED = (key, keep, f) if key is not None else (None, None, None)
-        res = f.result(method)
-        if keep >= 1 or not f.near_floor(res["t"]):
-            res["scanned"] = f.n
-            res["fit_pairs"] = n * ctx.n_s
-            return res
-        keep = min(1.0, 4 * keep)
+            return entry[2]
+        if not data:
+            data.extend(training_matrix(train, n))
+        f = ThresholdFit(*data, keep=keep)
+        _SHARED = (key, keep, f) if key is not None else (None, None, None)
+        return f
+
+    res, _ = _widening(fitter_at, initial_keep(ctx.p), lambda f: f.result(method))
+    res["fit_pairs"] = n * ctx.n_s
+    return res
 
