@@ -380,7 +380,7 @@ _TINY32 = 1e-30
 
 
 def _fast_block(t: torch.Tensor, s, L, k: float, ws: list, mean_out: torch.Tensor, var_out: torch.Tensor,
-                mark_bad):
+                s_big: bool, bad_at):
     """Posterior mean and variance of one float32 block, by the closed forms (no logs).
 
     ``t``: (rows, cols) observations minus mu; ``s``/``L``: sigma and 1/sigma (floats or (rows, 1) or
@@ -389,9 +389,9 @@ def _fast_block(t: torch.Tensor, s, L, k: float, ws: list, mean_out: torch.Tenso
     ``pb = phi(b)/Z``, ``E[v] = pa - pb - a``, ``Var[v] = 1 - pb/s - E[v](pa - pb)`` (the same forms as
     the reference's direct branch), and the off/on odds ``k phi(t/s) / (s Z)``, so that
     ``P(on) = 1/(1 + odds)`` and ``P(off) = odds P(on)``. Writes the mean and variance into ``mean_out`` and
-    ``var_out`` (views of t's shape, which may be strided); where an entry may lie outside this path's range
-    (``a >= A_FAST``, or ``s >= 1`` somewhere in the call) it calls ``mark_bad(a)``, which marks those entries
-    in the call's mask (they are then taken again by the reference).
+    ``var_out`` (views of t's shape, which may be strided). Entries outside this path's range (``a >= A_FAST``,
+    or ``s >= 1`` where ``s_big`` says some sigma of the call is) are marked in ``bad_at()``, the block's view of
+    the call's mask, asked for only where some entry may be (the reference takes them again).
 
     ``ws``: five contiguous float32 work buffers of t's shape, which every step writes into (``out=`` or in
     place): a block allocates nothing (with a dozen fresh temporaries per block a call took 16.7 ms against
@@ -403,8 +403,10 @@ def _fast_block(t: torch.Tensor, s, L, k: float, ws: list, mean_out: torch.Tenso
     a = torch.minimum(t, w1, out=w1).div_(s).neg_()  # a = -min(t, 1 - t)/s
     # (no torch.where or comparisons over the block unless some entry needs them: on CPU each costs ~20
     # multiplications)
-    if float(a.amax()) >= A_FAST or mark_bad.s_big:
-        mark_bad(a)
+    if float(a.amax()) >= A_FAST or s_big:
+        bad = torch.ge(a, A_FAST, out=bad_at())
+        if s_big:
+            bad |= s >= 1.0
     b = torch.add(a, L, out=w2)
     z2 = torch.special.erfc(torch.mul(a, _SQRT1_2, out=w3), out=w3)  # = 2 - erfc(-a/sqrt2) for a <= 0
     eb = torch.special.erfc(torch.mul(b, _SQRT1_2, out=w4).clamp_(max=9.0), out=w4)
@@ -470,24 +472,19 @@ def _fast_moments(y: torch.Tensor, p: float, mu, sigma, out=None):
     # the blocks' work buffers (and t - mu), allocated once for all blocks
     size = min(rows, step_r) * step_c
     space = torch.empty(6 if mu != 0.0 else 5, size, dtype=torch.float32, device=y.device)
-    # entries the reference takes again: marked in one mask over y (made when a block first needs it)
-    bad_mask = [None]
-    block = [None, None]  # the current block's rows and columns
+    # entries the reference takes again: marked in one mask over y, made when a block first needs it
+    bad_mask = []
 
-    def mark_bad(a):
-        if bad_mask[0] is None:
-            bad_mask[0] = torch.zeros(y2.shape, dtype=torch.bool, device=y.device)
-        bm = bad_mask[0][block[0], block[1]]
-        torch.ge(a, A_FAST, out=bm) if bm.is_contiguous() else bm.copy_(a >= A_FAST)
-        if mark_bad.s_big:
-            bm |= s >= 1.0
+    def mask_at(r0, r1, c0, c1):
+        if not bad_mask:
+            bad_mask.append(torch.zeros(y2.shape, dtype=torch.bool, device=y.device))
+        return bad_mask[0][r0:r1, c0:c1]
 
-    mark_bad.s_big = isinstance(s2, torch.Tensor) and float(s2.amax()) >= 1.0
+    s_big = isinstance(s2, torch.Tensor) and float(s2.amax()) >= 1.0
     for r0 in range(0, rows, step_r):
         r1 = min(rows, r0 + step_r)
         for c0 in range(0, cols, step_c):
             c1 = min(cols, c0 + step_c)
-            block[:] = [slice(r0, r1), slice(c0, c1)]
             bshape = (r1 - r0, c1 - c0)
             n_b = bshape[0] * bshape[1]
             ws = [space[i, :n_b].view(bshape) for i in range(space.shape[0])]
@@ -500,11 +497,11 @@ def _fast_moments(y: torch.Tensor, p: float, mu, sigma, out=None):
             else:
                 s, L = s2, 1.0 / s2
             m_b, v_b = mean[r0:r1, c0:c1], var[r0:r1, c0:c1]
-            _fast_block(t, s, L, k, ws, m_b, v_b, mark_bad)
+            _fast_block(t, s, L, k, ws, m_b, v_b, s_big, lambda: mask_at(r0, r1, c0, c1))
             # results below _TINY32 become exactly 0, in cache, block by block
             torch.nn.functional.threshold_(m_b, _TINY32, 0.0)
             torch.nn.functional.threshold_(v_b, _TINY32, 0.0)
-    if bad_mask[0] is not None:
+    if bad_mask:
         rr, cc = bad_mask[0].nonzero(as_tuple=True)
         if rr.numel():
             if isinstance(s2, torch.Tensor):
