@@ -209,16 +209,15 @@ class PersianRug(Encoder):
                 raise ValueError(f"out must be a contiguous {h.dtype} tensor of shape {shape} on {h.device} "
                                  "that does not require grad")
         if self._scratch(h):
-            # the scaled h in this thread's scratch buffer, copied into the n_d kept columns of a zeroed (B, n_s)
-            # buffer, transformed in place. The buffer comes zeroed from the system (fresh_zeros): measured at
-            # n_s 65536, B 256 this is 0.88 of one fwht(x) against 1.76 for a gather of every output column from
-            # the padded h (the gather's index arithmetic cost more than the transform) and 1.24 for torch.zeros
-            # (a fill pass over pages the kernel had already zeroed)
+            # the scaled h in this thread's scratch buffer, scattered into the n_d kept columns of a zeroed
+            # (B, n_s) buffer (along rows of S: 1.2-1.6x index_copy_'s speed), transformed in place. The buffer
+            # comes zeroed from the system (fresh_zeros): measured at n_s 65536, B 256 (with index_copy_) 0.88 of
+            # one fwht(x), against 1.76 for a gather of every output column from the padded h (the gather's
+            # index arithmetic cost more than the transform) and 1.24 for torch.zeros (a fill pass over pages
+            # the kernel had already zeroed)
             hs = torch.mul(h, self._scale, out=self._ws.get("adjoint", h.shape, h.dtype, h.device))
             full = out.zero_() if out is not None else fresh_zeros((*h.shape[:-1], self.n_s), h.dtype)
-            S = self._bufs(h)[0]
-            # (a scatter along rows of S: 1.2-1.6x index_copy_'s speed, the same entries)
-            return fwht_(full.scatter_(-1, S.expand(*h.shape[:-1], self.n_d), hs))
+            return fwht_(full.scatter_(-1, self._bufs(h)[0].expand(*h.shape[:-1], self.n_d), hs))
         # scale the n_d kept entries (not the n_s outputs), append a zero, and gather every output column in
         # one pass (differentiable; any backend and device)
         slot = self._bufs(h)[2]
