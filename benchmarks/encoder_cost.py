@@ -1,19 +1,24 @@
 """What the rug's operations cost against the transforms they contain, as ratios timed in one process.
 
-Run on an idle machine: ``python benchmarks/encoder_cost.py`` (about a minute; ``--json FILE`` writes the
-figures). It prints, per (n_s, B) and float32 on CPU with 2 torch threads:
+Run on an idle machine: ``python benchmarks/encoder_cost.py`` (a few minutes; ``--json FILE`` writes the
+figures). Per (n_s, B), float32 on CPU, 2 torch threads, it times:
 
-- per fwht backend (``fht_cpu`` when the ``fast`` extra is installed, ``torch`` always): ``fwht(x)`` against
-  ``x.clone()`` of the same batch;
-- ``encode``, ``decode``, ``adjoint`` against one ``fwht`` of a (B, n_s) batch, and ``apply`` against two:
-  the transforms each of them needs (``encode`` one, ``decode``/``adjoint`` one, ``apply`` two);
+- ``fwht(x)`` (the backend the batch gets: ``avx2`` where the kernel is built, else ``fht_cpu`` with the
+  ``fast`` extra, else ``torch``), the pure-torch transform, and ``x.clone()``;
+- ``encode``, ``decode`` (each: one transform, a new output) against one ``fwht(x)`` (a new output), ``apply``
+  against two;
+- into buffers the caller owns (no allocation, so the allocator's state does not enter): ``adjoint(h, out=)``
+  against one ``fwht_`` (in place), ``apply(x, inplace=True)`` against two;
+- where the AVX2 kernel is built, the same operations as an install without it runs them (fht-cpu or torch,
+  the rug unfused), in the same rounds: "(no kernel)", and each operation's time with the kernel over without.
 
-next to the figures measured before the encoder and the torch transform were reworked (``BEFORE`` below,
-measured with this script on the parent commit, load average beside them). Each time is the least of
-15 rounds, the operations taken in turn within each round; a ratio is the median over rounds of the two
-times of one round (moments apart), so a change of load between rounds cancels. The load average is
-printed beside them: on a shared machine only the ratios mean anything, and those only roughly.
-The ``BEFORE`` figures were the least time of each operation over the rounds, divided (min / min).
+Each time is the least of ``--rounds`` rounds, the operations taken in turn within each round; a ratio is the
+median over rounds of the two times of one round (moments apart), so a change of load between rounds cancels.
+``--steady`` times each operation alone instead, ``--rounds`` calls in a row, and divides medians: the
+operations' own cost, without what the others leave in the caches and the allocator.
+A new (B, n_s) output costs what the allocator makes it cost: at (4096, 1024), 16 MB, glibc sometimes reuses a
+freed block and sometimes maps fresh pages (2-3 ms of page faults), so the ratios of operations with new outputs
+move between runs there; those into owned buffers do not. The load average is printed beside them.
 """
 
 from __future__ import annotations
@@ -25,88 +30,6 @@ import sys
 import time
 
 import torch
-
-# measured before the rework (parent commit of the encoder/transform change), same script, 2 threads
-BEFORE: dict = {
- "default": {
-  "load_before": "5.59 3.14 1.42",
-  "load_after": "5.83 3.54 1.64",
-  "sizes": {
-   "4096x1024": {
-    "ratios": {
-     "fwht/clone": 3.01,
-     "fwht_torch/clone": 13.95,
-     "encode/fwht": 1.76,
-     "decode/fwht": 2.25,
-     "adjoint/fwht": 2.16,
-     "apply/2fwht": 1.32,
-     "apply/clone": 7.97
-    }
-   },
-   "16384x1024": {
-    "ratios": {
-     "fwht/clone": 1.42,
-     "fwht_torch/clone": 5.93,
-     "encode/fwht": 1.44,
-     "decode/fwht": 2.01,
-     "adjoint/fwht": 2.24,
-     "apply/2fwht": 1.18,
-     "apply/clone": 3.33
-    }
-   },
-   "65536x256": {
-    "ratios": {
-     "fwht/clone": 1.7,
-     "fwht_torch/clone": 10.04,
-     "encode/fwht": 1.4,
-     "decode/fwht": 2.08,
-     "adjoint/fwht": 1.92,
-     "apply/2fwht": 1.17,
-     "apply/clone": 3.99
-    }
-   }
-  }
- },
- "torch": {
-  "load_before": "5.83 3.54 1.64",
-  "load_after": "5.74 4.30 2.17",
-  "sizes": {
-   "4096x1024": {
-    "ratios": {
-     "fwht/clone": 9.6,
-     "fwht_torch/clone": 12.27,
-     "encode/fwht": 1.48,
-     "decode/fwht": 1.54,
-     "adjoint/fwht": 1.59,
-     "apply/2fwht": 1.36,
-     "apply/clone": 26.05
-    }
-   },
-   "16384x1024": {
-    "ratios": {
-     "fwht/clone": 6.16,
-     "fwht_torch/clone": 5.95,
-     "encode/fwht": 1.11,
-     "decode/fwht": 1.27,
-     "adjoint/fwht": 1.26,
-     "apply/2fwht": 1.04,
-     "apply/clone": 12.79
-    }
-   },
-   "65536x256": {
-    "ratios": {
-     "fwht/clone": 9.83,
-     "fwht_torch/clone": 9.5,
-     "encode/fwht": 1.09,
-     "decode/fwht": 1.13,
-     "adjoint/fwht": 1.18,
-     "apply/2fwht": 0.98,
-     "apply/clone": 19.3
-    }
-   }
-  }
- }
-}
 
 SIZES = [(4096, 1024), (16384, 1024), (65536, 256)]
 P = 0.01
@@ -126,6 +49,23 @@ def _interleaved(fns: dict, rounds: int = 15) -> dict:
     return times
 
 
+def _alone(fns: dict, rounds: int = 15) -> dict:
+    """Times of each function over ``rounds`` calls in a row (its buffers warm, the allocator handing back the
+    block it just freed): ``{name: [seconds per call]}``; the ratios of these medians are the operations' own
+    cost, free of what the others leave in the caches and the allocator."""
+    times = {}
+    for k, fn in fns.items():
+        fn()
+        fn()
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        times[k] = ts
+    return times
+
+
 def _ratio(times: dict, a: str, b: str, scale: float = 1.0) -> float:
     """Median over rounds of time(a) / (scale * time(b)), both from the same round (moments apart)."""
     rs = sorted(x / (scale * y) for x, y in zip(times[a], times[b]))
@@ -139,62 +79,102 @@ def load() -> str:
         return "?"
 
 
-def measure(sizes=SIZES, threads: int = 2) -> dict:
+def _without_kernel(fn):
+    """fn run as an install without the AVX2 kernel runs it (fht-cpu or torch transform, the rug unfused)."""
+    from decoderbench.model import hadamard
+
+    def run():
+        saved, hadamard._AVX2 = hadamard._AVX2, None
+        try:
+            return fn()
+        finally:
+            hadamard._AVX2 = saved
+    return run
+
+
+def _ops(rug, x, h, bufs, fwht, fwht_) -> dict:
+    b1, b2, b3 = bufs
+    return {
+        "fwht": lambda: fwht(x), "encode": lambda: rug.encode(x), "decode": lambda: rug.decode(h),
+        "apply": lambda: rug.apply(x),
+        # into buffers the caller owns (no allocation): the operations' own cost
+        "fwht_": lambda: fwht_(b1), "adjoint_out": lambda: rug.adjoint(h, out=b2),
+        "apply_": lambda: rug.apply(b3, inplace=True),
+    }
+
+
+RATIOS = [("encode/fwht", "encode", "fwht", 1.0), ("decode/fwht", "decode", "fwht", 1.0),
+          ("apply/2fwht", "apply", "fwht", 2.0), ("adjoint_out/fwht_", "adjoint_out", "fwht_", 1.0),
+          ("apply_/2fwht_", "apply_", "fwht_", 2.0)]
+
+
+def measure(sizes=SIZES, threads: int = 2, rounds: int = 25, steady: bool = False) -> dict:
     from decoderbench import PersianRug, SparseSampler
     from decoderbench.model import hadamard
-    from decoderbench.model.hadamard import _fwht_torch, fwht
+    from decoderbench.model.hadamard import _fwht_torch, backend, fwht, fwht_
 
     torch.set_num_threads(threads)
-    out: dict = {"threads": threads, "load_before": load(), "fht_cpu": hadamard._fht_cpu is not None, "sizes": {}}
+    kernel = hadamard._AVX2 is not None
+    out: dict = {"threads": threads, "load_before": load(), "fht_cpu": hadamard._fht_cpu is not None,
+                 "avx2": kernel, "rounds": rounds, "steady": steady, "sizes": {}, "backends": {}}
     for n_s, batch in sizes:
         x = SparseSampler(n_s, P, seed=0).sample(batch)
+        key = f"{n_s}x{batch}"
         rug = PersianRug(n_s, n_s // 4, seed=0)
         h = rug.encode(x)
-        times = _interleaved({
-            "clone": x.clone, "fwht": lambda: fwht(x), "fwht_torch": lambda: _fwht_torch(x),
-            "encode": lambda: rug.encode(x), "decode": lambda: rug.decode(h), "adjoint": lambda: rug.adjoint(h),
-            "apply": lambda: rug.apply(x),
-        })
+        fns = {"clone": x.clone, "fwht_torch": lambda: _fwht_torch(x)}
+        fns.update(_ops(rug, x, h, [x.clone() for _ in range(3)], fwht, fwht_))
+        out["backends"][key] = backend(x)
+        if kernel:  # the same operations as an install without the kernel runs them, in the same rounds
+            plain = PersianRug(n_s, n_s // 4, seed=0)
+            ops = _ops(plain, x, h, [x.clone() for _ in range(3)], fwht, fwht_)
+            fns.update({f"{k} (no kernel)": _without_kernel(f) for k, f in ops.items()})
+            out["backends"][key + " (no kernel)"] = _without_kernel(lambda: backend(x))()
+        times = _interleaved(fns, rounds) if not steady else _alone(fns, rounds)
+        if steady:  # medians of calls in a row: the ratio of two operations is the ratio of their medians
+            times = {k: [sorted(v)[len(v) // 2]] for k, v in times.items()}
         t = {k: min(v) for k, v in times.items()}
-        ratios = {
-            "fwht/clone": _ratio(times, "fwht", "clone"),
-            "fwht_torch/clone": _ratio(times, "fwht_torch", "clone"),
-            "encode/fwht": _ratio(times, "encode", "fwht"),
-            "decode/fwht": _ratio(times, "decode", "fwht"),
-            "adjoint/fwht": _ratio(times, "adjoint", "fwht"),
-            "apply/2fwht": _ratio(times, "apply", "fwht", 2.0),
-            "apply/clone": _ratio(times, "apply", "clone"),
-        }
-        out["sizes"][f"{n_s}x{batch}"] = {"seconds": t, "ratios": ratios}
+        ratios = {"fwht/clone": _ratio(times, "fwht", "clone"), "fwht_torch/clone": _ratio(times, "fwht_torch", "clone")}
+        for name, a, b, sc in RATIOS:
+            ratios[name] = _ratio(times, a, b, sc)
+        if kernel:
+            ratios["fwht/clone (no kernel)"] = _ratio(times, "fwht (no kernel)", "clone")
+            for name, a, b, sc in RATIOS:
+                ratios[f"{name} (no kernel)"] = _ratio(times, f"{a} (no kernel)", f"{b} (no kernel)", sc)
+            for op in ("fwht", "encode", "decode", "apply", "fwht_", "adjoint_out", "apply_"):
+                ratios[f"{op}: kernel/no kernel"] = _ratio(times, op, f"{op} (no kernel)")
+        out["sizes"][key] = {"seconds": t, "ratios": ratios}
     out["load_after"] = load()
     return out
 
 
-def show(res: dict, before: dict | None) -> None:
-    print(f"threads {res['threads']}  fht_cpu installed: {res['fht_cpu']}  "
+def show(res: dict) -> None:
+    print(f"threads {res['threads']}  fht-cpu installed: {res['fht_cpu']}  AVX2 kernel: {res['avx2']}  "
+          f"rounds {res['rounds']}{' (steady: each operation alone)' if res['steady'] else ''}  "
           f"load {res['load_before']} -> {res['load_after']}")
-    if before:
-        print(f"before: load {before.get('load_before')} -> {before.get('load_after')}")
+    print(f"backends: {res['backends']}")
     for key, v in res["sizes"].items():
-        print(f"n_s x B = {key}  (least clone {v['seconds']['clone'] * 1e3:.2f} ms, fwht {v['seconds']['fwht'] * 1e3:.2f} ms)")
+        sec = v["seconds"]
+        print(f"n_s x B = {key}  (least: clone {sec['clone'] * 1e3:.2f} ms, fwht {sec['fwht'] * 1e3:.2f} ms"
+              + (f", without the kernel {sec['fwht (no kernel)'] * 1e3:.2f} ms)" if "fwht (no kernel)" in sec else ")"))
         for name, ratio in v["ratios"].items():
-            b = (before or {}).get("sizes", {}).get(key, {}).get("ratios", {}).get(name)
-            was = f"   before {b:6.2f}" if b is not None else ""
-            print(f"  {name:18s} {ratio:6.2f}{was}")
+            print(f"  {name:34s} {ratio:6.2f}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=25)
+    ap.add_argument("--steady", action="store_true",
+                    help="time each operation alone, calls in a row (its own cost), instead of in turn")
     ap.add_argument("--disable-fht-cpu", action="store_true",
-                    help="measure with DECODERBENCH_FWHT_DISABLE=fht_cpu (the pure-torch transform everywhere)")
+                    help="measure with DECODERBENCH_FWHT_DISABLE=fht_cpu,avx2 (the pure-torch transform everywhere)")
     args = ap.parse_args(argv)
-    if args.disable_fht_cpu:
-        os.environ["DECODERBENCH_FWHT_DISABLE"] = "fht_cpu"
-    res = measure(threads=args.threads)
-    key = "torch" if args.disable_fht_cpu else "default"
-    show(res, BEFORE.get(key))
+    if args.disable_fht_cpu:  # before decoderbench is imported: the backends are chosen at import
+        os.environ["DECODERBENCH_FWHT_DISABLE"] = "fht_cpu,avx2"
+    res = measure(threads=args.threads, rounds=args.rounds, steady=args.steady)
+    show(res)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

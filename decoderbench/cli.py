@@ -343,6 +343,11 @@ def run(ctx, plugin_spec, grid_spec, ns, r, nd, p, seed, encoder, dtype, device,
         click.echo(f"grid {grid.name}: {n_cells} cells x {len(grid.seeds)} seeds x {len(names)} decoders = "
                    f"{len(units)} rows on {dev}" + (f", store {store_dir}/" if store_dir is not None else ""),
                    err=True)
+        if units:
+            from .model.hadamard import describe_backend
+
+            u = units[0]
+            click.echo(f"transform: {describe_backend(u.device, u.dtype, u.n_s)}", err=True)
     progress = False if as_json else (True if sys.stderr.isatty() else "lines")  # a log gets plain lines
     from .run.worker import stdout_to_stderr
 

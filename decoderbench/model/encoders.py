@@ -35,7 +35,8 @@ import torch
 
 from .._validate import check_nd, check_ns, check_p, check_seed
 from .data import derive_seed, interference_sigma, make_generator
-from .hadamard import backend, fwht, fwht_, fwht_owned, hadamard_matrix
+from . import hadamard
+from .hadamard import backend, fresh_empty, fwht, fwht_, fwht_owned, hadamard_matrix
 
 DENSE_MAX_NS = 2**13
 
@@ -79,6 +80,21 @@ def fresh_zeros(shape, dtype: torch.dtype) -> torch.Tensor:
     if dtype in _NUMPY_FLOAT and n * torch.finfo(dtype).bits // 8 >= FRESH_ZEROS_MIN_BYTES:
         return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_FLOAT[dtype]))
     return torch.zeros(shape, dtype=dtype)
+
+
+class _Like:
+    """What ``hadamard.backend`` reads of a (B, n) tensor: which backend a (B, n_s) batch of t's kind gets."""
+
+    requires_grad = False
+
+    def __init__(self, dtype, device, n):
+        self.dtype, self.device, self.shape = dtype, device, (1, n)
+
+
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """t as a contiguous (B, n) tensor (a view where it already is contiguous), detached."""
+    t = t.detach().reshape(-1, n)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 class Encoder:
@@ -157,15 +173,23 @@ class PersianRug(Encoder):
         self.__dict__.update(d)
         self._ws = _Workspace()
 
+    def _fused(self, t: torch.Tensor) -> bool:
+        """Run the AVX2 kernel that fuses the transform with the gather, scatter or mask? Where (B, n_s) tensors
+        of t's device and dtype get the ``avx2`` transform backend (float32 on CPU, decided once per device and
+        dtype in ``_bufs``) and ``t`` is outside autograd. Bit for bit the other path's arithmetic: the same
+        float32 products and the same transform."""
+        return self._bufs(t)[3] and not t.requires_grad
+
     def _scratch(self, t: torch.Tensor) -> bool:
         """Use a reused scratch buffer for ``t``'s transform? CPU tensors outside autograd whose backend
         transforms in place (``fht_cpu``); elsewhere a buffer gains nothing (CUDA's caching allocator reuses
         memory already)."""
         return t.device.type == "cpu" and not t.requires_grad and backend(t) == "fht_cpu"
 
-    def _bufs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(S, m / n_d, slot) on ``t``'s device, the mask in ``t``'s dtype: built once per device and dtype.
-        ``slot[i]`` is the position of column i in S, or n_d (a zero appended to h) when i is not in S."""
+    def _bufs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """(S, m / n_d, slot, fused) on ``t``'s device, the mask in ``t``'s dtype: built once per device and dtype.
+        ``slot[i]`` is the position of column i in S, or n_d (a zero appended to h) when i is not in S; ``fused``:
+        whether (B, n_s) tensors of this device and dtype get the ``avx2`` transform (see ``_fused``)."""
         key = (t.device, t.dtype)
         b = self._buffers.get(key)
         if b is None:
@@ -173,7 +197,9 @@ class PersianRug(Encoder):
             scaled_mask = self.mask.to(device=t.device, dtype=t.dtype) * (1.0 / self.n_d)
             slot = torch.full((self.n_s,), self.n_d, dtype=torch.long)
             slot[self.S.cpu()] = torch.arange(self.n_d)
-            b = self._buffers[key] = (S, scaled_mask, slot.to(t.device))
+            fused = (t.device.type == "cpu" and t.dtype == torch.float32 and hadamard._AVX2 is not None
+                     and backend(_Like(t.dtype, t.device, self.n_s)) == "avx2")
+            b = self._buffers[key] = (S.contiguous(), scaled_mask.contiguous(), slot.to(t.device), fused)
         return b
 
     @staticmethod
@@ -188,6 +214,10 @@ class PersianRug(Encoder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.n_s, "x")
         S = self._bufs(x)[0]
+        if self._fused(x):  # each row transformed in cache and its n_d columns taken from there
+            h = fresh_empty((*x.shape[:-1], self.n_d), x.dtype)
+            hadamard._AVX2.encode(_rows(x, self.n_s), S, self._scale, h.view(-1, self.n_d))
+            return h
         if self._scratch(x):  # copy into this thread's scratch buffer, transform it in place, gather
             buf = fwht_(self._ws.get("encode", x.shape, x.dtype, x.device).copy_(x))
             if buf.numel() >= _GATHER_MIN_ENTRIES:  # a gather along rows of S: 1.6-2x index_select's speed
@@ -208,6 +238,10 @@ class PersianRug(Encoder):
                     or out.device != h.device or not out.is_contiguous() or out.requires_grad):
                 raise ValueError(f"out must be a contiguous {h.dtype} tensor of shape {shape} on {h.device} "
                                  "that does not require grad")
+        if self._fused(h):  # each output row zeroed, h scattered into it and transformed, in cache
+            full = out if out is not None else fresh_empty((*h.shape[:-1], self.n_s), h.dtype)
+            hadamard._AVX2.decode(_rows(h, self.n_d), self._bufs(h)[0], self._scale, full.view(-1, self.n_s))
+            return full
         if self._scratch(h):
             # the scaled h in this thread's scratch buffer, scattered into the n_d kept columns of a zeroed
             # (B, n_s) buffer (along rows of S: 1.2-1.6x index_copy_'s speed), transformed in place. The buffer
@@ -231,6 +265,10 @@ class PersianRug(Encoder):
         and outside autograd."""
         self._check(x, self.n_s, "x")
         scaled_mask = self._bufs(x)[1]
+        if self._fused(x):  # each row: transform, mask, transform, in cache
+            out = x if inplace and self._owns(x) else fresh_empty(x.shape, x.dtype)
+            hadamard._AVX2.apply(_rows(x, self.n_s), scaled_mask, out.view(-1, self.n_s))
+            return out
         if not self._owns(x):
             return fwht(fwht(x) * scaled_mask)
         if inplace:  # no copy with fht-cpu; another backend copies its results back into x

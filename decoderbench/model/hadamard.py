@@ -6,8 +6,15 @@ order of ``scipy.linalg.hadamard``. ``H`` is symmetric and ``H H = n I``, so ``f
 
 Backends, chosen per call by device and dtype (``backend()`` says which one a tensor gets):
 
+- ``avx2``: decoderbench's own kernel (``_fwht_avx2.c``, built at install time where a C compiler with OpenMP
+  is found; loaded by ``_kernel.py``), for float32 CPU tensors that do not need gradients, on CPUs with AVX2,
+  with ``8 <= n``; preferred up to ``AVX2_PREFERRED_MAX_N`` and above it where ``fht_cpu`` is missing. Each row
+  is transformed in cache in the radix-2 order (stages h = 1, 2, ..., n/2), bit for bit the results of
+  ``fht_cpu`` (tests/test_fwht_kernel.py), so rows record it as ``fht_cpu`` (``backend_for``). On 2 threads:
+  0.53-0.69x of ``fht_cpu``'s ``fwht(x)`` at n = 1024..4096, 0.96x at 16384..65536, 1.2x at 2^20
+  (benchmarks/encoder_cost.py); the rug's encode/decode/apply run fused with it (encoders.py).
 - ``fht_cpu``: the SIMD C++ package ``fht-cpu`` (optional extra ``fast``), for float32/float64 CPU
-  tensors that do not need gradients. Measured fastest on CPU (see benchmarks/).
+  tensors that do not need gradients.
 - ``cuda-kernel``: Dao-AILab's ``fast-hadamard-transform`` CUDA kernel, when installed, for CUDA tensors
   in float32 (called with scale 1, Sylvester order as in its reference implementation).
 - ``torch``: a Kronecker factorisation ``H_n = H_a (x) H_b (x) ...`` into dense blocks of at most
@@ -21,8 +28,8 @@ Backends, chosen per call by device and dtype (``backend()`` says which one a te
   transpose-and-GEMM cycle (as fast at 4096, 2x slower at 65536), radix-2 butterflies in torch ops
   (13x at 4096, 44x at 65536) and ``torch.compile`` of either form (5 s to compile per shape, no faster).
 
-``fwht(x)`` returns a new tensor; ``fwht_(x)`` transforms a contiguous tensor in place (no copy with
-``fht_cpu``; the other backends compute out of place and copy back) for callers that own their buffer.
+``fwht(x)`` returns a new tensor; ``fwht_(x)`` transforms a contiguous tensor in place (no copy with ``avx2``
+and ``fht_cpu``; the other backends compute out of place and copy back) for callers that own their buffer.
 """
 
 from __future__ import annotations
@@ -46,6 +53,11 @@ except Exception:  # pragma: no cover
     _fht_cuda = None
 
 _DISABLED = {s.strip() for s in os.environ.get("DECODERBENCH_FWHT_DISABLE", "").split(",") if s.strip()}
+
+from ._kernel import KERNEL as _AVX2  # noqa: E402  (None where not built, not supported or disabled)
+
+#: fwht backends whose results are bit for bit the same: rows record the first name (``backend_for``)
+SAME_ARITHMETIC = {"avx2": "fht_cpu"}
 
 
 @functools.lru_cache(maxsize=64)
@@ -108,10 +120,29 @@ def _fht_cpu_inplace(y: torch.Tensor) -> None:
         _fht_cpu.fht(arr, axis=1, inplace=True, num_threads=threads)
 
 
+#: CPU outputs from this size on are allocated by numpy, which asks the kernel for transparent huge pages
+#: (madvise) on large arrays: a fresh output then costs its first touch in 2 MB faults instead of 4 KB ones.
+#: Measured on 2 threads: the AVX2 transform of a (1024, 16384) float32 batch into it 15 ms against 24 ms into
+#: torch.empty (x.clone() 19 ms). At (1024, 4096), 16 MB, torch.empty was faster (1.1-1.2 ms against 1.3-3.9:
+#: glibc mostly reuses a freed block of that size, numpy's often came as fresh pages), hence 32 MB.
+HUGE_MIN_BYTES = 1 << 25
+_NUMPY_FLOAT = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def fresh_empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised contiguous CPU tensor; from ``HUGE_MIN_BYTES`` on (float32/float64) allocated by numpy."""
+    shape = tuple(shape)
+    if dtype in _NUMPY_FLOAT and math.prod(shape) * torch.finfo(dtype).bits // 8 >= HUGE_MIN_BYTES:
+        import numpy as np
+
+        return torch.from_numpy(np.empty(shape, dtype=_NUMPY_FLOAT[dtype]))
+    return torch.empty(shape, dtype=dtype)
+
+
 def _fwht_fht_cpu(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     # one copy into a fresh contiguous buffer (the output), then the transform in place
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x.detach())
+    out = fresh_empty(x.shape, x.dtype).copy_(x.detach())
     _fht_cpu_inplace(out.view(-1, n))
     return out
 
@@ -125,6 +156,8 @@ def backend(x: torch.Tensor) -> str:
     """Name of the backend ``fwht`` uses for this tensor."""
     if x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
         return "torch"
+    if x.device.type == "cpu" and x.dtype == torch.float32 and _AVX2 is not None and x.shape[-1] >= 8:
+        return "avx2"
     if x.device.type == "cpu" and _fht_cpu is not None and "fht_cpu" not in _DISABLED:
         return "fht_cpu"
     if (x.device.type == "cuda" and _fht_cuda is not None and x.dtype == torch.float32
@@ -156,16 +189,22 @@ def fwht_(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     if n == 1 or x.numel() == 0:
         return x
-    if x.is_contiguous() and backend(x) == "fht_cpu":
-        _fht_cpu_inplace(x.detach().view(-1, n))
-        return x
+    if x.is_contiguous():
+        b = backend(x)
+        if b == "avx2":
+            y = x.detach().view(-1, n)
+            _AVX2.fwht(y, y)
+            return x
+        if b == "fht_cpu":
+            _fht_cpu_inplace(x.detach().view(-1, n))
+            return x
     return x.copy_(fwht(x))
 
 
 def fwht_owned(x: torch.Tensor) -> torch.Tensor:
     """``fwht`` of a buffer the caller owns and no longer needs: in place where the backend transforms in
-    place (``fht_cpu``: no copy), else out of place (no copy back either). Use the returned tensor."""
-    if backend(x) == "fht_cpu" and x.is_contiguous():
+    place (``avx2``, ``fht_cpu``: no copy), else out of place (no copy back either). Use the returned tensor."""
+    if backend(x) in ("avx2", "fht_cpu") and x.is_contiguous():
         return fwht_(x)
     return fwht(x)
 
@@ -181,6 +220,13 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     if n == 1 or x.numel() == 0:
         return x.clone()
     b = backend(x)
+    if b == "avx2":
+        src = x.detach().reshape(-1, n)
+        if not src.is_contiguous():
+            src = src.contiguous()
+        out = fresh_empty(x.shape, x.dtype)
+        _AVX2.fwht(src, out.view(-1, n))
+        return out
     if b == "fht_cpu":
         return _fwht_fht_cpu(x)
     if b == "cuda-kernel":
@@ -188,12 +234,34 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     return _fwht_torch(x)
 
 
+def describe_backend(device: str, dtype: str, n_s: int) -> str:
+    """One line naming the transform (B, n_s) batches of ``device`` and ``dtype`` get here, and on CPU what a
+    faster one would take (printed by ``decoderbench run``)."""
+    from types import SimpleNamespace
+
+    from .._validate import DTYPE_NAMES
+    from ._kernel import why_not
+
+    dev = torch.device("cpu" if device in ("auto", None) else device)
+    dt = getattr(torch, dtype) if dtype in DTYPE_NAMES else torch.float32
+    b = backend(SimpleNamespace(dtype=dt, requires_grad=False, device=dev, shape=(1, n_s)))
+    text = {"avx2": "avx2 (decoderbench's AVX2 kernel, the rug's operators fused with it)",
+            "fht_cpu": "fht_cpu (the fht-cpu package)", "cuda-kernel": "cuda-kernel (fast-hadamard-transform)",
+            "torch": "torch (dense blocks by GEMM)"}[b]
+    if dev.type == "cpu" and b != "avx2" and dt == torch.float32 and why_not:
+        text += f"; the AVX2 kernel is {why_not}" if why_not.startswith("not built") else f"; AVX2 kernel: {why_not}"
+    return text
+
+
 def backend_for(device: str, dtype: str, n_s: int) -> str:
-    """The ``fwht`` backend this process uses for (B, n_s) tensors of ``device`` and ``dtype`` (names)."""
+    """The ``fwht`` backend this process uses for (B, n_s) tensors of ``device`` and ``dtype`` (names), as rows
+    record it: by its arithmetic (``SAME_ARITHMETIC``: the AVX2 kernel's results are fht-cpu's, bit for bit,
+    so a row made with either is the same row and resumes or verifies against the other)."""
     from types import SimpleNamespace
 
     from .._validate import DTYPE_NAMES
 
     dev = torch.device("cpu" if device in ("auto", None) else device)
     dt = getattr(torch, dtype) if dtype in DTYPE_NAMES else torch.float32
-    return backend(SimpleNamespace(dtype=dt, requires_grad=False, device=dev, shape=(1, n_s)))
+    b = backend(SimpleNamespace(dtype=dt, requires_grad=False, device=dev, shape=(1, n_s)))
+    return SAME_ARITHMETIC.get(b, b)

@@ -1,0 +1,88 @@
+"""The AVX2 Walsh-Hadamard kernels (``_fwht_avx2.c``, built at install time when a C compiler with OpenMP is
+there), loaded through ctypes: ``KERNEL`` is ``None`` where the extension was not built, the CPU lacks AVX2, or
+``DECODERBENCH_FWHT_DISABLE`` names ``avx2``; ``why_not`` then says which.
+
+Every function takes contiguous float32 CPU tensors (int64 for the column indices) and writes its output in
+place; callers check shapes, dtypes and contiguity (decoderbench/model/hadamard.py and encoders.py). ctypes
+releases the GIL for the call, so harness threads run kernels side by side.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+#: below this many entries a kernel runs on one thread (an OpenMP team costs more than it saves; see
+#: hadamard.PARALLEL_MIN_ENTRIES, the same rule for fht-cpu)
+PARALLEL_MIN_ENTRIES = 2**18
+
+_P, _I, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+
+
+def _threads(entries: int) -> int:
+    return torch.get_num_threads() if entries >= PARALLEL_MIN_ENTRIES else 1
+
+
+class _Kernel:
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        self.supported = bool(lib.dbk_supported())
+        lib.dbk_fwht_f32.argtypes = [_P, _P, _I, _I, _INT]
+        lib.dbk_fwht_f32.restype = None
+        lib.dbk_encode_f32.argtypes = [_P, _P, _I, _F, _P, _I, _I, _INT]
+        lib.dbk_encode_f32.restype = _INT
+        lib.dbk_decode_f32.argtypes = [_P, _P, _I, _F, _P, _I, _I, _INT]
+        lib.dbk_decode_f32.restype = _INT
+        lib.dbk_apply_f32.argtypes = [_P, _P, _P, _I, _I, _INT]
+        lib.dbk_apply_f32.restype = None
+        self.lib = lib
+
+    def fwht(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out[b] = H x[b] over the rows of (B, n) tensors; out may be x."""
+        B, n = x.shape
+        self.lib.dbk_fwht_f32(x.data_ptr(), out.data_ptr(), B, n, _threads(B * n))
+        return out
+
+    def encode(self, x: torch.Tensor, S: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+        """out[b, k] = (H x[b])[S[k]] * scale (float32 multiply by scale rounded to float32)."""
+        B, n = x.shape
+        if self.lib.dbk_encode_f32(x.data_ptr(), S.data_ptr(), S.numel(), scale, out.data_ptr(), B, n,
+                                   _threads(B * n)) != 0:
+            raise MemoryError(f"the AVX2 encode kernel could not allocate its scratch rows of {n} floats")
+        return out
+
+    def decode(self, h: torch.Tensor, S: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+        """out[b] = H z[b], z[b] zero but z[b, S[k]] = h[b, k] * scale."""
+        B, n = out.shape
+        if self.lib.dbk_decode_f32(h.data_ptr(), S.data_ptr(), S.numel(), scale, out.data_ptr(), B, n,
+                                   _threads(B * n)) != 0:
+            raise MemoryError(f"the AVX2 decode kernel could not allocate its scratch rows of {n} floats")
+        return out
+
+    def apply(self, x: torch.Tensor, m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out[b] = H (m * (H x[b])); out may be x."""
+        B, n = x.shape
+        self.lib.dbk_apply_f32(x.data_ptr(), m.data_ptr(), out.data_ptr(), B, n, _threads(B * n))
+        return out
+
+
+def _load() -> tuple[_Kernel | None, str]:
+    disabled = {s.strip() for s in os.environ.get("DECODERBENCH_FWHT_DISABLE", "").split(",") if s.strip()}
+    if "avx2" in disabled:
+        return None, "disabled by DECODERBENCH_FWHT_DISABLE"
+    try:
+        from . import _fwht_avx2  # the built extension (an empty module: the kernels are its C symbols)
+    except ImportError:
+        return None, "not built (the install found no C compiler with OpenMP; reinstall with one to get it)"
+    try:
+        k = _Kernel(_fwht_avx2.__file__)
+    except (OSError, AttributeError) as e:  # pragma: no cover - a broken build
+        return None, f"could not be loaded ({e})"
+    if not k.supported:
+        return None, "this CPU has no AVX2"
+    return k, ""
+
+
+KERNEL, why_not = _load()
