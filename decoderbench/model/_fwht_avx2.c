@@ -1,24 +1,25 @@
 /* The fast Walsh-Hadamard transform of float32 rows with AVX2, and the Persian Rug's operators fused with it.
  *
- * Built at install time as an optional extension (pyproject.toml, [tool.setuptools] ext-modules); decoderbench
- * loads it with ctypes (decoderbench/model/_kernel.py) and falls back to fht-cpu or torch where it is missing,
- * where the CPU lacks AVX2, or where DECODERBENCH_FWHT_DISABLE names "avx2".
+ * Built at install time as an optional extension (pyproject.toml, [tool.setuptools] ext-modules): a plain shared
+ * library (no Python module, no Python headers needed) that decoderbench finds where the import system would and
+ * loads with ctypes (decoderbench/model/_kernel.py), falling back to fht-cpu or torch where it is missing, where
+ * the CPU lacks AVX2, or where DECODERBENCH_FWHT_DISABLE names "avx2".
  *
  * Every row of n floats (n a power of two, n >= 8) is transformed in the order of the radix-2 algorithm whose
  * stages run h = 1, 2, 4, ..., n/2, each output of a stage computed as a + c or a - c of the same two operands:
  * the results are bit for bit those of that algorithm (and of fht-cpu, which computes in the same order; the
  * tests compare the two). Stages 1, 2 and 4 run inside one 8-float register (a permute, an add, a subtract, a
- * blend; a lane that needs a - c computes sw - x, where sw holds a and x holds c); the later stages two at a time
- * (radix 4) on 8-float vectors.
+ * blend; a lane that needs a - c computes sw - x, where sw holds a and x holds c); the later stages on 8-float
+ * vectors, three at a time (radix 8) where they can.
  *
- * A row is transformed where it sits in the L1/L2 cache, so the rug's gather (encode), scatter (decode) and mask
- * (apply) ride on the transform instead of costing passes of their own over the batch: at n_s = 4096, B = 1024
- * encode costs 0.7x and decode 0.8x of one out-of-place fht-cpu transform (benchmarks/encoder_cost.py).
+ * Blocks of 4096 floats (16 KB) are taken through all their stages while in L1: stages 1..32 of each 64 floats
+ * in registers, the rest in radix-8 passes; the stages from 4096 on run over the row in radix-8 passes. The
+ * rug's gather (encode), scatter (decode) and mask (apply) ride on the transform of each row instead of costing
+ * passes over the batch of their own: at n_s = 4096, B = 1024, each operation alone, encode costs 1.0x and decode
+ * 1.1x one out-of-place transform, 0.45x what they cost with fht-cpu (benchmarks/encoder_cost.py --steady).
  *
  * Threads: OpenMP over rows, as many as the caller asks (torch.get_num_threads()).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,9 +254,3 @@ int dbk_decode_f32(const float *h, const int64_t *S, int64_t nd, float scale, fl
 void dbk_apply_f32(const float *x, const float *m, float *out, int64_t B, int64_t n, int nth) { (void)x; (void)m; (void)out; (void)B; (void)n; (void)nth; }
 
 #endif
-
-/* an importable module (no Python functions: the kernels are called through ctypes, which releases the GIL) */
-static struct PyModuleDef dbk_module = {PyModuleDef_HEAD_INIT, "_fwht_avx2",
-                                        "AVX2 Walsh-Hadamard kernels (called through ctypes)", -1, NULL};
-
-PyMODINIT_FUNC PyInit__fwht_avx2(void) { return PyModule_Create(&dbk_module); }

@@ -10,12 +10,15 @@ releases the GIL for the call, so harness threads run kernels side by side.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 
 import torch
 
-#: below this many entries a kernel runs on one thread (an OpenMP team costs more than it saves; see
-#: hadamard.PARALLEL_MIN_ENTRIES, the same rule for fht-cpu)
+#: below this many entries a kernel (and fht-cpu, hadamard.py) runs on one thread: an OpenMP team costs more
+#: than it saves, and on a busy machine each parallel region can wait a scheduler time slice for its second
+#: thread (measured with fht-cpu: 18 ms per call on a (16, 1024) batch at load 8 on 2 cores, against well
+#: under 1 ms on one thread)
 PARALLEL_MIN_ENTRIES = 2**18
 
 _P, _I, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -72,12 +75,12 @@ def _load() -> tuple[_Kernel | None, str]:
     disabled = {s.strip() for s in os.environ.get("DECODERBENCH_FWHT_DISABLE", "").split(",") if s.strip()}
     if "avx2" in disabled:
         return None, "disabled by DECODERBENCH_FWHT_DISABLE"
-    try:
-        from . import _fwht_avx2  # the built extension (an empty module: the kernels are its C symbols)
-    except ImportError:
+    # the built library, found where the import system finds extension modules (it is not one: no PyInit)
+    spec = importlib.util.find_spec(__package__ + "._fwht_avx2")
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
         return None, "not built (the install found no C compiler with OpenMP; reinstall with one to get it)"
     try:
-        k = _Kernel(_fwht_avx2.__file__)
+        k = _Kernel(spec.origin)
     except (OSError, AttributeError) as e:  # pragma: no cover - a broken build
         return None, f"could not be loaded ({e})"
     if not k.supported:

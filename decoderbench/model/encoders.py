@@ -14,15 +14,18 @@ The Persian Rug (paper 4.2.2, appendix F): ``H`` the Sylvester Hadamard matrix o
 applied as ``W_in x = n_d^{-1/2} (H x)[S]``, ``W_out h = n_d^{-1/2} H (scatter h into S)``,
 ``R x = n_d^{-1} H (m * (H x))``. Memory besides the batch is O(n_s).
 
-Cost: each operation does the transforms it needs and O(n_s) work per sample besides, at most one pass
-over the batch: ``encode`` one transform (on CPU with fht-cpu: a copy into a per-thread scratch buffer,
-reused across calls, transformed in place) and a gather of the ``n_d`` kept columns; ``decode``/``adjoint``
-one gather of the pre-scaled ``h`` (padded with a zero, in a scratch buffer) into the (B, n_s) output and one
-in-place transform; ``apply`` one out-of-place transform, one multiply by the cached scaled mask ``m / n_d``
-and one in-place transform (``apply(x, inplace=True)`` transforms ``x`` itself). The index and mask buffers
-are built once per device and dtype. Tensors that require grad take the same arithmetic out of place. A
-fresh (B, n_s) CPU tensor costs as much as the transform (its pages are faulted in on first touch), so the
-scratch buffers are where the time goes: benchmarks/encoder_cost.py gives the ratios.
+Cost: each operation does the transforms it needs and O(n_s) work per sample besides. Where the AVX2 kernel
+runs (float32 on CPU, outside autograd: ``_fused``), each row is transformed where it sits in cache and the
+operation rides on the transform: ``encode`` takes its n_d columns from the transformed row, ``decode``/
+``adjoint`` scatter the scaled ``h`` into a zeroed scratch block and transform it into the output row, ``apply``
+multiplies by the scaled mask between its two transforms; no pass over the batch of their own, the same float32
+products and transform as below (bit for bit). Elsewhere (float64, CUDA, autograd, no kernel): ``encode`` one
+transform (on CPU with fht-cpu: a copy into a per-thread scratch buffer, reused across calls, transformed in
+place) and a gather of the ``n_d`` kept columns; ``decode``/``adjoint`` the scaled ``h`` scattered into a zeroed
+(B, n_s) buffer and one in-place transform; ``apply`` one out-of-place transform, one multiply by the cached
+scaled mask ``m / n_d`` and one in-place transform (``apply(x, inplace=True)`` transforms ``x`` itself). The
+index and mask buffers are built once per device and dtype. Tensors that require grad take the same arithmetic
+out of place. benchmarks/encoder_cost.py gives the ratios.
 """
 
 from __future__ import annotations

@@ -7,12 +7,17 @@ order of ``scipy.linalg.hadamard``. ``H`` is symmetric and ``H H = n I``, so ``f
 Backends, chosen per call by device and dtype (``backend()`` says which one a tensor gets):
 
 - ``avx2``: decoderbench's own kernel (``_fwht_avx2.c``, built at install time where a C compiler with OpenMP
-  is found; loaded by ``_kernel.py``), for float32 CPU tensors that do not need gradients, on CPUs with AVX2,
-  with ``8 <= n``; preferred up to ``AVX2_PREFERRED_MAX_N`` and above it where ``fht_cpu`` is missing. Each row
-  is transformed in cache in the radix-2 order (stages h = 1, 2, ..., n/2), bit for bit the results of
-  ``fht_cpu`` (tests/test_fwht_kernel.py), so rows record it as ``fht_cpu`` (``backend_for``). On 2 threads:
-  0.53-0.69x of ``fht_cpu``'s ``fwht(x)`` at n = 1024..4096, 0.96x at 16384..65536, 1.2x at 2^20
-  (benchmarks/encoder_cost.py); the rug's encode/decode/apply run fused with it (encoders.py).
+  is found; loaded by ``_kernel.py``), for float32 CPU tensors outside autograd with ``n >= 8``, on CPUs with
+  AVX2; preferred wherever it runs. The radix-2 order (stages h = 1, 2, ..., n/2, each output ``a + c`` or
+  ``a - c``), so its results are bit for bit those of ``fht_cpu`` (tests/test_fwht_kernel.py) and rows record it
+  as ``fht_cpu`` (``backend_for``). Each block of 4096 floats is taken through all its stages while in L1
+  (stages 1-32 of each 64 floats in registers, then radix-8 passes), the higher stages in radix-8 passes over
+  the row; the out-of-place transform reads the input in its first pass (no copy). Measured on 2 threads, each
+  operation alone (``python benchmarks/encoder_cost.py --steady``): ``fwht(x)`` 0.63x fht-cpu's at
+  (B, n) = (1024, 4096) and 0.78x at (256, 65536), in place 0.9-1.1x; the rug's encode/decode/apply run fused
+  with it (encoders.py). Measured and not kept: numba kernels (butterflies across 16 rows in lanes were as fast
+  as fht-cpu, but moving the rows into lanes cost a copy of the batch: encode 2.3x fht-cpu's ``fwht(x)``; a
+  numba gather after fht-cpu 1.28x).
 - ``fht_cpu``: the SIMD C++ package ``fht-cpu`` (optional extra ``fast``), for float32/float64 CPU
   tensors that do not need gradients.
 - ``cuda-kernel``: Dao-AILab's ``fast-hadamard-transform`` CUDA kernel, when installed, for CUDA tensors
@@ -104,10 +109,8 @@ def _fwht_torch(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(*lead, n)
 
 
-#: below this many entries fht-cpu runs on one thread: an OpenMP team costs more than it saves, and on a busy
-#: machine each parallel region can wait a scheduler time slice for its second thread (measured: 18 ms per
-#: call on a (16, 1024) batch at load 8 on 2 cores, against well under 1 ms on one thread)
-PARALLEL_MIN_ENTRIES = 2**18
+#: below this many entries fht-cpu (and the AVX2 kernel) run on one thread: see ``_kernel.PARALLEL_MIN_ENTRIES``
+from ._kernel import PARALLEL_MIN_ENTRIES  # noqa: E402
 
 
 def _fht_cpu_inplace(y: torch.Tensor) -> None:
