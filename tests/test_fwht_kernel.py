@@ -192,3 +192,15 @@ def test_rug_without_the_kernel_is_still_exact(monkeypatch):
     xf = x.float()
     assert not rug._fused(xf)
     assert torch.allclose(rug.encode(xf).double(), x @ W.T, atol=1e-4)
+
+
+def test_missing_library_is_reported_not_fatal(monkeypatch):
+    """An install without a C compiler has no library: the loader says so and the transform falls back."""
+    monkeypatch.setattr(_kernel.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv("DECODERBENCH_FWHT_DISABLE", raising=False)
+    kernel, why = _kernel._load()
+    assert kernel is None and why.startswith("not built")
+    monkeypatch.setattr(hadamard, "_AVX2", None)
+    x = torch.randn(3, 64)
+    assert backend(x) in ("fht_cpu", "torch")
+    assert torch.allclose(fwht(fwht(x)), 64 * x, atol=1e-4)
