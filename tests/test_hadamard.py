@@ -144,3 +144,15 @@ def test_fwht_owned_transforms_in_place_only_where_free(simd, monkeypatch):
     got = hadamard.fwht_owned(y)
     assert torch.equal(got, want)
     assert (got.data_ptr() == y.data_ptr()) == (backend(y) == "fht_cpu")  # no copy back on the torch path
+
+
+def test_fresh_empty_from_numpy_only_when_large():
+    """Outputs from HUGE_MIN_BYTES on come from numpy (huge pages asked for); smaller ones from torch."""
+    small = hadamard.fresh_empty((3, 5), torch.float32)
+    assert small.shape == (3, 5) and small.dtype == torch.float32 and small.is_contiguous()
+    rows = hadamard.HUGE_MIN_BYTES // (4 * 1024)
+    big = hadamard.fresh_empty((rows, 1024), torch.float32)
+    assert big.shape == (rows, 1024) and big.dtype == torch.float32 and big.is_contiguous()
+    ours = hadamard.fwht(big.normal_())  # a transform into such an output is the transform
+    assert torch.allclose(ours[:2], hadamard._fwht_torch(big[:2]), atol=1e-3)
+    assert hadamard.fresh_empty((2, 4), torch.bfloat16).dtype == torch.bfloat16

@@ -33,12 +33,12 @@ from __future__ import annotations
 import math
 import threading
 
-import numpy as np
 import torch
 
 from .._validate import check_nd, check_ns, check_p, check_seed
 from .data import derive_seed, interference_sigma, make_generator
 from . import hadamard
+from .hadamard import FRESH_ZEROS_MIN_BYTES, fresh_zeros  # noqa: F401  (kept importable from here)
 from .hadamard import backend, fresh_empty, fwht, fwht_, fwht_owned, hadamard_matrix
 
 DENSE_MAX_NS = 2**13
@@ -70,30 +70,6 @@ class _Workspace(threading.local):
 #: the batch on (measured 0.54 against 0.87 ms at 1024 x 4096, 4.5 against 8.9 ms at 256 x 65536), by
 #: ``index_select`` below (0.017 against 0.029 ms at 64 x 4096).
 _GATHER_MIN_ENTRIES = 1 << 18
-#: CPU buffers from this size on are taken zeroed from numpy (``calloc``), not from ``torch.zeros``.
-FRESH_ZEROS_MIN_BYTES = 1 << 22
-_NUMPY_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def fresh_zeros(shape, dtype: torch.dtype) -> torch.Tensor:
-    """A zeroed CPU tensor. From ``FRESH_ZEROS_MIN_BYTES`` on, float32/float64 buffers come from numpy's
-    ``calloc``, whose large blocks are fresh pages the kernel has zeroed: no fill pass (``torch.zeros`` writes
-    every page once more). Below that size ``torch.zeros`` is as fast (memory reused from the heap)."""
-    n = math.prod(shape)
-    if dtype in _NUMPY_FLOAT and n * torch.finfo(dtype).bits // 8 >= FRESH_ZEROS_MIN_BYTES:
-        return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_FLOAT[dtype]))
-    return torch.zeros(shape, dtype=dtype)
-
-
-class _Like:
-    """What ``hadamard.backend`` reads of a (B, n) tensor: which backend a (B, n_s) batch of t's kind gets."""
-
-    requires_grad = False
-
-    def __init__(self, dtype, device, n):
-        self.dtype, self.device, self.shape = dtype, device, (1, n)
-
-
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     """t as a contiguous (B, n) tensor (a view where it already is contiguous), detached."""
     t = t.detach().reshape(-1, n)
@@ -201,7 +177,7 @@ class PersianRug(Encoder):
             slot = torch.full((self.n_s,), self.n_d, dtype=torch.long)
             slot[self.S.cpu()] = torch.arange(self.n_d)
             fused = (t.device.type == "cpu" and t.dtype == torch.float32 and hadamard._AVX2 is not None
-                     and backend(_Like(t.dtype, t.device, self.n_s)) == "avx2")
+                     and hadamard.backend_of(t.dtype, t.device, self.n_s) == "avx2")
             b = self._buffers[key] = (S.contiguous(), scaled_mask.contiguous(), slot.to(t.device), fused)
         return b
 

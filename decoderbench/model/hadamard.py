@@ -129,17 +129,35 @@ def _fht_cpu_inplace(y: torch.Tensor) -> None:
 #: torch.empty (x.clone() 19 ms). At (1024, 4096), 16 MB, torch.empty was faster (1.1-1.2 ms against 1.3-3.9:
 #: glibc mostly reuses a freed block of that size, numpy's often came as fresh pages), hence 32 MB.
 HUGE_MIN_BYTES = 1 << 25
+#: CPU buffers from this size on are taken zeroed from numpy (``calloc``), not from ``torch.zeros``.
+FRESH_ZEROS_MIN_BYTES = 1 << 22
 _NUMPY_FLOAT = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _numpy_sized(shape, dtype: torch.dtype, min_bytes: int) -> bool:
+    return dtype in _NUMPY_FLOAT and math.prod(shape) * torch.finfo(dtype).bits // 8 >= min_bytes
 
 
 def fresh_empty(shape, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised contiguous CPU tensor; from ``HUGE_MIN_BYTES`` on (float32/float64) allocated by numpy."""
     shape = tuple(shape)
-    if dtype in _NUMPY_FLOAT and math.prod(shape) * torch.finfo(dtype).bits // 8 >= HUGE_MIN_BYTES:
+    if _numpy_sized(shape, dtype, HUGE_MIN_BYTES):
         import numpy as np
 
         return torch.from_numpy(np.empty(shape, dtype=_NUMPY_FLOAT[dtype]))
     return torch.empty(shape, dtype=dtype)
+
+
+def fresh_zeros(shape, dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed CPU tensor. From ``FRESH_ZEROS_MIN_BYTES`` on, float32/float64 buffers come from numpy's
+    ``calloc``, whose large blocks are fresh pages the kernel has zeroed: no fill pass (``torch.zeros`` writes
+    every page once more). Below that size ``torch.zeros`` is as fast (memory reused from the heap)."""
+    shape = tuple(shape)
+    if _numpy_sized(shape, dtype, FRESH_ZEROS_MIN_BYTES):
+        import numpy as np
+
+        return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_FLOAT[dtype]))
+    return torch.zeros(shape, dtype=dtype)
 
 
 def _fwht_fht_cpu(x: torch.Tensor) -> torch.Tensor:
@@ -157,8 +175,21 @@ def _fwht_cuda_kernel(x: torch.Tensor) -> torch.Tensor:
 
 def backend(x: torch.Tensor) -> str:
     """Name of the backend ``fwht`` uses for this tensor."""
-    if x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
+    return backend_of(x.dtype, x.device, x.shape[-1], x.requires_grad)
+
+
+def backend_of(dtype: torch.dtype, device: torch.device, n: int, requires_grad: bool = False) -> str:
+    """Name of the backend ``fwht`` uses for tensors of ``dtype`` on ``device`` with last dimension ``n``."""
+    if dtype not in (torch.float32, torch.float64) or requires_grad:
         return "torch"
+    if device.type == "cpu" and dtype == torch.float32 and _AVX2 is not None and n >= 8:
+        return "avx2"
+    if device.type == "cpu" and _fht_cpu is not None and "fht_cpu" not in _DISABLED:
+        return "fht_cpu"
+    if (device.type == "cuda" and _fht_cuda is not None and dtype == torch.float32
+            and "cuda-kernel" not in _DISABLED and n <= 2**15):
+        return "cuda-kernel"
+    return "torch"
     if x.device.type == "cpu" and x.dtype == torch.float32 and _AVX2 is not None and x.shape[-1] >= 8:
         return "avx2"
     if x.device.type == "cpu" and _fht_cpu is not None and "fht_cpu" not in _DISABLED:
@@ -237,17 +268,20 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     return _fwht_torch(x)
 
 
+def _named(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    from .._validate import DTYPE_NAMES
+
+    dev = torch.device("cpu" if device in ("auto", None) else device)
+    return dev, (getattr(torch, dtype) if dtype in DTYPE_NAMES else torch.float32)
+
+
 def describe_backend(device: str, dtype: str, n_s: int) -> str:
     """One line naming the transform (B, n_s) batches of ``device`` and ``dtype`` get here, and on CPU what a
     faster one would take (printed by ``decoderbench run``)."""
-    from types import SimpleNamespace
-
-    from .._validate import DTYPE_NAMES
     from ._kernel import why_not
 
-    dev = torch.device("cpu" if device in ("auto", None) else device)
-    dt = getattr(torch, dtype) if dtype in DTYPE_NAMES else torch.float32
-    b = backend(SimpleNamespace(dtype=dt, requires_grad=False, device=dev, shape=(1, n_s)))
+    dev, dt = _named(device, dtype)
+    b = backend_of(dt, dev, n_s)
     text = {"avx2": "avx2 (decoderbench's AVX2 kernel, the rug's operators fused with it)",
             "fht_cpu": "fht_cpu (the fht-cpu package)", "cuda-kernel": "cuda-kernel (fast-hadamard-transform)",
             "torch": "torch (dense blocks by GEMM)"}[b]
@@ -260,11 +294,6 @@ def backend_for(device: str, dtype: str, n_s: int) -> str:
     """The ``fwht`` backend this process uses for (B, n_s) tensors of ``device`` and ``dtype`` (names), as rows
     record it: by its arithmetic (``SAME_ARITHMETIC``: the AVX2 kernel's results are fht-cpu's, bit for bit,
     so a row made with either is the same row and resumes or verifies against the other)."""
-    from types import SimpleNamespace
-
-    from .._validate import DTYPE_NAMES
-
-    dev = torch.device("cpu" if device in ("auto", None) else device)
-    dt = getattr(torch, dtype) if dtype in DTYPE_NAMES else torch.float32
-    b = backend(SimpleNamespace(dtype=dt, requires_grad=False, device=dev, shape=(1, n_s)))
+    dev, dt = _named(device, dtype)
+    b = backend_of(dt, dev, n_s)
     return SAME_ARITHMETIC.get(b, b)
