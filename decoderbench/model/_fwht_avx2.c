@@ -154,6 +154,18 @@ static AVX2 void fwht_row(const float *src, float *dst, int64_t n) {
     if (n > m) stages_from(dst, n, m);
 }
 
+/* inside a parallel region: each thread's scratch of n floats (64-byte aligned, zeroed if asked); *failed counts
+ * the threads that got none, and is final for every thread when this returns (a barrier) */
+static float *team_scratch(int64_t n, int zero, int *failed) {
+    size_t bytes = ((size_t)n * sizeof(float) + 63) & ~(size_t)63; /* aligned_alloc wants a multiple of 64 */
+    float *p = (float *)aligned_alloc(64, bytes);
+    if (p != NULL && zero) memset(p, 0, bytes);
+#pragma omp atomic
+    *failed += p == NULL;
+#pragma omp barrier
+    return p;
+}
+
 /* out[b] = H x[b] for B rows of n floats (out may be x: in place) */
 AVX2 void dbk_fwht_f32(const float *x, float *out, int64_t B, int64_t n, int nth) {
 #pragma omp parallel for num_threads(nth) schedule(static)
@@ -167,11 +179,7 @@ AVX2 int dbk_encode_f32(const float *x, const int64_t *S, int64_t nd, float scal
     int failed = 0;
 #pragma omp parallel num_threads(nth)
     {
-        float *v = (float *)aligned_alloc(64, (size_t)n * sizeof(float));
-        int ok = v != NULL;
-#pragma omp atomic
-        failed += !ok;
-#pragma omp barrier
+        float *v = team_scratch(n, 0, &failed);
         if (!failed) {
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {
@@ -203,12 +211,7 @@ AVX2 int dbk_decode_f32(const float *h, const int64_t *S, int64_t nd, float scal
     int failed = 0;
 #pragma omp parallel num_threads(nth)
     {
-        float *z = (float *)aligned_alloc(64, (size_t)m * sizeof(float));
-        int ok = z != NULL;
-        if (ok) memset(z, 0, (size_t)m * sizeof(float));
-#pragma omp atomic
-        failed += !ok;
-#pragma omp barrier
+        float *z = team_scratch(m, 1, &failed);
         if (!failed) {
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {

@@ -28,6 +28,12 @@ def _threads(entries: int) -> int:
     return torch.get_num_threads() if entries >= PARALLEL_MIN_ENTRIES else 1
 
 
+def _done(rc: int, op: str, out: torch.Tensor) -> torch.Tensor:
+    if rc != 0:
+        raise MemoryError(f"the AVX2 {op} kernel could not allocate its per-thread scratch memory")
+    return out
+
+
 class _Kernel:
     def __init__(self, path: str):
         lib = ctypes.CDLL(path)
@@ -51,18 +57,14 @@ class _Kernel:
     def encode(self, x: torch.Tensor, S: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
         """out[b, k] = (H x[b])[S[k]] * scale (float32 multiply by scale rounded to float32)."""
         B, n = x.shape
-        if self.lib.dbk_encode_f32(x.data_ptr(), S.data_ptr(), S.numel(), scale, out.data_ptr(), B, n,
-                                   _threads(B * n)) != 0:
-            raise MemoryError(f"the AVX2 encode kernel could not allocate its scratch rows of {n} floats")
-        return out
+        return _done(self.lib.dbk_encode_f32(x.data_ptr(), S.data_ptr(), S.numel(), scale, out.data_ptr(), B, n,
+                                             _threads(B * n)), "encode", out)
 
     def decode(self, h: torch.Tensor, S: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
         """out[b] = H z[b], z[b] zero but z[b, S[k]] = h[b, k] * scale."""
         B, n = out.shape
-        if self.lib.dbk_decode_f32(h.data_ptr(), S.data_ptr(), S.numel(), scale, out.data_ptr(), B, n,
-                                   _threads(B * n)) != 0:
-            raise MemoryError(f"the AVX2 decode kernel could not allocate its scratch rows of {n} floats")
-        return out
+        return _done(self.lib.dbk_decode_f32(h.data_ptr(), S.data_ptr(), S.numel(), scale, out.data_ptr(), B, n,
+                                             _threads(B * n)), "decode", out)
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out[b] = H (m * (H x[b])); out may be x."""
