@@ -108,19 +108,34 @@ RATIOS = [("encode/fwht", "encode", "fwht", 1.0), ("decode/fwht", "decode", "fwh
           ("apply_/2fwht_", "apply_", "fwht_", 2.0)]
 
 
-def measure(sizes=SIZES, threads: int = 2, rounds: int = 25, steady: bool = False) -> dict:
+def _synced(fns: dict, device: str) -> dict:
+    """On CUDA each timed call waits for the device (kernels are queued, not run, when the call returns)."""
+    if device != "cuda":
+        return fns
+
+    def wrap(fn):
+        def run():
+            fn()
+            torch.cuda.synchronize()
+        return run
+    return {k: wrap(f) for k, f in fns.items()}
+
+
+def measure(sizes=SIZES, threads: int = 2, rounds: int = 25, steady: bool = False, device: str = "cpu") -> dict:
     from decoderbench import PersianRug, SparseSampler
     from decoderbench.model import hadamard
     from decoderbench.model.hadamard import _fwht_torch, backend, fwht, fwht_
 
     torch.set_num_threads(threads)
-    kernel = hadamard._AVX2 is not None
+    kernel = hadamard._AVX2 is not None and device == "cpu"
     out: dict = {"threads": threads, "load_before": load(), "fht_cpu": hadamard._fht_cpu is not None,
-                 "avx2": kernel, "rounds": rounds, "steady": steady, "sizes": {}, "backends": {}}
+                 "avx2": kernel, "rounds": rounds, "steady": steady, "device": device, "sizes": {}, "backends": {}}
+    if device == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(0)
     for n_s, batch in sizes:
-        x = SparseSampler(n_s, P, seed=0).sample(batch)
+        x = SparseSampler(n_s, P, seed=0).sample(batch).to(device)
         key = f"{n_s}x{batch}"
-        rug = PersianRug(n_s, n_s // 4, seed=0)
+        rug = PersianRug(n_s, n_s // 4, seed=0, device=device)
         h = rug.encode(x)
         fns = {"clone": x.clone, "fwht_torch": lambda: _fwht_torch(x)}
         fns.update(_ops(rug, x, h, [x.clone() for _ in range(3)], fwht, fwht_))
@@ -130,6 +145,7 @@ def measure(sizes=SIZES, threads: int = 2, rounds: int = 25, steady: bool = Fals
             ops = _ops(plain, x, h, [x.clone() for _ in range(3)], fwht, fwht_)
             fns.update({f"{k} (no kernel)": _without_kernel(f) for k, f in ops.items()})
             out["backends"][key + " (no kernel)"] = _without_kernel(lambda: backend(x))()
+        fns = _synced(fns, device)
         times = _interleaved(fns, rounds) if not steady else _alone(fns, rounds)
         if steady:  # medians of calls in a row: the ratio of two operations is the ratio of their medians
             times = {k: [sorted(v)[len(v) // 2]] for k, v in times.items()}
@@ -149,7 +165,8 @@ def measure(sizes=SIZES, threads: int = 2, rounds: int = 25, steady: bool = Fals
 
 
 def show(res: dict) -> None:
-    print(f"threads {res['threads']}  fht-cpu installed: {res['fht_cpu']}  AVX2 kernel: {res['avx2']}  "
+    print(f"device {res['device']} {res.get('device_name', '')}  threads {res['threads']}  "
+          f"fht-cpu installed: {res['fht_cpu']}  AVX2 kernel: {res['avx2']}  "
           f"rounds {res['rounds']}{' (steady: each operation alone)' if res['steady'] else ''}  "
           f"load {res['load_before']} -> {res['load_after']}")
     print(f"backends: {res['backends']}")
@@ -166,6 +183,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=25)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where the batch and the rug live (cuda: each call timed to the device's completion)")
+    ap.add_argument("--sizes", default=None,
+                    help="n_s x B pairs, comma-separated (default: " + ",".join(f"{a}x{b}" for a, b in SIZES) + ")")
     ap.add_argument("--steady", action="store_true",
                     help="time each operation alone, calls in a row (its own cost), instead of in turn")
     ap.add_argument("--disable-fht-cpu", action="store_true",
@@ -173,7 +194,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.disable_fht_cpu:  # before decoderbench is imported: the backends are chosen at import
         os.environ["DECODERBENCH_FWHT_DISABLE"] = "fht_cpu,avx2"
-    res = measure(threads=args.threads, rounds=args.rounds, steady=args.steady)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: torch sees no CUDA device here", file=sys.stderr)
+        return 2
+    try:
+        sizes = SIZES if args.sizes is None else [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+        assert all(len(t) == 2 and t[0] >= 8 and t[0] & (t[0] - 1) == 0 and t[1] >= 1 for t in sizes)
+    except (ValueError, AssertionError):
+        print(f"--sizes: n_sxB pairs with n_s a power of two >= 8, e.g. 4096x1024,65536x256; got {args.sizes!r}",
+              file=sys.stderr)
+        return 2
+    res = measure(sizes=sizes, threads=args.threads, rounds=args.rounds, steady=args.steady, device=args.device)
     show(res)
     if args.json:
         with open(args.json, "w") as f:

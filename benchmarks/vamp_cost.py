@@ -1,6 +1,6 @@
 """Cost of one message-passing iteration, as a ratio to one ``PersianRug.apply`` timed in the same process.
 
-Run: ``python benchmarks/vamp_cost.py [--ns 65536] [--batch 256] [--threads 1] [--profile-ns 4096]``.
+Run: ``python benchmarks/vamp_cost.py [--ns 65536] [--batch 256] [--threads 1] [--profile-ns 4096] [--device cuda]``.
 
 Prints, for VAMP and AMP, the time of one iteration divided by the time of one ``R x`` of the batch
 (two fast Walsh-Hadamard transforms), the machine's load average beside it, and a cProfile top-15 of one
@@ -29,15 +29,18 @@ P = 0.045
 
 
 def _ctx(rug, options):
-    return DecoderContext(cell=Cell(rug.n_s, rug.n_d, P), seed=0, encoder=rug, options=options)
+    return DecoderContext(cell=Cell(rug.n_s, rug.n_d, P), seed=0, encoder=rug, options=options, device=rug.device)
 
 
 def _median_time(fn, repeat: int) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()  # warm-up
+    sync()
     ts = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        sync()  # on CUDA: to the device's completion
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -77,12 +80,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile-ns", type=int, default=4096)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
     torch.set_num_threads(args.threads)
-    rug = PersianRug(args.ns, args.ns // 4, seed=0)
-    x = SparseSampler(args.ns, P, 0, "bench").sample(args.batch)
+    rug = PersianRug(args.ns, args.ns // 4, seed=0, device=args.device)
+    x = SparseSampler(args.ns, P, 0, "bench").sample(args.batch).to(args.device)
     h = rug.encode(x)
-    print(f"n_s={args.ns} B={args.batch} r=0.25 p={P} float32 threads={args.threads} "
+    print(f"n_s={args.ns} B={args.batch} r=0.25 p={P} float32 device={args.device} threads={args.threads} "
           f"load {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
     for cls in (VAMP, AMP):
         per_it, ratio = iteration_ratio(cls, rug, x, h, args.repeat)
