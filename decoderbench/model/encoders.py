@@ -157,7 +157,7 @@ class PersianRug(Encoder):
         of t's device and dtype get the ``avx2`` transform backend (float32 on CPU, decided once per device and
         dtype in ``_bufs``) and ``t`` is outside autograd. Bit for bit the other path's arithmetic: the same
         float32 products and the same transform."""
-        return self._bufs(t)[3] and not t.requires_grad
+        return self._bufs(t)[3] and not t.requires_grad and hadamard._AVX2 is not None
 
     def _scratch(self, t: torch.Tensor) -> bool:
         """Use a reused scratch buffer for ``t``'s transform? CPU tensors outside autograd whose backend

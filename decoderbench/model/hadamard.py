@@ -13,9 +13,9 @@ Backends, chosen per call by device and dtype (``backend()`` says which one a te
   as ``fht_cpu`` (``backend_for``). Each block of 4096 floats is taken through all its stages while in L1
   (stages 1-32 of each 64 floats in registers, then radix-8 passes), the higher stages in radix-8 passes over
   the row; the out-of-place transform reads the input in its first pass (no copy). Measured on 2 threads, each
-  operation alone (``python benchmarks/encoder_cost.py --steady``): ``fwht(x)`` 0.63x fht-cpu's at
-  (B, n) = (1024, 4096) and 0.78x at (256, 65536), in place 0.9-1.1x; the rug's encode/decode/apply run fused
-  with it (encoders.py). Measured and not kept: numba kernels (butterflies across 16 rows in lanes were as fast
+  operation alone (``python benchmarks/encoder_cost.py --steady``): ``fwht(x)`` 0.59x fht-cpu's at
+  (B, n) = (1024, 4096), 0.77x at (1024, 16384), 0.69x at (256, 65536), in place 0.8-1.0x; the rug's
+  encode/decode/apply run fused with it (encoders.py). Measured and not kept: numba kernels (butterflies across 16 rows in lanes were as fast
   as fht-cpu, but moving the rows into lanes cost a copy of the batch: encode 2.3x fht-cpu's ``fwht(x)``; a
   numba gather after fht-cpu 1.28x).
 - ``fht_cpu``: the SIMD C++ package ``fht-cpu`` (optional extra ``fast``), for float32/float64 CPU
@@ -188,14 +188,6 @@ def backend_of(dtype: torch.dtype, device: torch.device, n: int, requires_grad: 
         return "fht_cpu"
     if (device.type == "cuda" and _fht_cuda is not None and dtype == torch.float32
             and "cuda-kernel" not in _DISABLED and n <= 2**15):
-        return "cuda-kernel"
-    return "torch"
-    if x.device.type == "cpu" and x.dtype == torch.float32 and _AVX2 is not None and x.shape[-1] >= 8:
-        return "avx2"
-    if x.device.type == "cpu" and _fht_cpu is not None and "fht_cpu" not in _DISABLED:
-        return "fht_cpu"
-    if (x.device.type == "cuda" and _fht_cuda is not None and x.dtype == torch.float32
-            and "cuda-kernel" not in _DISABLED and x.shape[-1] <= 2**15):
         return "cuda-kernel"
     return "torch"
 
