@@ -203,11 +203,10 @@ AVX2 int dbk_decode_f32(const float *h, const int64_t *S, int64_t nd, float scal
     int64_t m = n < CHUNK ? n : CHUNK, nblk = n / m;
     int64_t *first = (int64_t *)malloc((size_t)(nblk + 1) * sizeof(int64_t)); /* S[first[c]:first[c+1]] in block c */
     if (first == NULL) return -1;
-    for (int64_t c = 0, k = 0; c <= nblk; c++) {
+    for (int64_t c = 0, k = 0; c <= nblk; c++) { /* first[nblk] = nd: every S[k] < n */
         while (k < nd && S[k] < c * m) k++;
         first[c] = k;
     }
-    first[nblk] = nd;
     int failed = 0;
 #pragma omp parallel num_threads(nth)
     {

@@ -21,11 +21,22 @@ import torch
 #: under 1 ms on one thread)
 PARALLEL_MIN_ENTRIES = 2**18
 
+#: the transform backends turned off by the environment (``DECODERBENCH_FWHT_DISABLE=avx2,fht_cpu,...``), read once
+DISABLED = frozenset(s.strip() for s in os.environ.get("DECODERBENCH_FWHT_DISABLE", "").split(",") if s.strip())
+
 _P, _I, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 
 
-def _threads(entries: int) -> int:
+def threads(entries: int) -> int:
+    """Threads for a kernel (or fht-cpu) call over ``entries`` entries: torch's count, or 1 below
+    ``PARALLEL_MIN_ENTRIES``."""
     return torch.get_num_threads() if entries >= PARALLEL_MIN_ENTRIES else 1
+
+
+def rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """t as a contiguous (B, n) tensor outside autograd (a view where it already is contiguous)."""
+    t = t.detach().reshape(-1, n)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _done(rc: int, op: str, out: torch.Tensor) -> torch.Tensor:
@@ -51,31 +62,30 @@ class _Kernel:
     def fwht(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out[b] = H x[b] over the rows of (B, n) tensors; out may be x."""
         B, n = x.shape
-        self.lib.dbk_fwht_f32(x.data_ptr(), out.data_ptr(), B, n, _threads(B * n))
+        self.lib.dbk_fwht_f32(x.data_ptr(), out.data_ptr(), B, n, threads(B * n))
         return out
 
     def encode(self, x: torch.Tensor, S: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
         """out[b, k] = (H x[b])[S[k]] * scale (float32 multiply by scale rounded to float32)."""
         B, n = x.shape
         return _done(self.lib.dbk_encode_f32(x.data_ptr(), S.data_ptr(), S.numel(), scale, out.data_ptr(), B, n,
-                                             _threads(B * n)), "encode", out)
+                                             threads(B * n)), "encode", out)
 
     def decode(self, h: torch.Tensor, S: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
         """out[b] = H z[b], z[b] zero but z[b, S[k]] = h[b, k] * scale."""
         B, n = out.shape
         return _done(self.lib.dbk_decode_f32(h.data_ptr(), S.data_ptr(), S.numel(), scale, out.data_ptr(), B, n,
-                                             _threads(B * n)), "decode", out)
+                                             threads(B * n)), "decode", out)
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out[b] = H (m * (H x[b])); out may be x."""
         B, n = x.shape
-        self.lib.dbk_apply_f32(x.data_ptr(), m.data_ptr(), out.data_ptr(), B, n, _threads(B * n))
+        self.lib.dbk_apply_f32(x.data_ptr(), m.data_ptr(), out.data_ptr(), B, n, threads(B * n))
         return out
 
 
 def _load() -> tuple[_Kernel | None, str]:
-    disabled = {s.strip() for s in os.environ.get("DECODERBENCH_FWHT_DISABLE", "").split(",") if s.strip()}
-    if "avx2" in disabled:
+    if "avx2" in DISABLED:
         return None, "disabled by DECODERBENCH_FWHT_DISABLE"
     # the built library, found where the import system finds extension modules (it is not one: no PyInit)
     spec = importlib.util.find_spec(__package__ + "._fwht_avx2")

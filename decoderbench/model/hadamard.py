@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 
@@ -57,8 +56,7 @@ try:  # optional CUDA kernel
 except Exception:  # pragma: no cover
     _fht_cuda = None
 
-_DISABLED = {s.strip() for s in os.environ.get("DECODERBENCH_FWHT_DISABLE", "").split(",") if s.strip()}
-
+from ._kernel import DISABLED as _DISABLED  # noqa: E402  (DECODERBENCH_FWHT_DISABLE, read once)
 from ._kernel import KERNEL as _AVX2  # noqa: E402  (None where not built, not supported or disabled)
 
 #: fwht backends whose results are bit for bit the same: rows record the first name (``backend_for``)
@@ -110,7 +108,7 @@ def _fwht_torch(x: torch.Tensor) -> torch.Tensor:
 
 
 #: below this many entries fht-cpu (and the AVX2 kernel) run on one thread: see ``_kernel.PARALLEL_MIN_ENTRIES``
-from ._kernel import PARALLEL_MIN_ENTRIES  # noqa: E402
+from ._kernel import PARALLEL_MIN_ENTRIES, rows, threads  # noqa: E402,F401
 
 
 def _fht_cpu_inplace(y: torch.Tensor) -> None:
@@ -119,8 +117,7 @@ def _fht_cpu_inplace(y: torch.Tensor) -> None:
     if arr.shape[0] == 1:
         _fht_cpu.fht(arr[0], inplace=True)
     else:
-        threads = torch.get_num_threads() if arr.size >= PARALLEL_MIN_ENTRIES else 1
-        _fht_cpu.fht(arr, axis=1, inplace=True, num_threads=threads)
+        _fht_cpu.fht(arr, axis=1, inplace=True, num_threads=threads(arr.size))
 
 
 #: CPU outputs from this size on are allocated by numpy, which asks the kernel for transparent huge pages
@@ -247,11 +244,8 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
         return x.clone()
     b = backend(x)
     if b == "avx2":
-        src = x.detach().reshape(-1, n)
-        if not src.is_contiguous():
-            src = src.contiguous()
         out = fresh_empty(x.shape, x.dtype)
-        _AVX2.fwht(src, out.view(-1, n))
+        _AVX2.fwht(rows(x, n), out.view(-1, n))
         return out
     if b == "fht_cpu":
         return _fwht_fht_cpu(x)
