@@ -92,8 +92,11 @@ def _without_kernel(fn):
     return run
 
 
-def _ops(rug, x, h, bufs, fwht, fwht_) -> dict:
-    b1, b2, b3 = bufs
+def _ops(rug, x, h) -> dict:
+    """The timed operations of one rug on batch x (and h = encode(x)); the in-place ones get copies of x."""
+    from decoderbench.model.hadamard import fwht, fwht_
+
+    b1, b2, b3 = (x.clone() for _ in range(3))
     return {
         "fwht": lambda: fwht(x), "encode": lambda: rug.encode(x), "decode": lambda: rug.decode(h),
         "apply": lambda: rug.apply(x),
@@ -124,7 +127,7 @@ def _synced(fns: dict, device: str) -> dict:
 def measure(sizes=SIZES, threads: int = 2, rounds: int = 25, steady: bool = False, device: str = "cpu") -> dict:
     from decoderbench import PersianRug, SparseSampler
     from decoderbench.model import hadamard
-    from decoderbench.model.hadamard import _fwht_torch, backend, fwht, fwht_
+    from decoderbench.model.hadamard import _fwht_torch, backend
 
     torch.set_num_threads(threads)
     kernel = hadamard._AVX2 is not None and device == "cpu"
@@ -138,11 +141,11 @@ def measure(sizes=SIZES, threads: int = 2, rounds: int = 25, steady: bool = Fals
         rug = PersianRug(n_s, n_s // 4, seed=0, device=device)
         h = rug.encode(x)
         fns = {"clone": x.clone, "fwht_torch": lambda: _fwht_torch(x)}
-        fns.update(_ops(rug, x, h, [x.clone() for _ in range(3)], fwht, fwht_))
+        fns.update(_ops(rug, x, h))
         out["backends"][key] = backend(x)
         if kernel:  # the same operations as an install without the kernel runs them, in the same rounds
             plain = PersianRug(n_s, n_s // 4, seed=0)
-            ops = _ops(plain, x, h, [x.clone() for _ in range(3)], fwht, fwht_)
+            ops = _ops(plain, x, h)
             fns.update({f"{k} (no kernel)": _without_kernel(f) for k, f in ops.items()})
             out["backends"][key + " (no kernel)"] = _without_kernel(lambda: backend(x))()
         fns = _synced(fns, device)
